@@ -1,0 +1,508 @@
+"""The one typed config tree of step-ray.
+
+Every knob lives in a dataclass below with a ``help`` text. YAML files, ``key=value`` command-line
+overrides and the docs all go through this module, so they cannot drift apart. A bad value fails fast
+with a :class:`ConfigError` that names the field (``train.zero_stage: must be one of 0, 1, 2, 3``); the
+CLI turns it into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is unknown or invalid; ``str(err)`` starts with the dotted field name."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field_path = field_path
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):
+    """A dataclass field with its help text (shown by ``step-ray config --help-fields`` and the docs)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    output_dir: str = _f("runs/demo", "Run directory: stsg/, qra/, checkpoints/, eval/ and report.md go here.")
+    seed: int = _f(0, "Global seed for sampling, splits, training and evaluation.")
+
+    def validate(self, path: str) -> None:
+        _require(bool(self.output_dir), f"{path}.output_dir", "must not be empty")
+
+
+@dataclass
+class RayConfig:
+    """How to reach Ray. With no address, an embedded local Ray is started (laptop mode)."""
+
+    address: Optional[str] = _f(
+        None,
+        "Ray address. None or 'local' starts an embedded Ray; 'auto' joins the cluster this job runs on "
+        "(what `ray job submit` gives).",
+    )
+    num_cpus: Optional[int] = _f(None, "CPUs for an embedded Ray (None: all cores). Ignored on a cluster.")
+    num_gpus: Optional[float] = _f(
+        None,
+        "Logical GPUs for an embedded Ray (None: what the machine has). Setting it on a CPU machine exercises "
+        "the GPU scheduling (fractional GPU actors) while the models fall back to CPU.",
+    )
+    object_store_memory: Optional[int] = _f(None, "Object store bytes for an embedded Ray (None: Ray's default).")
+
+    def validate(self, path: str) -> None:
+        _require(self.num_cpus is None or self.num_cpus >= 1, f"{path}.num_cpus", "must be >= 1")
+        _require(self.num_gpus is None or self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic world: coloured shapes that move, collide, enter, leave and reappear after scene cuts."""
+
+    videos: int = _f(12, "Number of videos to write.")
+    seed: int = _f(0, "Seed of the world; the same seed gives the same videos and ground truth.")
+    width: int = _f(224, "Frame width in pixels (even, for H.264).")
+    height: int = _f(160, "Frame height in pixels (even, for H.264).")
+    fps: int = _f(10, "Frames per second of the written videos.")
+    scene_seconds: float = _f(4.0, "Length of each scene (shot) in seconds.")
+    scenes: int = _f(2, "Scenes per video; a hard cut separates them and some objects reappear after it.")
+    min_objects: int = _f(2, "Fewest objects in a scene.")
+    max_objects: int = _f(4, "Most objects in a scene.")
+    object_size: int = _f(28, "Typical object size in pixels (sizes vary by +-25%).")
+
+    def validate(self, path: str) -> None:
+        _require(self.videos >= 1, f"{path}.videos", "must be >= 1")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            _require(v >= 64 and v % 2 == 0, f"{path}.{name}", "must be even and >= 64")
+        _require(self.fps >= 1, f"{path}.fps", "must be >= 1")
+        _require(self.scene_seconds > 0, f"{path}.scene_seconds", "must be > 0")
+        _require(self.scenes >= 1, f"{path}.scenes", "must be >= 1")
+        _require(1 <= self.min_objects <= self.max_objects, f"{path}.min_objects", "must be in 1..max_objects")
+        _require(self.max_objects <= 8, f"{path}.max_objects", "must be <= 8 (the palette has 8 colour-shape kinds per scene)")
+        _require(8 <= self.object_size <= min(self.width, self.height) // 3, f"{path}.object_size",
+                 "must be between 8 and a third of the frame's short side")
+
+
+@dataclass
+class VideoConfig:
+    """Decoding and visual splitting."""
+
+    sample_fps: float = _f(5.0, "Frames per second sampled from each video for perception.")
+    max_frames: int = _f(256, "Cap on sampled frames per video (the sampling rate is lowered to fit).")
+    max_side: int = _f(320, "Pixel cap: frames are resized so their longer side is at most this.")
+    shot_threshold: float = _f(
+        0.5, "Shot cut when the colour-histogram distance (0..1, Bhattacharyya) between sampled frames exceeds this."
+    )
+    keyframe_fps: float = _f(1.0, "Keyframes per second within each shot (at least one per shot).")
+    backend: Literal["decord", "pyav"] = _f("decord", "Decoder; decord falls back to PyAV for files it cannot open.")
+
+    def validate(self, path: str) -> None:
+        _require(self.sample_fps > 0, f"{path}.sample_fps", "must be > 0")
+        _require(self.max_frames >= 1, f"{path}.max_frames", "must be >= 1")
+        _require(self.max_side >= 32, f"{path}.max_side", "must be >= 32")
+        _require(0 < self.shot_threshold <= 1, f"{path}.shot_threshold", "must be in (0, 1]")
+        _require(0 < self.keyframe_fps <= self.sample_fps, f"{path}.keyframe_fps", "must be in (0, sample_fps]")
+
+
+@dataclass
+class PoolConfig:
+    """An actor pool of Ray Data (``compute=ActorPoolStrategy(min_size, max_size)``)."""
+
+    min_size: int = _f(1, "Fewest actors.")
+    max_size: int = _f(2, "Most actors (the autoscaler adds actors up to this).")
+    num_cpus: float = _f(1.0, "CPUs per actor.")
+    num_gpus: float = _f(0.0, "GPUs per actor; a fraction (0.5) lets several actors share a GPU.")
+    batch_size: int = _f(1, "Rows per batch handed to an actor.")
+
+    def validate(self, path: str) -> None:
+        _require(self.min_size >= 1, f"{path}.min_size", "must be >= 1")
+        _require(self.max_size >= self.min_size, f"{path}.max_size", "must be >= min_size")
+        _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")
+        _require(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+
+
+@dataclass
+class PerceptionConfig:
+    """Detection and tracking."""
+
+    detector: Literal["color", "yolo"] = _f(
+        "color",
+        "'color': OpenCV colour and shape segmentation, exact on the synthetic world; 'yolo': ultralytics YOLO.",
+    )
+    yolo_weights: str = _f(
+        "yolo11n.yaml",
+        "YOLO weights: a local .pt path, or a model .yaml (random weights, for tests). Nothing is downloaded.",
+    )
+    imgsz: int = _f(320, "YOLO inference size (a multiple of 32).")
+    conf: float = _f(0.25, "Minimum detection confidence.")
+    tracker: Literal["bytetrack", "botsort"] = _f("bytetrack", "ultralytics tracker that assigns identities.")
+    device: str = _f("auto", "'auto' (CUDA if torch sees it, else CPU), 'cpu', or 'cuda:N'.")
+    min_area: int = _f(30, "Colour detector: smallest blob area in pixels.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0),
+                          help="Actor pool of the perception + STSG stage (GPU actors on a cluster).")
+
+    def validate(self, path: str) -> None:
+        _require(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{path}.imgsz", "must be a multiple of 32")
+        _require(0 <= self.conf <= 1, f"{path}.conf", "must be in [0, 1]")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                 f"{path}.device", "must be 'auto', 'cpu' or 'cuda[:N]'")
+
+
+@dataclass
+class StsgConfig:
+    """Building the spatio-temporal scene graph from tracks."""
+
+    min_track_keyframes: int = _f(1, "Drop tracks seen on fewer keyframes than this (tracker noise).")
+    near_factor: float = _f(1.5, "Two objects are 'near' when their centre distance < near_factor x mean box size.")
+    motion_min_px_per_s: float = _f(8.0, "Speed (pixels/s at the sampled size) above which an object is moving.")
+    same_as_threshold: float = _f(
+        0.75, "Cross-clip identity: minimum appearance similarity (0..1; half class, half colour) for same_as.")
+
+    def validate(self, path: str) -> None:
+        _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
+        _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(0 <= self.same_as_threshold <= 1, f"{path}.same_as_threshold", "must be in [0, 1]")
+
+
+@dataclass
+class QraConfig:
+    """Reasoning-path sampling and question / rationale / answer rendering."""
+
+    min_steps: int = _f(1, "Fewest reasoning steps (edges) in a sampled path.")
+    max_steps: int = _f(3, "Most reasoning steps (edges) in a sampled path.")
+    samples_per_video: int = _f(24, "Target number of QRA samples per video (fewer if the graph is small).")
+    num_options: int = _f(4, "Multiple-choice options per question (answer included).")
+    val_fraction: float = _f(0.25, "Share of videos held out for evaluation (split by video: no leakage).")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0),
+                          help="CPU actor pool of the QRA stage.")
+
+    def validate(self, path: str) -> None:
+        _require(self.min_steps >= 1, f"{path}.min_steps", "must be >= 1")
+        _require(self.max_steps >= self.min_steps, f"{path}.max_steps", "must be >= min_steps")
+        _require(self.samples_per_video >= 1, f"{path}.samples_per_video", "must be >= 1")
+        _require(2 <= self.num_options <= 8, f"{path}.num_options", "must be in 2..8")
+        _require(0 < self.val_fraction < 1, f"{path}.val_fraction", "must be in (0, 1)")
+        _require(self.pool.num_gpus == 0, f"{path}.pool.num_gpus", "the QRA stage runs on CPU actors: must be 0")
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the random-weight tiny Qwen2.5-VL used when ``model.name_or_path`` is 'tiny'."""
+
+    hidden_size: int = _f(128, "Text hidden size (= vision output size).")
+    num_layers: int = _f(4, "Text decoder layers.")
+    num_heads: int = _f(4, "Attention heads (head_dim = hidden_size / num_heads).")
+    vision_depth: int = _f(2, "Vision transformer blocks.")
+    vision_hidden_size: int = _f(64, "Vision transformer width.")
+
+    def validate(self, path: str) -> None:
+        _require(self.hidden_size % self.num_heads == 0, f"{path}.hidden_size", "must be divisible by num_heads")
+        _require((self.hidden_size // self.num_heads) % 4 == 0, f"{path}.num_heads",
+                 "head_dim (hidden_size / num_heads) must be a multiple of 4 for mrope")
+
+
+@dataclass
+class ModelConfig:
+    """The Video-LLM that is fine-tuned and that (in later rounds) parses semantics."""
+
+    name_or_path: str = _f(
+        "tiny",
+        "'tiny' builds a random-weight tiny Qwen2.5-VL offline (tests, demo); otherwise a local directory or a "
+        "hub id of a Qwen2.5-VL checkpoint (loaded with from_pretrained; nothing is downloaded on machines "
+        "without the network).",
+    )
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint. Off unless you trust the source.")
+    frames: int = _f(2, "Video frames given to the model per question.")
+    frame_size: int = _f(112, "Frames are resized to frame_size x frame_size (a multiple of 28).")
+    max_length: int = _f(768, "Token cap per training sequence.")
+    tiny: TinyModelConfig = _f(factory=TinyModelConfig, help="Sizes of the tiny model.")
+
+    def validate(self, path: str) -> None:
+        _require(bool(self.name_or_path), f"{path}.name_or_path", "must not be empty")
+        _require(self.frames >= 2 and self.frames % 2 == 0, f"{path}.frames",
+                 "must be an even number >= 2 (Qwen2.5-VL groups frames in pairs)")
+        _require(self.frame_size >= 56 and self.frame_size % 28 == 0, f"{path}.frame_size",
+                 "must be a multiple of 28 and >= 56")
+        _require(self.max_length >= 64, f"{path}.max_length", "must be >= 64")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft)."""
+
+    enabled: bool = _f(True, "Train LoRA adapters; false fine-tunes all language-model weights.")
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.0, "LoRA dropout.")
+    target_modules: list[str] = _f(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="Language-model modules that get adapters (the vision tower stays frozen).",
+    )
+
+    def validate(self, path: str) -> None:
+        _require(self.r >= 1, f"{path}.r", "must be >= 1")
+        _require(0 <= self.dropout < 1, f"{path}.dropout", "must be in [0, 1)")
+        _require(len(self.target_modules) > 0, f"{path}.target_modules", "must name at least one module")
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train + DeepSpeed fine-tuning with the answer + rationale loss."""
+
+    num_workers: int = _f(2, "Ray Train workers (one process per GPU on a cluster).")
+    use_gpu: bool = _f(False, "One GPU per worker, NCCL and bf16; false runs on CPU with gloo.")
+    cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker.")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage (0, 1, 2 or 3).")
+    precision: Literal["fp32", "bf16"] = _f("fp32", "Training precision (fp16 is not offered: unsupported on CPU).")
+    steps: int = _f(200, "Optimizer steps.")
+    batch_size: int = _f(8, "Micro-batch size per worker.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    lr: float = _f(1e-3, "Peak learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = _f(10, "Warm-up steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    rationale_weight: float = _f(1.0, "lambda in L = L_answer + lambda * L_rationale; 0 is the answer-only baseline.")
+    checkpoint_every: int = _f(50, "Save a checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train.")
+    max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run.")
+    log_every: int = _f(10, "Report metrics every N steps.")
+    lora: LoraConfig = _f(factory=LoraConfig, help="LoRA settings.")
+
+    def validate(self, path: str) -> None:
+        _require(self.num_workers >= 1, f"{path}.num_workers", "must be >= 1")
+        _require(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "must be one of 0, 1, 2, 3")
+        _require(self.steps >= 1, f"{path}.steps", "must be >= 1")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
+        _require(self.lr > 0, f"{path}.lr", "must be > 0")
+        _require(self.rationale_weight >= 0, f"{path}.rationale_weight", "must be >= 0")
+        _require(self.checkpoint_every >= 1, f"{path}.checkpoint_every", "must be >= 1")
+        _require(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
+        _require(self.max_failures >= 0, f"{path}.max_failures", "must be >= 0")
+        _require(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Multiple-choice evaluation by option likelihood."""
+
+    max_samples: int = _f(0, "Cap on evaluated samples (0: all of the held-out split).")
+    batch_size: int = _f(8, "Questions scored per forward batch.")
+
+    def validate(self, path: str) -> None:
+        _require(self.max_samples >= 0, f"{path}.max_samples", "must be >= 0")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+
+
+@dataclass
+class StepRayConfig:
+    """The whole tree: one YAML file holds any subset of these sections."""
+
+    run: RunConfig = _f(factory=RunConfig, help="Run directory and seed.")
+    ray: RayConfig = _f(factory=RayConfig, help="Ray connection.")
+    synth: SynthConfig = _f(factory=SynthConfig, help="Synthetic corpus.")
+    video: VideoConfig = _f(factory=VideoConfig, help="Decoding and visual splitting.")
+    perception: PerceptionConfig = _f(factory=PerceptionConfig, help="Detection and tracking.")
+    stsg: StsgConfig = _f(factory=StsgConfig, help="Scene-graph building.")
+    qra: QraConfig = _f(factory=QraConfig, help="QRA sampling.")
+    model: ModelConfig = _f(factory=ModelConfig, help="The Video-LLM.")
+    train: TrainConfig = _f(factory=TrainConfig, help="Fine-tuning.")
+    eval: EvalConfig = _f(factory=EvalConfig, help="Evaluation.")
+
+
+# --------------------------------------------------------------------------------------------- machinery
+
+
+def _require(ok: bool, field_path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_path, message)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str, base: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, path, base)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(path, f"must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(path, f"must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"must be {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(path, f"must be null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - every annotation in this module is handled above
+        return value
+    raise ConfigError(path, f"must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, path: str, base: Any = None) -> Any:
+    """``cls`` from ``data``; fields that ``data`` omits keep their value in ``base`` (default: ``cls()``),
+    so a section whose parent gives it special defaults (the pools) keeps them."""
+    base = cls() if base is None else base
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            where = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], where, getattr(base, f.name))
+    return dataclasses.replace(base, **kwargs)
+
+
+def _validate_tree(obj: Any, path: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value, f"{path}.{f.name}" if path else f.name)
+    if hasattr(obj, "validate"):
+        obj.validate(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=3e-4'`` -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like section.field=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(key or text, "an override must look like section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(keys[: i + 1]), "is not a section; cannot set a field inside it")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StepRayConfig:
+    """Load ``path`` (YAML; None: all defaults), apply ``key=value`` overrides, validate, return the tree."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"no such file: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError("--config", f"{p} is not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{p} must hold a mapping of sections")
+        data = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(data, keys, value)
+    cfg = _build(StepRayConfig, data, "")
+    _validate_tree(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The tree as plain data (for YAML dumps, Ray task arguments and run manifests)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> StepRayConfig:
+    """Inverse of :func:`to_dict` (validated)."""
+    cfg = _build(StepRayConfig, data, "")
+    _validate_tree(cfg)
+    return cfg
+
+
+def dump_config(cfg: StepRayConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_docs(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every leaf field: the source of `step-ray config --fields` and docs."""
+    obj = StepRayConfig() if obj is None else obj
+    rows = []
+    for f in dataclasses.fields(obj):
+        name = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(field_docs(value, name + "."))
+        else:
+            rows.append((name, repr(value), f.metadata.get("help", "")))
+    return rows

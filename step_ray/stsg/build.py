@@ -1,0 +1,253 @@
+"""Tracks -> spatio-temporal scene graph.
+
+The same builder makes the ground-truth graphs of the synthetic world and the predicted graphs of the
+perception stage: relations from box geometry at keyframes, motion from the tracks' centres between sampled
+frames, enter / leave / collide events, before / after order, and ``same_as`` identity across clips.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import permutations
+
+import networkx as nx
+
+from step_ray.config import StsgConfig
+from step_ray.stsg import schema
+from step_ray.stsg.tracks import Box, Clip, Event, Perceived, Track, center, gap, size
+
+_T = 3  # decimals kept for times (ms)
+BORDER_MARGIN = 3.0  # px: a box this close to the frame edge touches it (enter / leave)
+TOUCH_PX = 2.0  # px: boxes this close touch (collisions)
+
+
+def build_stsg(p: Perceived, cfg: StsgConfig, source: str) -> nx.MultiDiGraph:
+    """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``."""
+    g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source, p.provenance)
+    clips = {c.index: c for c in p.clips}
+    for c in p.clips:
+        cid = schema.clip_id(c.index)
+        g.add_node(cid, type="clip", index=c.index, start=round(c.start, _T), end=round(c.end, _T),
+                   source="splitter", conf=1.0)
+        g.add_edge("video", cid, type="contains", source="splitter", conf=1.0)
+        for k, t in enumerate(c.keyframe_times):
+            kid = schema.keyframe_id(c.index, k)
+            g.add_node(kid, type="keyframe", clip=c.index, time=round(t, _T), source="splitter", conf=1.0)
+            g.add_edge(cid, kid, type="contains", source="splitter", conf=1.0)
+
+    tracks = [t for t in p.tracks if t.clip in clips and _keyframes_seen(t, clips[t.clip]) >= cfg.min_track_keyframes]
+    for t in tracks:
+        _add_object(g, t, clips[t.clip])
+    by_clip: dict[int, list[Track]] = defaultdict(list)
+    for t in tracks:
+        by_clip[t.clip].append(t)
+    for c in p.clips:
+        _add_relations(g, c, by_clip[c.index], cfg)
+    for t in tracks:
+        _add_motion(g, t, cfg)
+    events = p.events if p.events is not None else _infer_events(p, clips, by_clip)
+    _add_events(g, events, {(t.clip, t.track_id) for t in tracks})
+    _add_same_as(g, tracks, cfg)
+    return g
+
+
+# --------------------------------------------------------------------------------------------- objects
+
+
+def _nearest(times: list[float], t: float, tol: float) -> float | None:
+    best = min(times, key=lambda x: abs(x - t), default=None)
+    return best if best is not None and abs(best - t) <= tol else None
+
+
+def _frame_tol(c: Clip) -> float:
+    if len(c.frame_times) < 2:
+        return 1e-3
+    return 0.51 * min(b - a for a, b in zip(c.frame_times, c.frame_times[1:]))
+
+
+def _box_at(t: Track, time: float, c: Clip) -> Box | None:
+    found = _nearest(t.times, time, _frame_tol(c))
+    return None if found is None else t.boxes[found]
+
+
+def _keyframes_seen(t: Track, c: Clip) -> int:
+    return sum(_box_at(t, k, c) is not None for k in c.keyframe_times)
+
+
+def _add_object(g: nx.MultiDiGraph, t: Track, c: Clip) -> None:
+    boxes = []
+    for k in c.keyframe_times:
+        b = _box_at(t, k, c)
+        if b is not None:
+            boxes.append([round(k, _T)] + [round(float(v), 1) for v in b])
+    times = t.times
+    g.add_node(schema.object_id(t.clip, t.track_id), type="object", clip=t.clip, track_id=t.track_id,
+               category=t.category, attributes={"color": t.color} if t.color else {}, boxes=boxes,
+               first=round(times[0], _T), last=round(times[-1], _T), source=t.source, conf=round(t.conf, 3))
+    g.add_edge(schema.clip_id(t.clip), schema.object_id(t.clip, t.track_id), type="contains",
+               source=t.source, conf=round(t.conf, 3))
+
+
+# --------------------------------------------------------------------------------------------- relations
+
+
+def spatial_predicates(a: Box, b: Box, near_factor: float) -> list[str]:
+    """Predicates of ``a`` relative to ``b``: one direction (the dominant axis) and ``near`` if close."""
+    (ax, ay), (bx, by) = center(a), center(b)
+    dx, dy = bx - ax, by - ay
+    preds = [("left_of" if dx > 0 else "right_of") if abs(dx) >= abs(dy) else ("above" if dy > 0 else "below")]
+    if (dx * dx + dy * dy) ** 0.5 < near_factor * (size(a) + size(b)) / 2.0:
+        preds.append("near")
+    return preds
+
+
+def _spans(times: list[float], keyframes: list[float]) -> list[tuple[float, float]]:
+    """Merge the keyframe times at which a predicate held into runs of consecutive keyframes."""
+    index = {t: i for i, t in enumerate(keyframes)}
+    runs: list[list[float]] = []
+    for t in sorted(times):
+        if runs and index[t] == index[runs[-1][-1]] + 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return [(r[0], r[-1]) for r in runs]
+
+
+def _add_relations(g: nx.MultiDiGraph, c: Clip, tracks: list[Track], cfg: StsgConfig) -> None:
+    held: dict[tuple[int, int, str], list[float]] = defaultdict(list)
+    for k in c.keyframe_times:
+        present = [(t, _box_at(t, k, c)) for t in tracks]
+        present = [(t, b) for t, b in present if b is not None]
+        for (ta, ba), (tb, bb) in permutations(present, 2):
+            for pred in spatial_predicates(ba, bb, cfg.near_factor):
+                held[(ta.track_id, tb.track_id, pred)].append(k)
+    for (a, b, pred), times in sorted(held.items()):
+        for start, end in _spans(times, c.keyframe_times):
+            g.add_edge(schema.object_id(c.index, a), schema.object_id(c.index, b), type="relation", predicate=pred,
+                       start=round(start, _T), end=round(end, _T), source="geometry", conf=1.0)
+
+
+# --------------------------------------------------------------------------------------------- motion
+
+
+def _direction(c0: tuple[float, float], c1: tuple[float, float], dt: float, min_speed: float) -> str | None:
+    vx, vy = (c1[0] - c0[0]) / dt, (c1[1] - c0[1]) / dt
+    if (vx * vx + vy * vy) ** 0.5 < min_speed:
+        return None
+    if abs(vx) >= abs(vy):
+        return "right" if vx > 0 else "left"
+    return "down" if vy > 0 else "up"
+
+
+def motion_segments(t: Track, min_speed: float) -> list[tuple[str, float, float]]:
+    """(direction, start, end) runs of the track's dominant direction of motion between sampled frames."""
+    times = t.times
+    segs: list[list] = []
+    for t0, t1 in zip(times, times[1:]):
+        d = _direction(center(t.boxes[t0]), center(t.boxes[t1]), t1 - t0, min_speed)
+        if d is None:
+            continue
+        if segs and segs[-1][0] == d and abs(segs[-1][2] - t0) < 1e-6:
+            segs[-1][2] = t1
+        else:
+            segs.append([d, t0, t1])
+    return [(d, s, e) for d, s, e in segs]
+
+
+def _add_motion(g: nx.MultiDiGraph, t: Track, cfg: StsgConfig) -> None:
+    node = schema.object_id(t.clip, t.track_id)
+    for d, s, e in motion_segments(t, cfg.motion_min_px_per_s):
+        g.add_edge(node, node, type="motion", direction=d, start=round(s, _T), end=round(e, _T),
+                   source="geometry", conf=1.0)
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+def _touches_border(b: Box, width: int, height: int) -> bool:
+    return b[0] <= BORDER_MARGIN or b[1] <= BORDER_MARGIN or b[2] >= width - BORDER_MARGIN or b[3] >= height - BORDER_MARGIN
+
+
+def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[Track]]) -> list[Event]:
+    """Enter / leave where a track starts / ends at the frame border inside a clip; collide where two boxes
+    come to touch and at least one of them turns back."""
+    events: list[Event] = []
+    for ci, tracks in by_clip.items():
+        c = clips[ci]
+        if not c.frame_times:
+            continue
+        first_frame, last_frame = c.frame_times[0], c.frame_times[-1]
+        for t in tracks:
+            times = t.times
+            if times[0] > first_frame + 1e-6 and _touches_border(t.boxes[times[0]], p.width, p.height):
+                events.append(Event("enter", ci, times[0], [t.track_id], source="geometry"))
+            if times[-1] < last_frame - 1e-6 and _touches_border(t.boxes[times[-1]], p.width, p.height):
+                events.append(Event("leave", ci, times[-1], [t.track_id], source="geometry"))
+        for i, a in enumerate(tracks):
+            for b in tracks[i + 1:]:
+                shared = sorted(set(a.boxes) & set(b.boxes))
+                touching_before = False
+                for j, t in enumerate(shared):
+                    touching = gap(a.boxes[t], b.boxes[t]) <= TOUCH_PX
+                    if touching and not touching_before and 0 < j < len(shared) - 1:
+                        if _turns(a, shared[j - 1], t, shared[j + 1]) or _turns(b, shared[j - 1], t, shared[j + 1]):
+                            events.append(Event("collide", ci, t, sorted([a.track_id, b.track_id]), source="geometry"))
+                    touching_before = touching
+    return events
+
+
+def _turns(t: Track, t0: float, t1: float, t2: float) -> bool:
+    (x0, y0), (x1, y1), (x2, y2) = center(t.boxes[t0]), center(t.boxes[t1]), center(t.boxes[t2])
+    return (x1 - x0) * (x2 - x1) < 0 or (y1 - y0) * (y2 - y1) < 0
+
+
+def _add_events(g: nx.MultiDiGraph, events: list[Event], known: set[tuple[int, int]]) -> None:
+    events = [e for e in events if all((e.clip, tid) in known for tid in e.participants)]
+    events.sort(key=lambda e: (e.time, e.clip, e.kind, e.participants))
+    ids = []
+    for n, e in enumerate(events):
+        eid = schema.event_id(n)
+        ids.append(eid)
+        g.add_node(eid, type="event", kind=e.kind, clip=e.clip, time=round(e.time, _T), source=e.source,
+                   conf=round(e.conf, 3))
+        for tid in e.participants:
+            g.add_edge(schema.object_id(e.clip, tid), eid, type="participates_in", source=e.source,
+                       conf=round(e.conf, 3))
+    for a, b in zip(ids, ids[1:]):
+        g.add_edge(a, b, type="before", source="geometry", conf=1.0)
+        g.add_edge(b, a, type="after", source="geometry", conf=1.0)
+
+
+# --------------------------------------------------------------------------------------------- identity
+
+
+def appearance_similarity(a: Track, b: Track) -> float:
+    """Half for the same class, half for the same colour name."""
+    return 0.5 * (a.category == b.category) + 0.5 * (a.color is not None and a.color == b.color)
+
+
+def _add_same_as(g: nx.MultiDiGraph, tracks: list[Track], cfg: StsgConfig) -> None:
+    def link(a: Track, b: Track, conf: float, source: str) -> None:
+        na, nb = schema.object_id(a.clip, a.track_id), schema.object_id(b.clip, b.track_id)
+        g.add_edge(na, nb, type="same_as", source=source, conf=round(conf, 3))
+        g.add_edge(nb, na, type="same_as", source=source, conf=round(conf, 3))
+
+    if tracks and all(t.identity is not None for t in tracks):  # ground truth knows who is who
+        for i, a in enumerate(tracks):
+            for b in tracks[i + 1:]:
+                if a.clip != b.clip and a.identity == b.identity:
+                    link(a, b, 1.0, "identity")
+        return
+    # Perception: one-to-one greedy matching between each pair of clips by appearance.
+    clips = sorted({t.clip for t in tracks})
+    for i, ca in enumerate(clips):
+        for cb in clips[i + 1:]:
+            pairs = [(appearance_similarity(a, b), a, b) for a in tracks if a.clip == ca for b in tracks if b.clip == cb]
+            pairs.sort(key=lambda x: (-x[0], x[1].track_id, x[2].track_id))
+            used_a, used_b = set(), set()
+            for sim, a, b in pairs:
+                if sim < cfg.same_as_threshold or a.track_id in used_a or b.track_id in used_b:
+                    continue
+                used_a.add(a.track_id)
+                used_b.add(b.track_id)
+                link(a, b, sim, "appearance")

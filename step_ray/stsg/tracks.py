@@ -1,0 +1,91 @@
+"""What the graph builder consumes: clips (shots with keyframe times) and object tracks.
+
+Both the perception stage (detector + tracker) and the synthetic world (ground truth) produce these, so one
+builder (:mod:`step_ray.stsg.build`) makes predicted and ground-truth graphs alike, and they compare fairly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the frame size the graph declares
+
+
+@dataclass
+class Clip:
+    """A shot: ``[start, end)`` in seconds, the times of its sampled frames and of its keyframes."""
+
+    index: int
+    start: float
+    end: float
+    frame_times: list[float]
+    keyframe_times: list[float]
+
+
+@dataclass
+class Track:
+    """One object identity inside one clip, with its box at each sampled frame where it was seen."""
+
+    clip: int
+    track_id: int
+    category: str
+    boxes: dict[float, Box]
+    color: Optional[str] = None
+    conf: float = 1.0
+    source: str = "tracker"
+    identity: Optional[str] = None  # ground truth only: the physical object, shared across clips
+
+    @property
+    def times(self) -> list[float]:
+        return sorted(self.boxes)
+
+
+@dataclass
+class Event:
+    """An event given explicitly (the simulator knows its collisions); otherwise the builder infers events."""
+
+    kind: str
+    clip: int
+    time: float
+    participants: list[int]  # track ids within the clip
+    source: str = "synth"
+    conf: float = 1.0
+
+
+@dataclass
+class Perceived:
+    """Everything perception knows about one video: the input of :func:`step_ray.stsg.build.build_stsg`."""
+
+    video_id: str
+    uri: str
+    duration: float
+    width: int
+    height: int
+    clips: list[Clip]
+    tracks: list[Track]
+    events: Optional[list[Event]] = None
+    provenance: dict = field(default_factory=dict)
+
+
+def center(b: Box) -> tuple[float, float]:
+    return ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0)
+
+
+def size(b: Box) -> float:
+    return ((b[2] - b[0]) + (b[3] - b[1])) / 2.0
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def gap(a: Box, b: Box) -> float:
+    """Distance between two boxes' edges (0 when they touch or overlap)."""
+    dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
+    dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
+    return (dx * dx + dy * dy) ** 0.5
