@@ -1,0 +1,49 @@
+"""Process environment that heavy libraries need before they are imported (drivers and Ray workers alike)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """step-ray's cache (tokenizers, compiled DeepSpeed ops, ultralytics settings): $STEP_RAY_CACHE or ~/.cache."""
+    return Path(os.environ.get("STEP_RAY_CACHE", Path.home() / ".cache" / "step-ray"))
+
+
+def configure_ultralytics() -> None:
+    """Keep ultralytics offline and quiet: no downloads, no auto-installs, settings in our cache, and a local
+    font where it looks for Arial (otherwise plotting tries to download one)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    config_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics")))
+    font = config_dir / "Ultralytics" / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        font.parent.mkdir(parents=True, exist_ok=True)
+        tmp = font.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(font)
+
+
+def resolve_device(setting: str) -> str:
+    """'auto' -> 'cuda:0' when torch sees a GPU (inside a Ray GPU actor that is the actor's GPU), else 'cpu'."""
+    import torch
+
+    if setting == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"perception.device is {setting!r} but torch sees no CUDA device")
+    return setting
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables for Ray workers (runtime_env): the same offline settings as the driver."""
+    configure_ultralytics()
+    keys = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE", "STEP_RAY_CACHE",
+            "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+    return {k: os.environ[k] for k in keys if k in os.environ}

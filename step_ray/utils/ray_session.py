@@ -1,0 +1,34 @@
+"""Connect to Ray the same way on a laptop and on a cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from step_ray.config import RayConfig
+
+
+def init_ray(cfg: RayConfig) -> bool:
+    """Start or join Ray once per process; return True if this call started it.
+
+    - Already initialised (tests' session fixture, a notebook): reuse it.
+    - ``address`` set, or ``RAY_ADDRESS`` in the environment (``ray job submit`` sets it): join that cluster.
+    - Otherwise start an embedded local Ray with the configured CPUs / logical GPUs, dashboard off.
+    """
+    import ray
+
+    from step_ray.utils.env import worker_env
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": worker_env()}
+    address = cfg.address if cfg.address not in (None, "local") else None
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        return True
+    kwargs = {}
+    if cfg.object_store_memory:
+        kwargs["object_store_memory"] = cfg.object_store_memory
+    ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False, runtime_env=runtime_env,
+             logging_level=logging.WARNING, **kwargs)
+    return True

@@ -1,0 +1,114 @@
+"""Decode only the frames perception needs: sampled at a configured rate, capped in count and in pixels.
+
+decord is the fast path (random access to the sampled indices); PyAV is the fallback for files decord
+cannot open. Both failing is a :class:`DecodeError` whose message says why, which the stage turns into an
+error row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch  # noqa: F401  -- must be imported before decord: the other order segfaults with the CUDA torch wheel
+
+import cv2
+import numpy as np
+
+from step_ray.config import VideoConfig
+from step_ray.video.sampling import sample_indices
+
+
+class DecodeError(RuntimeError):
+    """A video cannot be decoded; the message is the reason shown in the errors table."""
+
+
+@dataclass
+class DecodedFrames:
+    """Sampled RGB frames of one video, already resized to the pixel cap."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8, RGB
+    times: list[float]  # seconds, one per frame
+    native_fps: float
+    num_frames: int  # frames in the file
+    duration: float  # seconds
+    backend: str
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+
+def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) with the longer side at most ``max_side``, both even (H.264 and resizers like even sizes)."""
+    scale = min(1.0, max_side / float(max(width, height)))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def _resize(frames: np.ndarray, max_side: int) -> np.ndarray:
+    n, h, w, _ = frames.shape
+    tw, th = target_size(w, h, max_side)
+    if (tw, th) == (w, h):
+        return np.ascontiguousarray(frames)
+    return np.stack([cv2.resize(f, (tw, th), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _decode_decord(path: str, cfg: VideoConfig) -> DecodedFrames:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    fps = float(vr.get_avg_fps() or 0.0)
+    if n <= 0:
+        raise DecodeError("no video frames")
+    idx = sample_indices(n, fps, cfg.sample_fps, cfg.max_frames)
+    frames = vr.get_batch(idx).asnumpy()
+    if fps <= 0:
+        raise DecodeError("the video stream declares no frame rate")
+    return DecodedFrames(_resize(frames, cfg.max_side), [i / fps for i in idx], fps, n, n / fps, "decord")
+
+
+def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError("the file has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        if fps <= 0:
+            raise DecodeError("the video stream declares no frame rate")
+        # Frame count is unreliable in headers, so sample by timestamp: keep the first frame at or after
+        # each sampling instant (``1 / sample_fps`` apart), then cap the count like the decord path.
+        step = 1.0 / min(cfg.sample_fps, fps)
+        frames, times, next_t, n = [], [], 0.0, 0
+        for frame in container.decode(stream):
+            n += 1
+            t = float(frame.time) if frame.time is not None else (n - 1) / fps
+            if t + 1e-6 >= next_t:
+                frames.append(_resize(frame.to_ndarray(format="rgb24")[None], cfg.max_side)[0])
+                times.append(t)
+                next_t += step * max(1, int((t + 1e-6 - next_t) // step) + 1)
+    if not frames:
+        raise DecodeError("no decodable video frames")
+    keep = sample_indices(len(frames), 1.0, 1.0, cfg.max_frames)
+    return DecodedFrames(np.stack([frames[i] for i in keep]), [times[i] for i in keep], fps, n, n / fps, "pyav")
+
+
+def decode_sampled(path: str, cfg: VideoConfig) -> DecodedFrames:
+    """Decode the sampled frames of ``path``; raise :class:`DecodeError` with a reason if no backend can."""
+    errors = []
+    backends = [_decode_decord, _decode_pyav] if cfg.backend == "decord" else [_decode_pyav]
+    for decode in backends:
+        try:
+            return decode(path, cfg)
+        except DecodeError as err:
+            errors.append(f"{decode.__name__[8:]}: {err}")
+        except Exception as err:  # noqa: BLE001 - decoders raise many types; each becomes part of the reason
+            errors.append(f"{decode.__name__[8:]}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+    raise DecodeError("cannot decode video (" + "; ".join(errors) + ")")

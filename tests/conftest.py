@@ -1,0 +1,44 @@
+"""Session fixtures: offline settings, one local Ray for the whole session, a small synthetic corpus."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before any heavy import: DeepSpeed picks its accelerator at import time; nothing may try the network.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pytest  # noqa: E402
+
+from step_ray.utils.env import configure_ultralytics  # noqa: E402
+
+configure_ultralytics()
+
+REAL_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "videos" / "carphone_pristine.mp4"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray per test session (Train V2 gets confused by several): 2 CPUs and 2 *logical* GPUs, so
+    fractional-GPU actors are scheduled for real while torch falls back to CPU."""
+    import ray
+
+    from step_ray.utils.env import worker_env
+
+    temp = tempfile.mkdtemp(prefix="ray_")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=temp,
+             runtime_env={"env_vars": worker_env()})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_video() -> Path:
+    if not REAL_VIDEO.is_file():
+        pytest.fail(f"the real test clip is missing: {REAL_VIDEO}")
+    return REAL_VIDEO
