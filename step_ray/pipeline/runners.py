@@ -94,6 +94,9 @@ def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: boo
     """Run on Ray or sequentially; return the rows and the wall time in seconds."""
     start = time.perf_counter()
     if use_ray:
+        from step_ray.utils.ray_session import init_ray
+
+        init_ray(cfg.ray)
         out = run_on_ray(stage_cls, cfg, rows, **stage_kwargs)
     else:
         out = run_sequential(stage_cls, cfg, rows, **stage_kwargs)

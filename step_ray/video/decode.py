@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from step_ray.config import VideoConfig
-from step_ray.video.sampling import sample_indices
+from step_ray.video.sampling import is_sampled, sample_indices, sampling_step, thin
 
 
 class DecodeError(RuntimeError):
@@ -83,21 +83,19 @@ def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         if fps <= 0:
             raise DecodeError("the video stream declares no frame rate")
-        # Frame count is unreliable in headers, so sample by timestamp: keep the first frame at or after
-        # each sampling instant (``1 / sample_fps`` apart), then cap the count like the decord path.
-        step = 1.0 / min(cfg.sample_fps, fps)
-        frames, times, next_t, n = [], [], 0.0, 0
+        # Header frame counts are unreliable, so decode in order and keep the frames the decord path would
+        # pick (the same index rule), then apply the same cap.
+        step = sampling_step(fps, cfg.sample_fps)
+        frames, indices, n = [], [], 0
         for frame in container.decode(stream):
-            n += 1
-            t = float(frame.time) if frame.time is not None else (n - 1) / fps
-            if t + 1e-6 >= next_t:
+            if is_sampled(n, step):
                 frames.append(_resize(frame.to_ndarray(format="rgb24")[None], cfg.max_side)[0])
-                times.append(t)
-                next_t += step * max(1, int((t + 1e-6 - next_t) // step) + 1)
+                indices.append(n)
+            n += 1
     if not frames:
         raise DecodeError("no decodable video frames")
-    keep = sample_indices(len(frames), 1.0, 1.0, cfg.max_frames)
-    return DecodedFrames(np.stack([frames[i] for i in keep]), [times[i] for i in keep], fps, n, n / fps, "pyav")
+    keep = thin(list(range(len(frames))), cfg.max_frames)
+    return DecodedFrames(np.stack([frames[i] for i in keep]), [indices[i] / fps for i in keep], fps, n, n / fps, "pyav")
 
 
 def decode_sampled(path: str, cfg: VideoConfig) -> DecodedFrames:

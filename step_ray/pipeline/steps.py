@@ -1,0 +1,160 @@
+"""The steps of the STEP loop as functions: each reads its inputs, writes its outputs under one folder and
+returns a summary dict. The CLI, the ``jobs/`` scripts and ``self-train`` all call these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from step_ray.config import StepRayConfig
+from step_ray.utils.inputs import expand, video_rows
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------- synth
+
+
+def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
+    """Write the synthetic corpus (videos/ and gt/ under ``out_dir``)."""
+    from step_ray.synth.corpus import generate_corpus
+
+    start = time.perf_counter()
+    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=True)
+    return {
+        "videos": len(items),
+        "objects": sum(i.get("objects", 0) for i in items),
+        "events": sum(i.get("events", 0) for i in items),
+        "videos_dir": str(Path(out_dir) / "videos"),
+        "gt_dir": str(Path(out_dir) / "gt"),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------- stsg
+
+
+def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
+    """Videos -> one STSG JSON per video in ``out_dir``, plus ``results.jsonl`` (every video) and
+    ``errors.jsonl`` (the failed ones, with reasons). Videos whose graph exists already are skipped."""
+    from step_ray.pipeline.runners import run_stage
+    from step_ray.stsg.stage import StsgStage
+
+    out = Path(out_dir)
+    rows = video_rows(inputs)
+    results, seconds = run_stage(StsgStage, cfg, rows, use_ray=use_ray, out_dir=str(out))
+    results.sort(key=lambda r: r["video_id"])
+    errors = [r for r in results if r["status"] != "ok"]
+    write_jsonl(out / "results.jsonl", results)
+    write_jsonl(out / "errors.jsonl", errors)
+    ok = [r for r in results if r["status"] == "ok"]
+    summary = {
+        "videos": len(rows),
+        "ok": len(ok),
+        "failed": len(errors),
+        "skipped_done": sum(bool(r["skipped"]) for r in ok),
+        "frames": sum(r["frames"] or 0 for r in ok),
+        "objects": sum(r["objects"] or 0 for r in ok),
+        "events": sum(r["events"] or 0 for r in ok),
+        "relations": sum(r["relations"] or 0 for r in ok),
+        "seconds": round(seconds, 2),
+        "seconds_decode": round(sum(r["seconds_decode"] or 0 for r in ok), 2),
+        "seconds_detect": round(sum(r["seconds_detect"] or 0 for r in ok), 2),
+        "seconds_graph": round(sum(r["seconds_graph"] or 0 for r in ok), 2),
+        "errors": {r["video_id"]: r["error"] for r in errors},
+        "output": str(out),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- qra
+
+
+def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
+    """STSG files -> ``qra.parquet`` (all samples, with their split) and ``stats.json``."""
+    from step_ray.pipeline.runners import run_stage
+    from step_ray.qra.records import write_parquet
+    from step_ray.qra.stage import QraStage
+    from step_ray.stsg.stage import STSG_SUFFIX
+
+    out = Path(out_dir)
+    paths = expand(inputs, (STSG_SUFFIX,))
+    rows = [{"stsg_path": str(p), "video_id": p.name[: -len(STSG_SUFFIX)] if p.name.endswith(STSG_SUFFIX) else p.stem}
+            for p in paths]
+    results, seconds = run_stage(QraStage, cfg, rows, use_ray=use_ray)
+    results.sort(key=lambda r: r["video_id"])
+    records = [rec for r in results if r["status"] == "ok" for rec in json.loads(r["records"])]
+    records.sort(key=lambda rec: (rec["video_id"], rec["id"]))
+    write_parquet(records, out / "qra.parquet")
+    by_steps: dict[str, int] = {}
+    by_family: dict[str, int] = {}
+    by_split: dict[str, int] = {}
+    for rec in records:
+        by_steps[str(rec["steps"])] = by_steps.get(str(rec["steps"]), 0) + 1
+        by_family[rec["family"]] = by_family.get(rec["family"], 0) + 1
+        by_split[rec["split"]] = by_split.get(rec["split"], 0) + 1
+    summary = {
+        "graphs": len(rows),
+        "graphs_failed": sum(r["status"] != "ok" for r in results),
+        "graphs_without_samples": {r["video_id"]: r["reason"] for r in results if r["status"] == "ok" and not r["samples"]},
+        "errors": {r["video_id"]: r["error"] for r in results if r["status"] != "ok"},
+        "samples": len(records),
+        "by_steps": dict(sorted(by_steps.items())),
+        "by_family": dict(sorted(by_family.items())),
+        "by_split": dict(sorted(by_split.items())),
+        "seconds": round(seconds, 2),
+        "output": str(out / "qra.parquet"),
+    }
+    write_json(out / "stats.json", summary)
+    return summary
+
+
+def find_qra(path: str | Path) -> Path:
+    """``qra.parquet`` itself, or the folder that holds it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "qra.parquet"
+    if not p.is_file():
+        from step_ray.utils.inputs import InputError
+
+        raise InputError(f"--input {path}: no qra.parquet there (run `step-ray qra` first)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------- train / eval
+
+
+def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:
+    from step_ray.train.trainer import run_training
+    from step_ray.utils.ray_session import init_ray
+
+    qra_path = find_qra(qra)
+    init_ray(cfg.ray)
+    return run_training(cfg, qra_path, Path(out_dir))
+
+
+def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str) -> dict:
+    """Accuracy of ``model`` (a training output folder, or None for the configured base model)."""
+    from step_ray.eval.evaluate import evaluate
+
+    start = time.perf_counter()
+    result = evaluate(cfg, model, find_qra(qra))
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(Path(out_dir) / f"{name}.json", result)
+    return result
