@@ -71,8 +71,6 @@ def family_of(program: Program) -> str:
 
 PREDICATE_TEXT = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below", "near": "near"}
 EVENT_NOUN = {"enter": "entrance", "leave": "exit", "collide": "collision"}
-#: Past-tense verb phrase of an event kind for one subject ("the blue square entered the scene").
-EVENT_VERB = {"enter": "entered the scene", "leave": "left the scene", "collide": "collided with"}
 
 OBJECT_ANCHOR = "the {desc}"
 OBJECT_SCOPE = " in scene {scene}"
