@@ -187,7 +187,8 @@ def build_processor(tokenizer: Any, frame_size: int) -> Any:
 
     size = pixel_budget(frame_size)
     image_processor = Qwen2VLImageProcessor(size=dict(size))
-    video_processor = Qwen2VLVideoProcessor(size=dict(size))
+    # cap_pixels_per_frame=False: the frames are already sized; no per-frame cap (and no deprecation warning).
+    video_processor = Qwen2VLVideoProcessor(size=dict(size), cap_pixels_per_frame=False)
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -82,7 +82,8 @@ NOUN = {
     "participant": "the object that took part in {np}",
     "participant_enter": "the object that entered the scene{at}",
     "participant_leave": "the object that left the scene{at}",
-    "participant_collide": "the object that collided{at} with {other}",
+    "participant_collide": "the object that collided with {other}{at}",
+    "participant_collide_np": "the object that collided{at} with {other}",  # time first: {other} is nested
     "event_of": "the {noun}{at} of {np}",
     "next_event": "the event right after {np}",
     "prev_event": "the event right before {np}",
@@ -93,7 +94,8 @@ ASK = {
     "participant": "Which object took part in {np}?",
     "participant_enter": "Which object entered the scene{at}?",
     "participant_leave": "Which object left the scene{at}?",
-    "participant_collide": "Which object collided{at} with {other}?",
+    "participant_collide": "Which object collided with {other}{at}?",
+    "participant_collide_np": "Which object collided{at} with {other}?",
     "next_event": "What happened right after {np}?",
     "prev_event": "What happened right before {np}?",
     "same_as": "Which object in scene {scene} is the same as {np}?",
@@ -105,7 +107,8 @@ ASK_QUERY = {"color": "What colour is {np}?", "shape": "What shape is {np}?"}
 # Rationale: one sentence per hop, grounded on the objects the path actually visits.
 SENTENCE = {
     "relation": "At {t}, the {dst} is {pred} the {src}.",
-    "event": "At {t}, {clause}.",  # participant and event_of: the event told from the object's side
+    "participant": "The {dst} is the object that {vp} at {t}.",
+    "event": "At {t}, {clause}.",  # event_of: the event told from the object's side
     "next_event": "After {src_clause} at {t0}, the next event is at {t}: {clause}.",
     "prev_event": "Before {src_clause} at {t0}, the previous event is at {t}: {clause}.",
     "same_as": "The {src} in scene {src_scene} is the same object as the {dst} in scene {dst_scene}.",

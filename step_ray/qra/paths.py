@@ -75,7 +75,7 @@ class ExecutionError(ValueError):
 
 def round_time(t: float) -> float:
     """A time as programs and questions state it (0.1 s)."""
-    return round(float(t) + 0.0, TIME_DECIMALS)
+    return round(float(t), TIME_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0 (it would print as "-0.0s")
 
 
 def fmt_time(t: float) -> str:
@@ -169,6 +169,8 @@ class GraphIndex:
             d = g.nodes[k]
             kfs[int(d["clip"])].append(float(d["time"]))
         self.keyframes: dict[int, list[float]] = {c: sorted(ts) for c, ts in kfs.items()}
+        #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
+        self.memo: dict[str, Any] = {}
 
     def type_of(self, n: str) -> str:
         return self.g.nodes[n].get("type", "")

@@ -19,6 +19,9 @@ from step_ray.qra.paths import ANSWER_TYPE, EVENT_VERBS, OPS, GraphIndex, Progra
 from step_ray.stsg.schema import DIRECTIONS, EVENT_KINDS
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+#: Further shape names, used only as random distractors: with three shapes alone a four-option shape
+#: question would have no fourth option.
+EXTRA_SHAPES: tuple[str, ...] = ("diamond", "hexagon", "star")
 
 
 def _cap(s: str) -> str:
@@ -55,7 +58,7 @@ def _participant_form(program: Program, i: int, nps: list[str]) -> tuple[str, di
         if kind == "collide" and len(names) == 1:
             return "participant_collide", {"at": at, "other": f"the {names[0]}"}
     if i > 0 and program.hops[i - 1].op == "event_of" and program.hops[i - 1].params.get("kind") == "collide":
-        return "participant_collide", {"at": _at(program.hops[i - 1].params.get("time")), "other": nps[i - 1]}
+        return "participant_collide_np", {"at": _at(program.hops[i - 1].params.get("time")), "other": nps[i - 1]}
     return "participant", {"np": nps[i]}
 
 
@@ -97,15 +100,18 @@ def is_trivial(question: str, answer: str) -> bool:
 # --------------------------------------------------------------------------------------------- rationale
 
 
-def event_clause(ix: GraphIndex, e: str, subject: Optional[str] = None) -> str:
-    """'the blue square entered the scene', 'the red circle collided with the blue square' (``subject`` first)."""
+def event_clause(ix: GraphIndex, e: str, subject: Optional[str] = None, with_subject: bool = True) -> str:
+    """'the blue square entered the scene', 'the red circle collided with the blue square' (``subject`` first);
+    without the subject: 'entered the scene', 'collided with the blue square'."""
     people = ix.participants(e)
     ordered = sorted(people, key=lambda o: (o != subject, ix.desc.get(o, o), o))
     names = [f"the {ix.desc.get(o, o)}" for o in ordered] or ["an object"]
     kind = ix.kind(e)
     if kind == "collide":
-        return f"{names[0]} collided with {' and '.join(names[1:])}" if len(names) > 1 else f"{names[0]} collided"
-    return f"{' and '.join(names)} {EVENT_VERBS.get(kind, kind)}"
+        head, pred = names[0], (f"collided with {' and '.join(names[1:])}" if len(names) > 1 else "collided")
+    else:
+        head, pred = " and ".join(names), EVENT_VERBS.get(kind, kind)
+    return f"{head} {pred}" if with_subject else pred
 
 
 def render_rationale(ix: GraphIndex, tr: Trace) -> list[str]:
@@ -117,9 +123,11 @@ def render_rationale(ix: GraphIndex, tr: Trace) -> list[str]:
             out.append(F.SENTENCE["relation"].format(t=fmt_time(p["time"]), dst=ix.desc[s.dst],
                                                      pred=F.PREDICATE_TEXT.get(p["predicate"], p["predicate"]),
                                                      src=ix.desc[s.src]))
-        elif s.op in ("participant", "event_of"):
-            e, who = (s.src, s.dst) if s.op == "participant" else (s.dst, s.src)
-            out.append(F.SENTENCE["event"].format(t=fmt_time(ix.time(e)), clause=event_clause(ix, e, who)))
+        elif s.op == "participant":
+            clause = event_clause(ix, s.src, s.dst, with_subject=False)
+            out.append(F.SENTENCE["participant"].format(dst=ix.desc[s.dst], vp=clause, t=fmt_time(ix.time(s.src))))
+        elif s.op == "event_of":
+            out.append(F.SENTENCE["event"].format(t=fmt_time(ix.time(s.dst)), clause=event_clause(ix, s.dst, s.src)))
         elif s.op in ("next_event", "prev_event"):
             out.append(F.SENTENCE[s.op].format(src_clause=event_clause(ix, s.src), t0=fmt_time(ix.time(s.src)),
                                                t=fmt_time(ix.time(s.dst)), clause=event_clause(ix, s.dst)))
@@ -141,10 +149,9 @@ def render_rationale(ix: GraphIndex, tr: Trace) -> list[str]:
 
 def _memo(ix: GraphIndex, key: str, fn: Callable[[], Any]) -> Any:
     """Graph-wide option pools are the same for every question on a graph: compute them once per index."""
-    cache = ix.__dict__.setdefault("_qra_memo", {})
-    if key not in cache:
-        cache[key] = fn()
-    return cache[key]
+    if key not in ix.memo:
+        ix.memo[key] = fn()
+    return ix.memo[key]
 
 
 def type_counts(ix: GraphIndex, answer_type: str) -> Counter:
@@ -175,7 +182,7 @@ def vocabulary(ix: GraphIndex, answer_type: str) -> list[list[str]]:
         if answer_type == "color":
             return [sorted(set(COLOR_NAMES) | set(counts))]
         if answer_type == "shape":
-            return [sorted(set(SHAPES) | set(counts))]
+            return [sorted(set(SHAPES) | set(counts)), sorted(set(EXTRA_SHAPES) - set(SHAPES) - set(counts))]
         if answer_type == "direction":
             return [sorted(DIRECTIONS)]
         descs = sorted(set(ix.desc.values()))
@@ -210,13 +217,14 @@ def make_options(ix: GraphIndex, program: Program, answer: str, num_options: int
     if last is not None and len(chosen) < num_options:
         reached = OPS[last.op].relaxed(ix, last.params)
         take(sorted({v for r in reached if (v := project(ix, r, program.query)) is not None}))
-    # 2. Frequent: the most common value of the type in the graph (ties by name, for determinism).
+    # 2. Frequent: the most common value of the type in the graph. Ties are drawn at random: broken by name,
+    #    the same value (say "blue") would be the frequent distractor of nearly every question, and a model
+    #    could learn that it is never the answer.
     if len(chosen) < num_options:
-        counts = type_counts(ix, answer_type)
-        for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            if v not in chosen:
-                chosen.append(v)
-                break
+        counts = {v: c for v, c in type_counts(ix, answer_type).items() if v not in chosen}
+        if counts:
+            top = max(counts.values())
+            chosen.append(rng.choice(sorted(v for v, c in counts.items() if c == top)))
     # 3. Random from the type's vocabulary, until there are enough.
     for pool in vocabulary(ix, answer_type):
         while len(chosen) < num_options and take(pool):

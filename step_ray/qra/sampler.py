@@ -165,8 +165,8 @@ def _walk(ix: GraphIndex, fam: Family, n: int, rng: random.Random, anchors: dict
                 res = op.apply(ix, cur, params, excluded)
                 if len(res) == 1 and not (op.dst in NODE_TYPES and res[0] in visited):
                     cands.setdefault(name, []).append((params, res[0], None))
-        if not cands:
-            return None, "dead_end"
+        if not cands:  # (the executor's own "dead_end" means a program's hop finds nothing)
+            return None, "no_walk"
         name = rng.choice(sorted(cands))
         params, dst, others = rng.choice(cands[name])
         if others is not None:
@@ -212,6 +212,10 @@ def _attempt(ix: GraphIndex, fam: Family, n: int, rng: random.Random, anchors: d
         return None, "executor_mismatch"
     question = render_question(program)
     if is_trivial(question, tr.answer):
+        return None, "trivial"
+    # Event answers carry no time: "the two circles collided" after "the collision of the two circles" reads as
+    # the question's own event, even when it is a second collision. Such answers are left out.
+    if program.query == "event" and tr.answer in {ix.event_text(x) for x in tr.nodes[:-1] if ix.type_of(x) == "event"}:
         return None, "trivial"
     if question in questions:
         return None, "duplicate"

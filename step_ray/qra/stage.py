@@ -38,7 +38,6 @@ class QraStage:
         except (schema.StsgFormatError, OSError, UnicodeDecodeError) as err:
             return error_row(self.columns, base, f"unreadable STSG: {err}")
         records, stats = sample_qra(g, self.cfg.qra, video_seed(self.cfg.run.seed, g.graph["video_id"]))
-        reason = None if records else "; ".join(f"{k}: {v}" for k, v in sorted(stats.get("reasons", {}).items())) or \
-            stats.get("reason", "no path passed the checks")
+        reason = None if records else stats.get("reason") or "no path passed the checks"
         return {**base, "status": "ok", "error": None, "samples": len(records), "reason": reason,
                 "records": json.dumps(records, sort_keys=True)}

@@ -137,7 +137,8 @@ def iter_scenes(index: int, synth: SynthConfig, video: VideoConfig, stsg: StsgCo
             bg = world.plan_background(rng, background)
             actors, carried = _plan_actors(rng, k, synth, prev, candidates, seen, kinds, duration)
             scene = _render_scene(k, k * per, bg, actors, synth, clips[k])
-            seen_again = not carried or any(_keyframes_seen(scene, i) >= stsg.min_track_keyframes for i in carried)
+            seen_again = (not carried or not scene.clip.keyframe_times  # an unsampled scene cannot show it
+                          or any(_keyframes_seen(scene, i) >= stsg.min_track_keyframes for i in carried))
             overlap = world.same_layer_overlap(actors, scene.motion.positions, synth.width, synth.height)
             if seen_again and overlap <= MAX_OVERLAP_PX:
                 break
@@ -203,6 +204,8 @@ def scene_truth(scene: Scene) -> tuple[list[Track], list[Event]]:
       nearest video frame (an occluded collision is no fact anyone could see).
     """
     k, clip = scene.index, scene.clip
+    if not clip.frame_times:
+        return [], []  # no frame of this scene is sampled: nothing is seen
     present = scene.present
     fps = scene.fps
     local = [scene.local_frame(t) for t in clip.frame_times]
@@ -313,7 +316,7 @@ def generate_corpus(out_dir: str | Path, synth: SynthConfig, video: VideoConfig,
     Idempotent: a video whose manifest entry has the same parameter hash and whose two files exist is not
     rewritten. The manifest is saved after every video, so an interrupted run resumes where it stopped.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest = _load_manifest(manifest_path)

@@ -119,10 +119,15 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.frames = 0
-        self._container = av.open(str(self.tmp), mode="w", format="mp4")
-        # One encoder thread: x264 output is then a pure function of the frames (and 224x160 needs no more).
+        # bitexact: no library version string in the file, so equal frames give equal bytes whichever
+        # libavformat build is loaded (decord's, when it is imported first, or PyAV's own).
+        self._container = av.open(str(self.tmp), mode="w", format="mp4", options={"fflags": "+bitexact"})
+        # One encoder thread and no threaded lookahead: only then is x264's output a pure function of the
+        # frames (with the default sync-lookahead, repeated encodes of the same frames differed here now and
+        # then, even with threads=1). Small frames need no more threads; parallelism is across videos.
         self._stream = self._container.add_stream(
-            "libx264", rate=fps, options={"crf": str(crf), "preset": PRESET, "threads": "1"})
+            "libx264", rate=fps,
+            options={"crf": str(crf), "preset": PRESET, "threads": "1", "x264-params": "sync-lookahead=0:mbtree=0"})
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = Fraction(1, fps)

@@ -11,8 +11,8 @@ constant velocity. Roles:
 
 Actors on the same layer collide when their boxes touch (both bounce, speeds unchanged); an actor partly
 outside the frame keeps its course and only the one inside bounces off it. Actors on different layers pass
-over each other (the front layer occludes). All randomness comes from the ``rng``
-passed in, so a seed fixes the world.
+over each other (the front layer occludes). All randomness comes from the ``rng`` passed in, so a seed
+fixes the world.
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""The STEP training loss: ``L = L_answer + λ · L_rationale``.
+
+Each term is the mean token cross-entropy over *its own* target tokens (the answer tokens of the answer
+sequences, the rationale tokens of the rationale sequences), not a mean over all target tokens of the batch:
+a rationale is many times longer than an answer and would otherwise drown it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from step_ray.train.data import IGNORE_INDEX, TASK_ANSWER, TASK_RATIONALE
+
+
+class StepLoss(NamedTuple):
+    """The loss to backpropagate and its two terms (detached, for logging)."""
+
+    loss: torch.Tensor
+    answer: torch.Tensor
+    rationale: torch.Tensor
+    answer_tokens: int
+    rationale_tokens: int
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood of the next token, and the mask of target positions.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]`` (causal shift); both results have shape ``(B, T - 1)``.
+    """
+    shift_logits = logits[:, :-1, :].float()  # fp32 log-softmax even when the model runs in bf16
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.clamp_min(0).reshape(-1),
+        reduction="none",
+    ).view_as(shift_labels)
+    return nll * mask, mask
+
+
+def step_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, rationale_weight: float
+) -> StepLoss:
+    """``L_answer + rationale_weight * L_rationale`` for a batch of sequences tagged by ``task``.
+
+    A term whose task has no target token in the batch is 0 (and contributes no gradient).
+    """
+    nll, mask = token_nll(logits, labels)
+    per_task = task.view(-1, 1).to(mask.device)
+
+    def term(which: int) -> tuple[torch.Tensor, int]:
+        m = mask & (per_task == which)
+        count = int(m.sum())
+        if count == 0:
+            return nll.sum() * 0.0, 0  # keeps the graph (and the dtype/device) without adding gradient
+        return (nll * m).sum() / count, count
+
+    answer, n_answer = term(TASK_ANSWER)
+    rationale, n_rationale = term(TASK_RATIONALE)
+    loss = answer + rationale_weight * rationale if rationale_weight > 0 else answer
+    return StepLoss(loss, answer.detach(), rationale.detach(), n_answer, n_rationale)

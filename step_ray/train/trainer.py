@@ -1,0 +1,221 @@
+"""Launch a training run on Ray Train (``TorchTrainer`` + DeepSpeed) and export what it produced.
+
+``run_training`` is called on the driver of an already running Ray (the caller owns ``ray.init`` /
+``ray.shutdown``: one Ray per session). The same ``RunConfig(name, storage_path)`` on a second call resumes the
+run from its latest checkpoint and continues at the saved step.
+
+Outputs in ``out_dir``:
+
+* ``adapter/`` - the peft adapter of the final checkpoint (``PeftModel.from_pretrained(base, out_dir/adapter)``),
+  or ``model/`` - the full model when LoRA is off;
+* ``base/``    - the base model + processor the adapter applies to (a copy of the tiny build, or a symlink to a
+  local checkpoint directory; nothing for a hub id, whose name is in the summary);
+* ``merged/``  - with ``merged=True``, base + adapter merged into one ``from_pretrained`` directory;
+* ``train_summary.json`` - the summary dict returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from step_ray.config import StepRayConfig, to_dict
+from step_ray.train.loop import ADAPTER_DIR, MODEL_DIR, STATE_FILE, model_fingerprint, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUN_NAME = "step-ray-train"
+
+
+def train_dataset(qra_path: str, num_workers: int) -> Any:
+    """The train split of the QRA table as a materialised Ray Dataset.
+
+    Materialised on the driver before the trainer starts: QRA rows are compact text, and a dataset that is
+    already in the object store needs no CPU slots to be split among the workers (when the workers hold every
+    CPU, as on a small machine, lazy read tasks would wait forever).
+    """
+    import ray.data
+
+    ds = ray.data.read_parquet(qra_path).filter(expr="split == 'train'").materialize()
+    rows = ds.count()
+    if rows < num_workers:
+        raise ValueError(f"{qra_path}: {rows} train rows, fewer than train.num_workers={num_workers}")
+    return ds
+
+
+def worker_env(cfg: StepRayConfig) -> dict[str, str]:
+    """Environment of the training workers (set before DeepSpeed is imported there)."""
+    env = {
+        # Compiled DeepSpeed ops are cached here across runs (20-60 s to build the first time).
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                               str(Path.home() / ".cache" / "torch_extensions")),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if not cfg.train.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    for name in ("STEP_RAY_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    # Local runs import step_ray from the source tree: make it importable in the workers too.
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str) -> Any:
+    """The ``TorchTrainer`` of this run (not started)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg)},
+        # Ray Train sets up the process group (gloo without GPUs, nccl with), which DeepSpeed then adopts.
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+        ),
+        datasets={"train": dataset},
+    )
+
+
+def export_base(cfg: StepRayConfig, out_dir: Path, fingerprint: Optional[str]) -> Optional[Path]:
+    """``out_dir/base``: the base model the adapter applies to (see the module docstring)."""
+    from step_ray.models.loading import TINY, ensure_tiny
+
+    target = out_dir / "base"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    if cfg.model.name_or_path == TINY:
+        shutil.copytree(ensure_tiny(cfg.model, cfg.run.seed), target)
+        if fingerprint is not None:
+            check_fingerprint(cfg, target, fingerprint)
+        return target
+    source = Path(cfg.model.name_or_path)
+    if source.is_dir():
+        target.symlink_to(source.resolve(), target_is_directory=True)
+        return target
+    return None  # a hub id: the adapter's base_model_name_or_path names it
+
+
+def check_fingerprint(cfg: StepRayConfig, base_dir: Path, expected: str) -> None:
+    """Fail loudly if the exported base is not the one the workers trained on (it would make eval garbage)."""
+    import torch
+
+    from step_ray.models.loading import load_model_and_processor
+
+    model, _ = load_model_and_processor(cfg.model, device="cpu", dtype=torch.float32, path=str(base_dir))
+    got = model_fingerprint(model)
+    if got != expected:
+        raise RuntimeError(f"exported base {base_dir} has weights {got}, the workers trained on {expected}")
+
+
+def export_merged(base_dir: Path, adapter_dir: Path, target: Path) -> Path:
+    """Base + LoRA merged into one Hugging Face directory (model and processor)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    base = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if target.exists():
+        shutil.rmtree(target)
+    merged.save_pretrained(str(target))
+    AutoProcessor.from_pretrained(str(base_dir)).save_pretrained(str(target))
+    return target
+
+
+def run_training(
+    cfg: StepRayConfig,
+    qra_path: str,
+    out_dir: str | Path,
+    name: Optional[str] = None,
+    storage_path: Optional[str] = None,
+    merged: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on the train split of ``qra_path`` with Ray Train + DeepSpeed; export; summarise.
+
+    ``name`` / ``storage_path`` are Ray Train's run name and storage (default: ``step-ray-train`` under
+    ``out_dir/checkpoints``); calling again with the same pair resumes from the latest checkpoint. Ray must
+    already be initialised. Returns the summary (also written to ``out_dir/train_summary.json``): the final
+    step, the final losses, the logged history (for plots), times, and the checkpoint / adapter / base paths.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_training needs a running Ray: call ray.init() (or join a cluster) first")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or DEFAULT_RUN_NAME
+    storage = str(Path(storage_path).resolve()) if storage_path and "://" not in storage_path else (
+        storage_path or str(out / "checkpoints"))
+
+    if cfg.model.name_or_path == "tiny":
+        from step_ray.models.loading import ensure_tiny
+
+        ensure_tiny(cfg.model, cfg.run.seed)  # build once here, not concurrently in every worker
+
+    started = time.perf_counter()
+    dataset = train_dataset(qra_path, cfg.train.num_workers)
+    result = build_trainer(cfg, dataset, name, storage).fit()
+    wall = time.perf_counter() - started
+    if result.error is not None:
+        raise result.error
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint")
+
+    weights_name = ADAPTER_DIR if cfg.train.lora.enabled else MODEL_DIR
+    with checkpoint.as_directory() as directory:
+        state = json.loads((Path(directory) / STATE_FILE).read_text())
+        weights = out / weights_name
+        if weights.exists():
+            shutil.rmtree(weights)
+        shutil.copytree(Path(directory) / weights_name, weights)
+    base = export_base(cfg, out, state.get("base_fingerprint"))
+    merged_dir = None
+    if merged and cfg.train.lora.enabled and base is not None:
+        merged_dir = export_merged(base, weights, out / "merged")
+
+    history = state.get("history", [])
+    last = history[-1] if history else {}
+    steps_run = int(state["step"]) - int(state.get("start_step", 0))
+    summary = {
+        "steps": int(state["step"]),
+        "start_step": int(state.get("start_step", 0)),
+        "loss": last.get("loss"),
+        "loss_answer": last.get("loss_answer"),
+        "loss_rationale": last.get("loss_rationale"),
+        "history": history,
+        "rows_seen": state.get("rows", 0),
+        "skipped_rows": state.get("skipped", 0),
+        "train_seconds": state.get("seconds"),
+        "seconds_per_step": (state["seconds"] / steps_run) if steps_run > 0 and state.get("seconds") else None,
+        "wall_seconds": wall,
+        "checkpoint": checkpoint.path,
+        "storage_path": storage,
+        "name": name,
+        "adapter": str(weights) if cfg.train.lora.enabled else None,
+        "model": str(weights) if not cfg.train.lora.enabled else None,
+        "base": str(base) if base is not None else cfg.model.name_or_path,
+        "merged": str(merged_dir) if merged_dir else None,
+        "rationale_weight": cfg.train.rationale_weight,
+        "zero_stage": cfg.train.zero_stage,
+        "num_workers": cfg.train.num_workers,
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
