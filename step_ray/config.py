@@ -171,12 +171,18 @@ class StsgConfig:
     min_track_keyframes: int = _f(1, "Drop tracks seen on fewer keyframes than this (tracker noise).")
     near_factor: float = _f(1.5, "Two objects are 'near' when their centre distance < near_factor x mean box size.")
     motion_min_px_per_s: float = _f(8.0, "Speed (pixels/s at the sampled size) above which an object is moving.")
+    merge_max_jump: float = _f(
+        3.0, "Dynamic merging: how far (in box sizes) an object may seem to jump between two fragments of its track.")
+    merge_max_speed: float = _f(
+        80.0, "Dynamic merging: extra reach (pixels per second of the gap) for fragments separated in time.")
     same_as_threshold: float = _f(
         0.75, "Cross-clip identity: minimum appearance similarity (0..1; half class, half colour) for same_as.")
 
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
         _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
+        _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
         _require(0 <= self.same_as_threshold <= 1, f"{path}.same_as_threshold", "must be in [0, 1]")
 
 

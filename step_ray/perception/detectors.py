@@ -93,13 +93,13 @@ class ColorShapeDetector:
                 continue
             # A small opening removes compression speckle at the edges of other colours.
             mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            for cnt in contours:
-                area = cv2.contourArea(cnt)
+            n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            for label in range(1, n):  # label 0 is the background
+                x, y, w, h, area = (int(v) for v in stats[label])
                 if area < self.min_area:
                     continue
-                x, y, w, h = cv2.boundingRect(cnt)
-                shape, conf = classify_shape(cnt, frame.shape[1], frame.shape[0])
+                blob = comp[y:y + h, x:x + w] == label
+                shape, conf = classify_shape(blob, x, y, frame.shape[1], frame.shape[0])
                 boxes.append([x, y, x + w, y + h])
                 confs.append(conf)
                 classes.append(SHAPES.index(shape))
@@ -109,20 +109,31 @@ class ColorShapeDetector:
         return Detections(np.asarray(boxes, np.float32), np.asarray(confs, np.float32), np.asarray(classes, int), colors)
 
 
-def classify_shape(contour: np.ndarray, width: int, height: int) -> tuple[str, float]:
-    """Name a blob by how much of its bounding box and hull it fills: a square fills its box, a circle ~pi/4 of
-    it, a triangle ~1/2. Blobs cut by the frame edge or by occluders score lower confidence."""
-    area = cv2.contourArea(contour)
-    x, y, w, h = cv2.boundingRect(contour)
-    fill = area / float(max(1, w * h))
-    hull = cv2.contourArea(cv2.convexHull(contour))
-    solidity = area / hull if hull > 0 else 0.0
-    scores = {"square": -abs(fill - 1.0), "circle": -abs(fill - np.pi / 4), "triangle": -abs(fill - 0.5)}
-    shape = max(scores, key=scores.get)
-    conf = float(np.clip(1.0 + 2.0 * scores[shape], 0.3, 1.0)) * float(np.clip(solidity, 0.3, 1.0))
+def shape_templates(w: int, h: int) -> dict[str, np.ndarray]:
+    """Boolean masks of each shape filling a ``w x h`` box (triangles apex up, as the synthetic world draws)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = (xx + 0.5) / w, (yy + 0.5) / h  # pixel centres in 0..1
+    return {
+        "square": np.ones((h, w), bool),
+        "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
+        "triangle": np.abs(u - 0.5) <= v / 2 + 0.5 / w,
+    }
+
+
+def classify_shape(blob: np.ndarray, x: int, y: int, width: int, height: int) -> tuple[str, float]:
+    """Name a blob (its boolean mask inside its bounding box) by the shape template it overlaps best; the
+    confidence is that overlap (IoU), lowered for blobs cut by the frame edge or squashed by an occluder,
+    whose shape is a guess."""
+    h, w = blob.shape
+    ious = {}
+    for name, tpl in shape_templates(w, h).items():
+        inter = np.logical_and(blob, tpl).sum()
+        ious[name] = inter / float(np.logical_or(blob, tpl).sum())
+    shape = max(ious, key=ious.get)
+    conf = float(np.clip(ious[shape], 0.05, 1.0))
     aspect = w / float(max(1, h))
     if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1 or not 0.6 < aspect < 1.6:
-        conf *= 0.6  # cut by the frame or squashed by an occluder: the shape is a guess
+        conf *= 0.6
     return shape, conf
 
 

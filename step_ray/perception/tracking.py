@@ -38,34 +38,51 @@ def track_clip(clip: Clip, frames: np.ndarray, times: list[float], detections: l
                names: dict[int, str], kind: str, source: str) -> list[Track]:
     """Run a fresh tracker over the frames of ``clip`` and return one :class:`Track` per identity.
 
-    A track's class and colour are the majority over its frames (a partly hidden square may look like a
-    triangle for a frame or two); its confidence is the mean detection score.
+    The tracker associates boxes by position only, so when one object passes behind another it may hand the
+    identity over. A track is therefore cut where its colour changes (an identity switch, repaired later by
+    :func:`step_ray.stsg.merge.merge_fragments`). A track's class and colour are the majority over its frames,
+    weighted by detection confidence (a partly hidden square may look like a triangle for a frame or two,
+    with low confidence); its confidence is the mean detection score.
     """
     tracker = new_tracker(kind)
-    boxes: dict[int, dict[float, tuple]] = defaultdict(dict)
-    votes: dict[int, Counter] = defaultdict(Counter)
-    colors: dict[int, Counter] = defaultdict(Counter)
-    scores: dict[int, list[float]] = defaultdict(list)
+    seen: dict[int, list[tuple[float, tuple, int, str | None, float]]] = defaultdict(list)
     wanted = set(clip.frame_times)
     for frame, t, dets in zip(frames, times, detections):
         if t not in wanted:
             continue
-        if len(dets) == 0:
-            tracker.update(_as_boxes(Detections.empty(), frame.shape[:2]), frame[..., ::-1])
-            continue
         out = tracker.update(_as_boxes(dets, frame.shape[:2]), frame[..., ::-1])
         for row in out:
-            x1, y1, x2, y2, tid, score, cls, idx = row[:8]
-            tid, idx = int(tid), int(idx)
-            # Report the detector's box, not the Kalman-smoothed one: relations need where the object *is*.
-            boxes[tid][t] = tuple(float(v) for v in dets.xyxy[idx])
-            votes[tid][int(dets.cls[idx])] += 1
-            if dets.colors[idx]:
-                colors[tid][dets.colors[idx]] += 1
-            scores[tid].append(float(dets.conf[idx]))
+            tid, idx = int(row[4]), int(row[7])
+            # Keep the detector's box, not the Kalman-smoothed one: relations need where the object *is*.
+            seen[tid].append((t, tuple(float(v) for v in dets.xyxy[idx]), int(dets.cls[idx]), dets.colors[idx],
+                              float(dets.conf[idx])))
     tracks = []
-    for tid in sorted(boxes):
-        tracks.append(Track(clip=clip.index, track_id=tid, category=names[votes[tid].most_common(1)[0][0]],
-                            boxes=boxes[tid], color=colors[tid].most_common(1)[0][0] if colors[tid] else None,
-                            conf=float(np.mean(scores[tid])), source=f"{source}+tracker:{kind}"))
+    next_id = max(seen, default=0) + 1
+    for tid in sorted(seen):
+        for k, part in enumerate(_split_on_color(seen[tid])):
+            if k:
+                tid, next_id = next_id, next_id + 1
+            votes, colors = Counter(), Counter()
+            for _, _, cls, color, conf in part:
+                votes[cls] += conf
+                if color:
+                    colors[color] += 1
+            tracks.append(Track(clip=clip.index, track_id=tid, category=names[votes.most_common(1)[0][0]],
+                                boxes={t: box for t, box, *_ in part},
+                                color=colors.most_common(1)[0][0] if colors else None,
+                                conf=float(np.mean([p[4] for p in part])), source=f"{source}+tracker:{kind}"))
     return tracks
+
+
+def _split_on_color(obs: list[tuple]) -> list[list[tuple]]:
+    """Cut a track's observations where the named colour changes (frames without a colour never cut)."""
+    parts: list[list[tuple]] = [[]]
+    current = None
+    for o in obs:
+        color = o[3]
+        if color is not None and current is not None and color != current:
+            parts.append([])
+        if color is not None:
+            current = color
+        parts[-1].append(o)
+    return parts

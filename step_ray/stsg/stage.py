@@ -14,6 +14,7 @@ from step_ray.config import PoolConfig, StepRayConfig
 from step_ray.pipeline.stage import Row, error_row
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
+from step_ray.stsg.merge import merge_fragments
 from step_ray.stsg.tracks import Perceived
 
 STSG_SUFFIX = ".stsg.json"
@@ -79,8 +80,8 @@ class StsgStage:
         detections = self.detector.detect(decoded.frames)
         tracks = []
         for clip in clips:
-            tracks += track_clip(clip, decoded.frames, decoded.times, detections, self.detector.names,
-                                 self.cfg.perception.tracker, self.detector.source)
+            tracks += merge_fragments(track_clip(clip, decoded.frames, decoded.times, detections, self.detector.names,
+                                                 self.cfg.perception.tracker, self.detector.source), self.cfg.stsg)
         t2 = time.perf_counter()
         perceived = Perceived(
             video_id=video_id, uri=uri, duration=decoded.duration, width=decoded.width, height=decoded.height,
