@@ -42,3 +42,15 @@ def real_video() -> Path:
     if not REAL_VIDEO.is_file():
         pytest.fail(f"the real test clip is missing: {REAL_VIDEO}")
     return REAL_VIDEO
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """Six small synthetic videos (2 scenes each) with their ground-truth graphs."""
+    from step_ray.config import load_config
+    from step_ray.synth.corpus import generate_corpus
+
+    cfg = load_config(None, ["synth.videos=6", "synth.seed=3", "video.sample_fps=5"])
+    out = tmp_path_factory.mktemp("corpus")
+    items = generate_corpus(out, cfg.synth, cfg.video, cfg.stsg)
+    return {"dir": out, "items": items, "cfg": cfg}

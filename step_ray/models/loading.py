@@ -65,6 +65,7 @@ def ensure_tiny(model_cfg: ModelConfig, seed: int = 0, directory: Optional[str |
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache (and copies of it) should be readable
     try:
         save_tiny(model_cfg, tmp, seed=seed)
         try:

@@ -85,7 +85,8 @@ _WORDS = {
     ),
     "questions": (
         "what which who where when why how many much is are was were does do did has have had can "
-        "colour color kind type answer question options option rationale explain because so therefore"
+        "colour color kind type answer question options option rationale explain because so therefore "
+        "What Which Who Where When Why How Is Are Was Does Do Did The A An So Then After Before At In It"
     ),
     "common": (
         "a an the and or not no yes it its this that these those there here with from into out by for as "

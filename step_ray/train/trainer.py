@@ -124,6 +124,14 @@ def check_fingerprint(cfg: StepRayConfig, base_dir: Path, expected: str) -> None
         raise RuntimeError(f"exported base {base_dir} has weights {got}, the workers trained on {expected}")
 
 
+def point_adapter_at(adapter_dir: Path, base_dir: Path) -> None:
+    """Make the exported adapter name the exported base (the workers wrote their cache path into it)."""
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = str(base_dir)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def export_merged(base_dir: Path, adapter_dir: Path, target: Path) -> Path:
     """Base + LoRA merged into one Hugging Face directory (model and processor)."""
     import torch
@@ -187,6 +195,8 @@ def run_training(
             shutil.rmtree(weights)
         shutil.copytree(Path(directory) / weights_name, weights)
     base = export_base(cfg, out, state.get("base_fingerprint"))
+    if base is not None and cfg.train.lora.enabled:
+        point_adapter_at(weights, base)
     merged_dir = None
     if merged and cfg.train.lora.enabled and base is not None:
         merged_dir = export_merged(base, weights, out / "merged")

@@ -1,0 +1,126 @@
+"""The tiny offline Qwen2.5-VL: tokenizer, processor, model; build, save, reload, forward."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from step_ray.config import ModelConfig, TinyModelConfig
+from step_ray.models import tiny
+from step_ray.models.loading import ensure_tiny, load_model_and_processor, tiny_key
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _video_inputs(processor, text="[answer] What colour is the square?"):
+    frames = np.random.default_rng(0).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt, processor(text=[prompt], videos=[frames], return_tensors="pt",
+                             videos_kwargs={"do_sample_frames": False})
+
+
+def test_tokenizer_is_deterministic_and_has_qwen_special_tokens():
+    a, b = tiny.build_tokenizer(), tiny.build_tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    for token in tiny.SPECIAL_TOKENS:
+        ids = a(token, add_special_tokens=False)["input_ids"]
+        assert ids == [a.convert_tokens_to_ids(token)], token  # one id, never split
+    assert a.eos_token == "<|im_end|>" and a.pad_token == "<|endoftext|>"
+    # The question vocabulary is in the merges: common words are single tokens.
+    for word in ["red", "purple", "circle", "triangle", "left", "collide", "What", "colour"]:
+        assert len(a(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+    text = "What colour is the cyan square left of 3 objects?"
+    assert a.decode(a(text)["input_ids"]) == text
+
+
+def test_mrope_section_sums_to_half_head_dim():
+    for head_dim in (16, 32, 36, 64, 128):
+        section = tiny.mrope_section(head_dim)
+        assert sum(section) == head_dim // 2 and min(section) > 0
+    assert tiny.mrope_section(128) == [16, 24, 24]  # Qwen2.5-VL-7B's split
+
+
+def test_build_forward_backward_and_video_tokens():
+    model, processor = tiny.build_tiny(ModelConfig(), seed=0)
+    cfg = model.config
+    assert cfg.vision_config.out_hidden_size == cfg.text_config.hidden_size == 128
+    assert cfg.text_config.num_hidden_layers == 4 and cfg.vision_config.depth == 2
+    assert cfg.video_token_id == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    prompt, inputs = _video_inputs(processor)
+    assert "<|vision_start|><|video_pad|><|vision_end|>" in prompt
+    # 2 frames of 112x112 -> one temporal patch pair, 8x8 patches, merged 2x2: 16 video tokens, not resized.
+    assert inputs["video_grid_thw"].tolist() == [[1, 8, 8]]
+    assert int((inputs["input_ids"] == cfg.video_token_id).sum()) == 16
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"])
+    assert out.logits.shape == (1, inputs["input_ids"].shape[1], len(processor.tokenizer))
+    out.loss.backward()
+    assert model.model.visual.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a, _ = tiny.build_tiny(ModelConfig(), seed=0)
+    b, _ = tiny.build_tiny(ModelConfig(), seed=0)
+    c, _ = tiny.build_tiny(ModelConfig(), seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    torch.manual_seed(123)
+    assert torch.equal(before, torch.rand(1))  # building does not consume the caller's RNG
+
+
+def test_save_and_reload_offline(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    directory = tiny.save_tiny(ModelConfig(), tmp_path / "tiny", seed=0)
+    model, processor = tiny.build_tiny(ModelConfig(), seed=0)
+    loaded = AutoModelForImageTextToText.from_pretrained(directory)
+    loaded_proc = AutoProcessor.from_pretrained(directory)
+    assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(loaded_proc).__name__ == "Qwen2_5_VLProcessor"
+    assert loaded_proc.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert loaded_proc.tokenizer.chat_template == processor.tokenizer.chat_template
+    ref = model.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in loaded.state_dict().items())
+    _, inputs = _video_inputs(loaded_proc)
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, loaded(**inputs).logits, atol=1e-5)
+
+
+def test_load_model_and_processor_tiny_uses_a_keyed_cache(cache):
+    m1, p1 = load_model_and_processor(ModelConfig(), device="cpu", dtype=torch.float32, seed=0)
+    built = ensure_tiny(ModelConfig(), seed=0)
+    assert built.parent == cache and (built / "config.json").is_file()
+    assert not any(p.name.startswith(".") for p in cache.iterdir())  # no temporary leftovers
+    m2, _ = load_model_and_processor(ModelConfig(), seed=0)  # from the cache
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert not m1.training
+    # A different size or seed is a different cache entry.
+    other = ModelConfig(tiny=TinyModelConfig(hidden_size=64, num_heads=4))
+    assert tiny_key(other, 0) != tiny_key(ModelConfig(), 0) != tiny_key(ModelConfig(), 1)
+    m3, _ = load_model_and_processor(other, seed=0)
+    assert m3.config.text_config.hidden_size == 64
+    # bf16 loading works (GPU workers with precision=bf16).
+    m4, _ = load_model_and_processor(ModelConfig(), dtype=torch.bfloat16, seed=0)
+    assert next(m4.parameters()).dtype == torch.bfloat16
+
+
+def test_non_tiny_name_goes_to_from_pretrained(tmp_path):
+    directory = tiny.save_tiny(ModelConfig(), tmp_path / "local_model", seed=3)
+    model, processor = load_model_and_processor(ModelConfig(name_or_path=str(directory)))
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    ref, _ = tiny.build_tiny(ModelConfig(), seed=3)
+    assert torch.equal(model.lm_head.weight, ref.lm_head.weight)
