@@ -1,0 +1,311 @@
+"""Training: loss, data collation, frames, DeepSpeed config, and one Ray Train + DeepSpeed integration run
+(ZeRO-2, 2 workers, LoRA; then a resume from the saved step; then base-vs-trained evaluation)."""
+
+from __future__ import annotations
+
+import os
+
+# DeepSpeed reads its accelerator at import time: set before anything imports it (here and in the workers).
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from step_ray.config import ModelConfig, TrainConfig, load_config
+from step_ray.train.data import (
+    IGNORE_INDEX,
+    TASK_ANSWER,
+    TASK_RATIONALE,
+    RowEncoder,
+    answer_text,
+    collate,
+    end_of_turn_id,
+    rationale_text,
+    rows_from_batch,
+)
+from step_ray.train.deepspeed_config import deepspeed_config, lr_lambda
+from step_ray.train.frames import FrameDecodeError, _decode_pyav, read_frames, span_times
+from step_ray.train.loss import step_loss
+from step_ray.train.toy import make_toy_qra
+
+SHARED_VIDEO = Path("/work/shared/videos/carphone_pristine.mp4")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """8 toy videos (6 train, 2 test), 3 questions each."""
+    return make_toy_qra(tmp_path_factory.mktemp("toy"), videos=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def toy_rows(toy):
+    return pq.read_table(toy).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    from step_ray.models.tiny import build_tiny
+
+    _, proc = build_tiny(ModelConfig(), seed=0)
+    return proc
+
+
+# ------------------------------------------------------------------------------------------------ loss
+
+
+def _ce(logits_row: list[float], target: int) -> float:
+    return -(logits_row[target] - math.log(sum(math.exp(x) for x in logits_row)))
+
+
+def test_loss_is_answer_mean_plus_lambda_rationale_mean_by_hand():
+    # Two sequences of 4 positions, vocab of 3. Position t predicts label t+1.
+    logits = torch.tensor([
+        [[0.1, 0.2, 0.3], [1.0, -1.0, 0.5], [0.0, 2.0, -1.0], [0.3, 0.3, 0.3]],   # answer sequence
+        [[2.0, 0.0, 0.0], [0.5, 0.5, -0.5], [-1.0, 1.0, 3.0], [0.0, 0.0, 0.0]],  # rationale sequence
+    ], requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 1, 2], [IGNORE_INDEX, 0, 0, 2]])
+    task = torch.tensor([TASK_ANSWER, TASK_RATIONALE])
+    lg = logits.tolist()
+    answer = (_ce(lg[0][1], 1) + _ce(lg[0][2], 2)) / 2
+    rationale = (_ce(lg[1][0], 0) + _ce(lg[1][1], 0) + _ce(lg[1][2], 2)) / 3
+    out = step_loss(logits, labels, task, rationale_weight=0.5)
+    assert out.answer.item() == pytest.approx(answer, rel=1e-6)
+    assert out.rationale.item() == pytest.approx(rationale, rel=1e-6)
+    assert out.loss.item() == pytest.approx(answer + 0.5 * rationale, rel=1e-6)
+    assert (out.answer_tokens, out.rationale_tokens) == (2, 3)
+    # Not a mean over all five target tokens pooled together.
+    pooled = (2 * answer + 3 * rationale) / 5
+    assert out.loss.item() != pytest.approx(pooled, rel=1e-3)
+    # Gradient flows only where targets are; lambda = 0 leaves the rationale logits untouched.
+    out0 = step_loss(logits, labels, task, rationale_weight=0.0)
+    out0.loss.backward()
+    assert out0.loss.item() == pytest.approx(answer, rel=1e-6)
+    assert torch.count_nonzero(logits.grad[1]) == 0 and torch.count_nonzero(logits.grad[0]) > 0
+
+
+def test_loss_with_a_missing_task_is_zero_for_that_term():
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, 2, 4]])
+    out = step_loss(logits, labels, torch.tensor([TASK_ANSWER]), rationale_weight=1.0)
+    assert out.rationale.item() == 0.0 and out.rationale_tokens == 0
+    assert out.loss.item() == pytest.approx(out.answer.item())
+    out.loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_targets_from_rows():
+    row = {"options": ["red", "blue"], "answer": "blue", "answer_index": 1, "rationale": ["A.", " B. "]}
+    assert answer_text(row) == "blue" and rationale_text(row) == "A. B."
+    assert rationale_text({"rationale": None}) == ""
+    assert rows_from_batch({"a": np.array([1, 2]), "b": np.array(["x", "y"])}) == [
+        {"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+
+
+def test_collation_masks_labels_and_builds_both_tasks(toy_rows, processor):
+    rows = [r for r in toy_rows if r["split"] == "train"][:3]
+    encoder = RowEncoder(processor, ModelConfig(), rationale_weight=1.0)
+    batch = encoder(rows)
+    tok = processor.tokenizer
+    eot = end_of_turn_id(tok)
+    assert batch["task"].tolist() == [TASK_ANSWER, TASK_RATIONALE] * 3
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["video_grid_thw"].shape == (6, 3)  # every sequence has its video
+    video_id = tok.convert_tokens_to_ids("<|video_pad|>")
+    assert batch["pixel_values_videos"].shape[0] == int((batch["input_ids"] == video_id).sum()) * 4
+    for i, seq_task in enumerate(batch["task"].tolist()):
+        row = rows[i // 2]
+        target = answer_text(row) if seq_task == TASK_ANSWER else rationale_text(row)
+        want = tok(target, add_special_tokens=False)["input_ids"] + [eot]
+        labels, ids, mask = batch["labels"][i], batch["input_ids"][i], batch["attention_mask"][i]
+        n = int(mask.sum())
+        supervised = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+        # Only the target (and its end-of-turn) is supervised, and it is the end of the real sequence.
+        assert labels[labels != IGNORE_INDEX].tolist() == want
+        assert supervised == list(range(n - len(want), n))
+        assert ids[supervised].tolist() == want
+        assert (labels[n:] == IGNORE_INDEX).all() and (mask[n:] == 0).all()
+        prompt = tok.decode(ids[: n - len(want)])
+        assert ("[answer]" if seq_task == TASK_ANSWER else "[explain]") in prompt
+        assert row["question"] in prompt and all(o in prompt for o in row["options"])
+        assert prompt.endswith("<|im_start|>assistant\n")
+        assert int((ids == video_id).sum()) == 16 and (batch["mm_token_type_ids"][i][ids == video_id] == 2).all()
+
+
+def test_lambda_zero_builds_answer_sequences_only(toy_rows, processor):
+    rows = [r for r in toy_rows if r["split"] == "train"][:4]
+    batch = RowEncoder(processor, ModelConfig(), rationale_weight=0.0)(rows)
+    assert batch["task"].tolist() == [TASK_ANSWER] * 4
+
+
+def test_missing_and_broken_videos_are_skipped_and_counted(toy_rows, processor, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    good = toy_rows[0]
+    rows = [dict(good, video_uri=str(tmp_path / "missing.mp4")), dict(good, video_uri=str(broken)), good]
+    encoder = RowEncoder(processor, ModelConfig(), rationale_weight=1.0)
+    batch = encoder(rows)
+    assert batch["task"].shape[0] == 2
+    assert encoder.stats.rows == 3 and encoder.stats.skipped == 2 and encoder.stats.reasons == {"video": 2}
+    assert encoder(rows[:2]) is None  # a batch with nothing usable: None, never an exception
+
+
+def test_overlong_target_is_cut_and_overlong_prompt_skipped(toy_rows, processor):
+    row = dict(toy_rows[0], rationale=["word " * 400])
+    seqs = RowEncoder(processor, ModelConfig(max_length=128), 1.0).sequences(row)
+    assert [s["input_ids"].shape[0] for s in seqs][1] == 128
+    encoder = RowEncoder(processor, ModelConfig(max_length=64), 1.0)
+    assert encoder.sequences(row) == [] and encoder.stats.reasons == {"too_long": 1}
+
+
+def test_collate_pads_right():
+    a = {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]),
+         "attention_mask": torch.ones(3, dtype=torch.long), "task": 0,
+         "pixel_values_videos": torch.zeros(4, 2), "video_grid_thw": torch.tensor([[1, 2, 2]])}
+    b = dict(a, input_ids=torch.tensor([5]), labels=torch.tensor([5]), attention_mask=torch.ones(1, dtype=torch.long),
+             task=1)
+    batch = collate([a, b], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["pixel_values_videos"].shape == (8, 2) and batch["task"].tolist() == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------ frames
+
+
+def test_span_times_and_frames(toy_rows):
+    assert span_times(1.0, 3.0, 10.0, 2) == [1.5, 2.5]
+    assert span_times(None, None, 4.0, 2) == [1.0, 3.0]
+    assert span_times(5.0, 20.0, 10.0, 2) == [6.25, 8.75]  # clipped to the video
+    frames = read_frames(toy_rows[0]["video_uri"], 0.0, 2.0, 2, 112)
+    assert frames.shape == (2, 112, 112, 3) and frames.dtype == np.uint8 and frames.max() > 100
+    with pytest.raises(FrameDecodeError):
+        read_frames("/no/such/video.mp4", 0, 1, 2, 112)
+
+
+@pytest.mark.skipif(not SHARED_VIDEO.is_file(), reason="shared test video not present")
+def test_decord_and_pyav_agree_on_a_real_video():
+    a = read_frames(str(SHARED_VIDEO), 1.0, 3.0, 2, 112)
+    b = _decode_pyav(str(SHARED_VIDEO), 1.0, 3.0, 2, 112)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 8
+
+
+# ------------------------------------------------------------------------------------------------ deepspeed
+
+
+def test_deepspeed_config_and_schedule():
+    tc = TrainConfig(zero_stage=3, batch_size=4, grad_accum=2, lr=1e-3, warmup_steps=4, steps=20)
+    ds = deepspeed_config(tc, use_bf16=False)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+    f = lr_lambda(tc)
+    warm = [f(s) for s in range(4)]
+    assert warm == sorted(warm) and 0 < warm[0] < warm[-1] < 1
+    assert f(4) == pytest.approx(1.0) and f(12) == pytest.approx(0.5) and f(20) == pytest.approx(0.0, abs=1e-12)
+    assert all(f(s) >= f(s + 1) for s in range(4, 20))
+
+
+def test_lora_targets_only_the_language_model(processor):
+    import re
+
+    from step_ray.models.tiny import build_tiny
+    from step_ray.train.loop import lora_target_regex
+
+    model, _ = build_tiny(ModelConfig(), seed=0)
+    pattern = re.compile(lora_target_regex(TrainConfig().lora.target_modules))
+    hits = [n for n, _ in model.named_modules() if pattern.fullmatch(n)]
+    assert len(hits) == 4 * 7 and all("language_model" in n for n in hits)
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One Ray for this module (the lead's session conftest may have started one already: reuse it)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ.get("STEP_RAY_TEST_RAY_TMP"))
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from step_ray.eval.evaluate import evaluate
+    from step_ray.train.trainer import run_training
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))  # workers inherit it
+    # Train rows whose video is missing or broken: skipped and counted, never a crash. (20 train rows: an
+    # even count, so Ray's equal split over 2 workers drops none of them.)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 64)
+    table = pq.read_table(toy).to_pylist()
+    table[:0] = [dict(table[0], id="missing", video_uri=str(tmp_path / "missing.mp4")),
+                 dict(table[0], id="broken", video_uri=str(broken))]
+    qra = tmp_path / "qra"
+    qra.mkdir()
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(table), qra / "part-0.parquet")
+
+    overrides = ["train.num_workers=2", "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
+                 "train.checkpoint_every=2", "train.warmup_steps=1", "train.lr=5e-3", "train.keep_checkpoints=2"]
+    out = tmp_path / "run"
+    first = run_training(load_config(None, overrides + ["train.steps=3"]), str(qra), out, name="t", merged=True)
+    assert first["steps"] == 3 and first["start_step"] == 0
+    assert [h["step"] for h in first["history"]] == [1, 2, 3]
+    for h in first["history"]:
+        assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s"} <= set(h)
+        assert h["loss"] == pytest.approx(h["loss_answer"] + h["loss_rationale"], rel=1e-5)
+    assert first["skipped_rows"] >= 2  # the missing and the broken video (read again every epoch)
+    assert Path(first["checkpoint"]).is_dir()
+    ckpt_files = {p.name for p in Path(first["checkpoint"], "ds").iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "mp_rank_00_model_states.pt"} <= ckpt_files  # the merged checkpoint of both ranks
+
+    # The export: the adapter applies to the exported base with peft.
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert adapter and any("language_model" in k for k in adapter) and not any("visual" in k for k in adapter)
+    assert max(v.abs().max().item() for k, v in adapter.items() if "lora_B" in k) > 0  # trained
+    base = AutoModelForImageTextToText.from_pretrained(out / "base")
+    assert isinstance(PeftModel.from_pretrained(base, str(out / "adapter")), PeftModel)
+    assert (out / "merged" / "config.json").is_file()
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
+
+    # Same name and storage, more steps: resumes at step 3, not 0.
+    second = run_training(load_config(None, overrides + ["train.steps=5"]), str(qra), out, name="t")
+    assert second["start_step"] == 3 and second["steps"] == 5
+    assert [h["step"] for h in second["history"]] == [1, 2, 3, 4, 5]
+    assert second["history"][3]["loss"] < first["history"][0]["loss"]
+
+    # Base vs trained: accuracy by number of steps and by family on the held-out videos.
+    cfg = load_config(None, [])
+    base_eval = evaluate(cfg, None, str(qra))
+    trained_eval = evaluate(cfg, str(out), str(qra), out_path=out / "eval.json")
+    for result in (base_eval, trained_eval):
+        assert result["n"] == 6 and set(result["by_steps"]) == {"1", "2", "3+"}
+        assert set(result["by_family"]) == {"attribute", "relation", "temporal"}
+        assert 0.0 <= result["accuracy"] <= 1.0 and len(result["predictions"]) == 6
+    assert trained_eval["model"].startswith("adapter:")
+    assert base_eval["predictions"][0]["scores"] != trained_eval["predictions"][0]["scores"]
