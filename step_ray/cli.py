@@ -158,7 +158,10 @@ def run(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     from step_ray.utils.inputs import InputError
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    # DeepSpeed picks its accelerator when imported; on a driver without an NVIDIA driver that must be the CPU.
+    # (Training workers get their own setting from train.use_gpu.)
+    if not _has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         return run(argv)
     except (ConfigError, InputError) as err:

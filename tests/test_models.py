@@ -103,8 +103,8 @@ def test_save_and_reload_offline(tmp_path):
 def test_load_model_and_processor_tiny_uses_a_keyed_cache(cache):
     m1, p1 = load_model_and_processor(ModelConfig(), device="cpu", dtype=torch.float32, seed=0)
     built = ensure_tiny(ModelConfig(), seed=0)
-    assert built.parent == cache and (built / "config.json").is_file()
-    assert not any(p.name.startswith(".") for p in cache.iterdir())  # no temporary leftovers
+    assert built.parent == cache / "models" and (built / "config.json").is_file()
+    assert not any(p.name.startswith(".") for p in built.parent.iterdir())  # no temporary leftovers
     m2, _ = load_model_and_processor(ModelConfig(), seed=0)  # from the cache
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert not m1.training

@@ -38,18 +38,18 @@ def steps_bucket(steps: Any) -> str:
     return "3+" if n >= 3 else str(max(n, 1))
 
 
-def load_rows(qra_path: str, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
+def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
     """The QRA rows of ``split`` (file or directory of Parquet), in a stable order (by id)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    table = pads.dataset(qra_path, format="parquet").to_table()
+    table = pads.dataset(str(qra_path), format="parquet").to_table()
     table = table.filter(pc.equal(table["split"], split))
     rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
     return rows[:max_samples] if max_samples > 0 else rows
 
 
-def _resolve(cfg: StepRayConfig, source: Optional[str]) -> tuple[Optional[str], Optional[str], str]:
+def _resolve(cfg: StepRayConfig, source: Optional[str | Path]) -> tuple[Optional[str], Optional[str], str]:
     """(base path or None for cfg.model, adapter path or None, description)."""
     if source is None:
         return None, None, f"base:{cfg.model.name_or_path}"
@@ -74,7 +74,7 @@ def _resolve(cfg: StepRayConfig, source: Optional[str]) -> tuple[Optional[str], 
     raise FileNotFoundError(f"{source}: neither a run output, a checkpoint, an adapter nor a model directory")
 
 
-def load_for_eval(cfg: StepRayConfig, source: Optional[str], device: str = "cpu") -> tuple[Any, Any, str]:
+def load_for_eval(cfg: StepRayConfig, source: Optional[str | Path], device: str = "cpu") -> tuple[Any, Any, str]:
     """(model, processor, description) ready for scoring: base, base + adapter, or a full model."""
     from step_ray.models.loading import load_model_and_processor
 
@@ -119,8 +119,8 @@ def summarise(predictions: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(
     cfg: StepRayConfig,
-    model_dir_or_checkpoint: Optional[str],
-    qra_path: str,
+    model_dir_or_checkpoint: Optional[str | Path],
+    qra_path: str | Path,
     split: str = "test",
     out_path: Optional[str | Path] = None,
 ) -> dict[str, Any]:

@@ -26,12 +26,13 @@ import torch
 from step_ray.config import ModelConfig
 
 TINY = "tiny"
-_CACHE_ENV = "STEP_RAY_CACHE"
 
 
 def cache_root() -> Path:
-    """Where built tiny models are kept: ``$STEP_RAY_CACHE`` or ``~/.cache/step_ray``."""
-    return Path(os.environ.get(_CACHE_ENV) or Path.home() / ".cache" / "step_ray")
+    """Where built tiny models are kept: ``models/`` in step-ray's cache (``$STEP_RAY_CACHE``)."""
+    from step_ray.utils.env import cache_dir
+
+    return cache_dir() / "models"
 
 
 def tiny_key(model_cfg: ModelConfig, seed: int) -> str:

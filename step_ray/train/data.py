@@ -234,6 +234,7 @@ class RowEncoder:
         self.rationale_weight = rationale_weight
         self.pad_id = int(processor.tokenizer.pad_token_id or 0)
         self.stats = EncodeStats()
+        self._warned: set = set()
 
     def sequences(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         self.stats.rows += 1
@@ -243,7 +244,9 @@ class RowEncoder:
                 self.model_cfg.frames, self.model_cfg.frame_size,
             )
         except FrameDecodeError as err:
-            logger.warning("skipping QRA row %s: %s", row.get("id"), err)
+            if row.get("id") not in self._warned:  # once per row, not once per epoch
+                self._warned.add(row.get("id"))
+                logger.warning("skipping QRA row %s: %s", row.get("id"), err)
             self.stats.skip("video")
             return []
         seqs = row_sequences(row, frames, self.processor, self.model_cfg, self.rationale_weight)

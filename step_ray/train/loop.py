@@ -149,21 +149,27 @@ def restore(engine: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def micro_batches(shard: Any, encoder: Any, batch_size: int) -> Iterator[Optional[dict[str, torch.Tensor]]]:
+def micro_batches(
+    shard: Any, encoder: Any, batch_size: int, seed: int
+) -> Iterator[Optional[dict[str, torch.Tensor]]]:
     """Endless micro-batches from this worker's shard (epoch after epoch); None for a batch with no usable row.
 
     One raw batch of rows becomes exactly one item, usable or not, so all workers advance through their
     (equal-size, ``equal=True``) shards in lockstep and meet at the same epoch boundaries: Ray Data's split
     coordinator makes every split wait there for the others, and a worker waiting there while another waits in
-    a gradient all-reduce would deadlock.
+    a gradient all-reduce would deadlock. Rows are shuffled within a small buffer, differently every epoch
+    (the row count, and so the batch count, stays the same).
     """
     from step_ray.train.data import rows_from_batch
 
+    epoch = 0
     while True:
         produced = 0
-        for raw in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=False):
+        for raw in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=False,
+                                      local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch):
             produced += 1
             yield encoder(rows_from_batch(raw))
+        epoch += 1
         if produced == 0:
             raise RuntimeError("this worker's data shard is empty: the train split has fewer rows than workers")
 
@@ -182,8 +188,8 @@ def all_ranks_have_data(batch: Optional[dict], device: torch.device) -> bool:
 # ------------------------------------------------------------------------------------------------ checkpoint
 
 
-def export_weights(engine: Any, cfg: StepRayConfig, directory: Path, rank: int) -> None:
-    """Rank 0 writes the Hugging Face adapter (or the full model without LoRA) to ``directory``.
+def export_weights(engine: Any, cfg: StepRayConfig, directory: Path, rank: int, processor: Any) -> None:
+    """Rank 0 writes the Hugging Face adapter (or the full model and its processor, without LoRA).
 
     Collective under ZeRO-3: the partitioned parameters are gathered on every rank first (without the gather,
     ``get_peft_model_state_dict`` returns empty tensors).
@@ -201,9 +207,13 @@ def export_weights(engine: Any, cfg: StepRayConfig, directory: Path, rank: int) 
         if rank == 0:
             target = directory / (ADAPTER_DIR if cfg.train.lora.enabled else MODEL_DIR)
             module.save_pretrained(str(target), safe_serialization=True)
+            if not cfg.train.lora.enabled:
+                processor.save_pretrained(str(target))  # a complete from_pretrained directory
 
 
-def save_checkpoint(engine: Any, cfg: StepRayConfig, state: dict, metrics: dict, rank: int) -> None:
+def save_checkpoint(
+    engine: Any, cfg: StepRayConfig, processor: Any, state: dict, metrics: dict, rank: int
+) -> None:
     """Every rank saves its DeepSpeed state, rank 0 adds the adapter and ``state.json``; one Ray report."""
     import ray.train
     import torch.distributed as dist
@@ -212,7 +222,7 @@ def save_checkpoint(engine: Any, cfg: StepRayConfig, state: dict, metrics: dict,
     with tempfile.TemporaryDirectory(prefix="step_ray_ckpt_") as tmp:
         # Frozen base weights are rebuilt from the config on resume: keep checkpoints adapter-sized.
         engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
-        export_weights(engine, cfg, Path(tmp), rank)
+        export_weights(engine, cfg, Path(tmp), rank, processor)
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=1))
         dist.barrier()
@@ -243,13 +253,19 @@ def train_loop_per_worker(config: dict) -> None:
     step = int(engine.global_steps)  # restored with the checkpoint; 0 on a fresh start
     if state and int(state.get("step", step)) != step:
         raise RuntimeError(f"checkpoint state step {state.get('step')} != DeepSpeed step {step}")
+    if state.get("base_fingerprint") and base_fingerprint and state["base_fingerprint"] != base_fingerprint:
+        # The adapter would be continued on other base weights (e.g. the tiny recipe changed): refuse.
+        raise RuntimeError(
+            f"the checkpoint was trained on base weights {state['base_fingerprint']}, this base is "
+            f"{base_fingerprint}: use a new run name (or the old model) instead of resuming")
     history: list[dict] = list(state.get("history", []))
     counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped")}
     if rank == 0 and tc.lora.enabled:
         engine.module.print_trainable_parameters()
 
     encoder = RowEncoder(processor, cfg.model, tc.rationale_weight)
-    batches = micro_batches(ray.train.get_dataset_shard("train"), encoder, tc.batch_size)
+    batches = micro_batches(ray.train.get_dataset_shard("train"), encoder, tc.batch_size,
+                            seed=cfg.run.seed * 100_003 + rank * 1009 + step)
 
     # Running sums since the last log: loss, answer, rationale, micro-batches, rows seen, rows skipped.
     window = torch.zeros(6, dtype=torch.float64)
@@ -306,7 +322,7 @@ def train_loop_per_worker(config: dict) -> None:
             state = {"step": step, "history": history, **counters, "world_size": world,
                      "seconds": time.perf_counter() - run_start, "start_step": start_step,
                      "base_fingerprint": base_fingerprint}
-            save_checkpoint(engine, cfg, state, metrics, rank)
+            save_checkpoint(engine, cfg, processor, state, metrics, rank)
         else:
             ray.train.report(metrics)
 

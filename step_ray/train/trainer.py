@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_NAME = "step-ray-train"
 
 
-def train_dataset(qra_path: str, num_workers: int) -> Any:
+def train_dataset(qra_path: str | Path, num_workers: int) -> Any:
     """The train split of the QRA table as a materialised Ray Dataset.
 
     Materialised on the driver before the trainer starts: QRA rows are compact text, and a dataset that is
@@ -41,7 +41,7 @@ def train_dataset(qra_path: str, num_workers: int) -> Any:
     """
     import ray.data
 
-    ds = ray.data.read_parquet(qra_path).filter(expr="split == 'train'").materialize()
+    ds = ray.data.read_parquet(str(qra_path)).filter(expr="split == 'train'").materialize()
     rows = ds.count()
     if rows < num_workers:
         raise ValueError(f"{qra_path}: {rows} train rows, fewer than train.num_workers={num_workers}")
@@ -50,15 +50,15 @@ def train_dataset(qra_path: str, num_workers: int) -> Any:
 
 def worker_env(cfg: StepRayConfig) -> dict[str, str]:
     """Environment of the training workers (set before DeepSpeed is imported there)."""
-    env = {
-        # Compiled DeepSpeed ops are cached here across runs (20-60 s to build the first time).
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                               str(Path.home() / ".cache" / "torch_extensions")),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    from step_ray.utils.env import worker_env as common_env
+
+    env = common_env()  # the offline settings and caches every step-ray worker gets
+    # Compiled DeepSpeed ops are cached here across runs (20-60 s to build the first time).
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    env["TOKENIZERS_PARALLELISM"] = "false"
     if not cfg.train.use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    for name in ("STEP_RAY_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env["DS_ACCELERATOR"] = "cpu"  # per run: the driver's own setting says nothing about the workers
+    for name in ("HF_HOME", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     # Local runs import step_ray from the source tree: make it importable in the workers too.
@@ -149,7 +149,7 @@ def export_merged(base_dir: Path, adapter_dir: Path, target: Path) -> Path:
 
 def run_training(
     cfg: StepRayConfig,
-    qra_path: str,
+    qra_path: str | Path,
     out_dir: str | Path,
     name: Optional[str] = None,
     storage_path: Optional[str] = None,

@@ -42,8 +42,11 @@ def resolve_device(setting: str) -> str:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables for Ray workers (runtime_env): the same offline settings as the driver."""
+    """Environment variables for Ray workers (runtime_env): the same offline settings as the driver.
+
+    DS_ACCELERATOR is deliberately not passed on: the driver may sit on a CPU-only head node while the
+    training workers have GPUs; the trainer sets it per worker from ``train.use_gpu``."""
     configure_ultralytics()
     keys = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE", "STEP_RAY_CACHE",
-            "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+            "TORCH_EXTENSIONS_DIR")
     return {k: os.environ[k] for k in keys if k in os.environ}
