@@ -274,6 +274,8 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
     out = tmp_path / "run"
     first = run_training(load_config(None, overrides + ["train.steps=3"]), str(qra), out, name="t", merged=True)
     assert first["steps"] == 3 and first["start_step"] == 0
+    assert first["final_loss"] == first["history"][-1]["loss"] and first["adapter_dir"] == str(out / "adapter")
+    assert first["base_dir"] == str(out / "base") and first["seconds_per_step"] > 0
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
     for h in first["history"]:
         assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s"} <= set(h)

@@ -1,0 +1,1 @@
+"""Multiple-choice evaluation by option likelihood: ``scoring`` and ``evaluate``."""

@@ -1,0 +1,1 @@
+"""Video-LLMs: the tiny offline Qwen2.5-VL (``tiny``) and loading from the config (``loading``)."""

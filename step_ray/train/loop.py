@@ -298,8 +298,9 @@ def train_loop_per_worker(config: dict) -> None:
         ckpt_now = step % tc.checkpoint_every == 0 or step == tc.steps
         if not (log_now or ckpt_now):
             continue
-        totals = window.clone()
-        dist.all_reduce(totals)  # sums over ranks (gloo on CPU)
+        totals = window.to(device)  # nccl reduces device tensors only; gloo takes CPU ones
+        dist.all_reduce(totals)  # sums over ranks
+        totals = totals.cpu()
         elapsed = time.perf_counter() - window_start
         n = max(totals[3].item(), 1.0)
         metrics = {
