@@ -234,19 +234,6 @@ def test_lora_targets_only_the_language_model(processor):
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One Ray for this module (the lead's session conftest may have started one already: reuse it)."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ.get("STEP_RAY_TEST_RAY_TMP"))
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkeypatch):
     from peft import PeftModel
     from safetensors.torch import load_file
