@@ -31,7 +31,7 @@ def ray_session():
     from step_ray.utils.env import worker_env
 
     temp = tempfile.mkdtemp(prefix="ray_")
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=temp,
+    ray.init(num_cpus=2, num_gpus=2, dashboard_host="127.0.0.1", _temp_dir=temp,
              runtime_env={"env_vars": worker_env()})
     yield ray
     ray.shutdown()

@@ -14,20 +14,30 @@ def _acc(result: dict, group: str, key: str) -> tuple[float | None, int]:
     return cell["accuracy"], cell["n"]
 
 
+def chance(result: dict) -> float:
+    """Accuracy of guessing: one over the number of options (read off the scored predictions)."""
+    preds = result.get("predictions") or []
+    return 1.0 / len(preds[0]["scores"]) if preds and preds[0].get("scores") else 0.25
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def accuracy_table(base: dict, trained: dict) -> list[str]:
-    lines = ["| steps | n | base | trained | change |", "|---|---|---|---|---|"]
+def accuracy_table(base: dict, trained: dict, seen: dict | None = None) -> list[str]:
+    """Held-out accuracy of base and trained by steps; ``seen``: the trained model on training questions."""
+    seen = seen or {}
+    lines = ["| steps | n | base | trained | change | trained, on training questions |", "|---|---|---|---|---|---|"]
     for key in STEP_BUCKETS:
         b, n = _acc(base, "by_steps", key)
         t, _ = _acc(trained, "by_steps", key)
+        s, sn = _acc(seen, "by_steps", key)
         delta = "–" if b is None or t is None else f"{100 * (t - b):+.1f} pts"
-        lines.append(f"| {key} | {n} | {_pct(b)} | {_pct(t)} | {delta} |")
+        lines.append(f"| {key} | {n} | {_pct(b)} | {_pct(t)} | {delta} | {_pct(s)} (n={sn}) |")
     b, t = base.get("accuracy"), trained.get("accuracy")
     delta = "–" if b is None or t is None else f"{100 * (t - b):+.1f} pts"
-    lines.append(f"| **all** | {base.get('n', 0)} | {_pct(b)} | {_pct(t)} | {delta} |")
+    lines.append(f"| **all** | {base.get('n', 0)} | {_pct(b)} | {_pct(t)} | {delta} | "
+                 f"{_pct(seen.get('accuracy'))} (n={seen.get('n', 0)}) |")
     return lines
 
 
@@ -54,8 +64,8 @@ def plot_accuracy(base: dict, trained: dict, path: Path) -> None:
         vals = [(_acc(res, "by_steps", k)[0] or 0.0) * 100 for k in STEP_BUCKETS]
         bars = ax.bar(x + (offset - 0.5) * 0.38, vals, 0.38, label=label, color=color)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    chance = 100.0 / max(1, base.get("num_options", 4))
-    ax.axhline(chance, ls="--", lw=1, color="#c05621", label=f"chance ({chance:.0f}%)")
+    guess = 100.0 * chance(base)
+    ax.axhline(guess, ls="--", lw=1, color="#c05621", label=f"chance ({guess:.0f}%)")
     ax.set_xticks(x, [f"{k} step{'s' if k != '1' else ''}" for k in STEP_BUCKETS])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
@@ -93,7 +103,7 @@ def plot_losses(history: list[dict], path: Path) -> bool:
 
 
 def write_report(run: Path, summary: dict) -> Path:
-    base, trained = summary["eval_base"], summary["eval_trained"]
+    base, trained, seen = summary["eval_base"], summary["eval_trained"], summary.get("eval_trained_seen")
     stsg, qra, train = summary["stsg"], summary["qra"], summary["train"]
     plot_accuracy(base, trained, run / "plots" / "accuracy_by_steps.png")
     has_loss = plot_losses(train.get("history", []), run / "plots" / "loss.png")
@@ -104,7 +114,12 @@ def write_report(run: Path, summary: dict) -> Path:
         "",
         "## Accuracy by number of reasoning steps (held-out videos)",
         "",
-        *accuracy_table(base, trained),
+        *accuracy_table(base, trained, seen),
+        "",
+        f"Chance is {_pct(chance(base))}. "
+        "The last column scores the trained model on questions from the training split (as many as are held "
+        "out): high there but not on held-out videos means the model learned its data without generalising "
+        "yet (more steps, videos or a larger model).",
         "",
         "![accuracy by steps](plots/accuracy_by_steps.png)",
         "",
@@ -160,8 +175,10 @@ def print_console_summary(summary: dict) -> None:
     train = summary["train"]
     print(f"train      {train.get('steps')} steps; final loss {_fmt(train.get('final_loss'))} "
           f"(answer {_fmt(train.get('final_loss_answer'))}, rationale {_fmt(train.get('final_loss_rationale'))})")
+    seen = summary.get("eval_trained_seen") or {}
     print("accuracy   " + "  ".join(
         f"{k}: {_pct(_acc(base, 'by_steps', k)[0])} -> {_pct(_acc(trained, 'by_steps', k)[0])}" for k in STEP_BUCKETS)
-        + f"  | all: {_pct(base.get('accuracy'))} -> {_pct(trained.get('accuracy'))}")
+        + f"  | all: {_pct(base.get('accuracy'))} -> {_pct(trained.get('accuracy'))}"
+        + f"  (held-out; on training questions: {_pct(seen.get('accuracy'))})")
     print("seconds    " + ", ".join(f"{k} {v}" for k, v in summary.get("seconds", {}).items()))
     print(f"report     {Path(summary['run_dir']) / 'report.md'}")

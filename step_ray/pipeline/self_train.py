@@ -44,6 +44,11 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
     summary["train"] = timed("train", steps.train_step, cfg, run / "qra", run / "train")
     summary["eval_trained"] = timed("eval (trained)", steps.eval_step, cfg, run / "qra", str(run / "train"),
                                     run / "eval", "trained")
+    # The same model on questions it was trained on (as many as the held-out split has): separates "did not
+    # learn" from "learned but does not generalise" when reading the held-out table.
+    summary["eval_trained_seen"] = timed("eval (trained, train split)", steps.eval_step, cfg, run / "qra",
+                                         str(run / "train"), run / "eval", "trained_train_split", split="train",
+                                         max_samples=max(1, summary["eval_trained"]["n"]))
     summary["seconds"] = times
 
     from step_ray.eval.report import print_console_summary, write_report

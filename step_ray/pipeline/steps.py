@@ -149,12 +149,18 @@ def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict
     return run_training(cfg, qra_path, Path(out_dir))
 
 
-def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str) -> dict:
-    """Accuracy of ``model`` (a training output folder, or None for the configured base model)."""
+def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str,
+              split: str = "test", max_samples: int | None = None) -> dict:
+    """Accuracy of ``model`` (a training output folder, or None for the configured base model) on ``split``;
+    ``max_samples`` overrides ``eval.max_samples``."""
+    import dataclasses
+
     from step_ray.eval.evaluate import evaluate
 
+    if max_samples is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_samples=max_samples))
     start = time.perf_counter()
-    result = evaluate(cfg, model, find_qra(qra))
+    result = evaluate(cfg, model, find_qra(qra), split=split)
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(out_dir) / f"{name}.json", result)
     return result

@@ -42,10 +42,21 @@ MODEL_DIR = "model"
 # ------------------------------------------------------------------------------------------------ setup
 
 
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every ``report`` of every worker at INFO (with the whole metrics dict); this recipe logs
+    one metrics line per log step itself. Ray names that logger after its source file, hence the lookup."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def setup_environment(cfg: StepRayConfig) -> tuple[torch.device, int, int]:
     """(device, rank, world size). Must run before DeepSpeed is imported."""
     import ray.train
 
+    quiet_ray_train_reports()
     use_cuda = cfg.train.use_gpu and torch.cuda.is_available()
     if not use_cuda:
         # DeepSpeed picks its accelerator at import time; on CPU hosts it must be told (DESIGN).

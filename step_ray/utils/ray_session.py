@@ -13,7 +13,7 @@ def init_ray(cfg: RayConfig) -> bool:
 
     - Already initialised (tests' session fixture, a notebook): reuse it.
     - ``address`` set, or ``RAY_ADDRESS`` in the environment (``ray job submit`` sets it): join that cluster.
-    - Otherwise start an embedded local Ray with the configured CPUs / logical GPUs, dashboard off.
+    - Otherwise start an embedded local Ray with the configured CPUs / logical GPUs, dashboard on loopback.
     """
     import ray
 
@@ -29,6 +29,8 @@ def init_ray(cfg: RayConfig) -> bool:
     kwargs = {}
     if cfg.object_store_memory:
         kwargs["object_store_memory"] = cfg.object_store_memory
-    ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False, runtime_env=runtime_env,
+    # The dashboard process also serves the state API that Ray Train uses to clean up after a run; it only
+    # ever listens on loopback here.
+    ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, dashboard_host="127.0.0.1", runtime_env=runtime_env,
              logging_level=logging.WARNING, **kwargs)
     return True
