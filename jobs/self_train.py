@@ -1,17 +1,12 @@
-"""Ray job entrypoint for `step-ray self-train`: the same code as the CLI, for `ray job submit`.
+"""Ray job entrypoint for `step-ray self-train` (same arguments; `--help` lists them):
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \
-        -- python jobs/self_train.py --help
+        -- python jobs/self_train.py --config configs/demo.yaml
 
-Inside a Ray job, RAY_ADDRESS is set, so the steps join the cluster instead of starting a local Ray.
+Inside a Ray job RAY_ADDRESS is set, so the step joins the cluster instead of starting a local Ray.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the uploaded working dir holds step_ray/
-
-from step_ray.cli import main  # noqa: E402
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["self-train", *sys.argv[1:]]))
+    run("self-train")
