@@ -140,11 +140,26 @@ def find_qra(path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- train / eval
 
 
+def require_split(qra_path: Path, split: str) -> None:
+    """Fail with a clear message when ``qra_path`` has no rows of ``split`` (a tiny corpus may put every video
+    on one side of the train / test split)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from step_ray.utils.inputs import InputError
+
+    splits = pq.read_table(qra_path, columns=["split"])["split"]
+    if not pc.any(pc.equal(splits, split)).as_py():
+        raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
+                         f"or change qra.val_fraction")
+
+
 def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:
     from step_ray.train.trainer import run_training
     from step_ray.utils.ray_session import init_ray
 
     qra_path = find_qra(qra)
+    require_split(qra_path, "train")
     init_ray(cfg.ray)
     return run_training(cfg, qra_path, Path(out_dir))
 
@@ -159,8 +174,10 @@ def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: s
 
     if max_samples is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_samples=max_samples))
+    qra_path = find_qra(qra)
+    require_split(qra_path, split)
     start = time.perf_counter()
-    result = evaluate(cfg, model, find_qra(qra), split=split)
+    result = evaluate(cfg, model, qra_path, split=split)
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(out_dir) / f"{name}.json", result)
     return result
