@@ -16,8 +16,10 @@ from typing import Optional
 import numpy as np
 import torch  # noqa: F401  (import torch before decord: the other order segfaults with CUDA torch on CPU hosts)
 
+from step_ray.video.decode import DecodeError, first_decoded
 
-class FrameDecodeError(RuntimeError):
+
+class FrameDecodeError(DecodeError):
     """The video is missing, unreadable, or has no frames in the asked span."""
 
 
@@ -88,17 +90,15 @@ def _decode_pyav(source: str | io.BytesIO, start, end, n: int, size: int) -> np.
 def read_frames(uri: str, start: Optional[float], end: Optional[float], n: int, size: int) -> np.ndarray:
     """``(n, size, size, 3)`` uint8 RGB frames from ``[start, end]`` seconds of ``uri`` (decord, then PyAV)."""
     source = _open_source(uri)
-    errors = []
-    for decode in (_decode_decord, _decode_pyav):
-        try:
-            frames = decode(source, start, end, n, size)
-        except FrameDecodeError:
-            raise
-        except Exception as err:  # noqa: BLE001 - try the next decoder, then report both
-            errors.append(f"{decode.__name__.strip('_')}: {err}")
-            continue
+
+    def checked(decode):
+        frames = decode(source, start, end, n, size)
         if frames.shape != (n, size, size, 3):
-            errors.append(f"{decode.__name__.strip('_')}: got frames of shape {frames.shape}")
-            continue
+            raise FrameDecodeError(f"got frames of shape {frames.shape}")
         return frames.astype(np.uint8, copy=False)
-    raise FrameDecodeError(f"cannot decode {uri}: " + "; ".join(errors))
+
+    try:
+        return first_decoded([("decord", lambda: checked(_decode_decord)), ("pyav", lambda: checked(_decode_pyav))],
+                             uri)
+    except DecodeError as err:
+        raise FrameDecodeError(str(err)) from None

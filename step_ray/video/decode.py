@@ -8,6 +8,7 @@ error row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch  # noqa: F401  -- must be imported before decord: the other order segfaults with the CUDA torch wheel
 
@@ -20,6 +21,9 @@ from step_ray.video.sampling import is_sampled, sample_indices, sampling_step, t
 
 class DecodeError(RuntimeError):
     """A video cannot be decoded; the message is the reason shown in the errors table."""
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,15 +102,22 @@ def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
     return DecodedFrames(np.stack([frames[i] for i in keep]), [indices[i] / fps for i in keep], fps, n, n / fps, "pyav")
 
 
+def first_decoded(attempts: list[tuple[str, Callable[[], T]]], what: str) -> T:
+    """Run each ``(name, decode)`` in turn and return the first result; if all fail, raise one
+    :class:`DecodeError` that gives every decoder's reason (what a user needs to see in an error row)."""
+    errors = []
+    for name, decode in attempts:
+        try:
+            return decode()
+        except Exception as err:  # noqa: BLE001 - decoders raise many types; each becomes part of the reason
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            errors.append(f"{name}: {text}" if isinstance(err, DecodeError) else f"{name}: {type(err).__name__}: {text}")
+    raise DecodeError(f"cannot decode {what} (" + "; ".join(errors) + ")")
+
+
 def decode_sampled(path: str, cfg: VideoConfig) -> DecodedFrames:
     """Decode the sampled frames of ``path``; raise :class:`DecodeError` with a reason if no backend can."""
-    errors = []
-    backends = [_decode_decord, _decode_pyav] if cfg.backend == "decord" else [_decode_pyav]
-    for decode in backends:
-        try:
-            return decode(path, cfg)
-        except DecodeError as err:
-            errors.append(f"{decode.__name__[8:]}: {err}")
-        except Exception as err:  # noqa: BLE001 - decoders raise many types; each becomes part of the reason
-            errors.append(f"{decode.__name__[8:]}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
-    raise DecodeError("cannot decode video (" + "; ".join(errors) + ")")
+    attempts = [("pyav", lambda: _decode_pyav(path, cfg))]
+    if cfg.backend == "decord":
+        attempts.insert(0, ("decord", lambda: _decode_decord(path, cfg)))
+    return first_decoded(attempts, "video")
