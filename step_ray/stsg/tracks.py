@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the frame size the graph declares
+# x1, y1, x2, y2 in pixels of the frame size the graph declares; x2 / y2 exclusive (x + w, as cv2 gives them)
+Box = tuple[float, float, float, float]
 
 
 @dataclass
 class Clip:
-    """A shot: ``[start, end)`` in seconds, the times of its sampled frames and of its keyframes."""
+    """A shot: ``start`` / ``end`` are the times (s) of its first and last sampled frame, both included; with
+    the times of all its sampled frames and of its keyframes."""
 
     index: int
     start: float
