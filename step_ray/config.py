@@ -53,8 +53,8 @@ class RayConfig:
 
     address: Optional[str] = _f(
         None,
-        "Ray address. None or 'local' starts an embedded Ray; 'auto' joins the cluster this job runs on "
-        "(what `ray job submit` gives).",
+        "Ray address. None: join the cluster in RAY_ADDRESS (set by `ray job submit`), else start an embedded "
+        "Ray; 'local': always start an embedded Ray; 'auto' or an address: join that cluster.",
     )
     num_cpus: Optional[int] = _f(None, "CPUs for an embedded Ray (None: all cores). Ignored on a cluster.")
     num_gpus: Optional[float] = _f(
@@ -151,6 +151,7 @@ class PerceptionConfig:
     )
     imgsz: int = _f(320, "YOLO inference size (a multiple of 32).")
     conf: float = _f(0.25, "Minimum detection confidence.")
+    batch: int = _f(16, "Frames per detector forward pass (bounds GPU memory on long videos).")
     tracker: Literal["bytetrack", "botsort"] = _f("bytetrack", "ultralytics tracker that assigns identities.")
     device: str = _f("auto", "'auto' (CUDA if torch sees it, else CPU), 'cpu', or 'cuda:N'.")
     min_area: int = _f(30, "Colour detector: smallest blob area in pixels.")
@@ -160,8 +161,11 @@ class PerceptionConfig:
     def validate(self, path: str) -> None:
         _require(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{path}.imgsz", "must be a multiple of 32")
         _require(0 <= self.conf <= 1, f"{path}.conf", "must be in [0, 1]")
+        _require(self.batch >= 1, f"{path}.batch", "must be >= 1")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"{path}.device", "must be 'auto', 'cpu' or 'cuda[:N]'")
+        _require(not self.device.startswith("cuda") or self.pool.num_gpus > 0, f"{path}.device",
+                 f"{self.device!r} needs GPUs for the actors: set {path}.pool.num_gpus > 0 (or use 'auto')")
 
 
 @dataclass
@@ -218,6 +222,8 @@ class TinyModelConfig:
     vision_hidden_size: int = _f(64, "Vision transformer width.")
 
     def validate(self, path: str) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "vision_depth", "vision_hidden_size"):
+            _require(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
         _require(self.hidden_size % self.num_heads == 0, f"{path}.hidden_size", "must be divisible by num_heads")
         _require((self.hidden_size // self.num_heads) % 4 == 0, f"{path}.num_heads",
                  "head_dim (hidden_size / num_heads) must be a multiple of 4 for mrope")
@@ -466,7 +472,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError("--config", f"no such file: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError("--config", f"cannot read {p}: {err}") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

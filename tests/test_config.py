@@ -35,6 +35,8 @@ def test_demo_config_loads_and_round_trips():
     ("qra.pool.num_gpus=1", "qra.pool.num_gpus"),
     ("perception.detector=sam", "perception.detector"),
     ("train.steps=1.5", "train.steps"),
+    ("model.tiny.num_heads=0", "model.tiny.num_heads"),
+    ("perception.device=cuda", "perception.device"),  # no GPUs requested for the actors
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -49,6 +51,13 @@ def test_bad_yaml_file(tmp_path):
         load_config(bad)
     bad.write_text("train:\n  zero_stage: 9\n")
     with pytest.raises(ConfigError, match="^train.zero_stage"):
+        load_config(bad)
+
+
+def test_unreadable_config_file(tmp_path):
+    bad = tmp_path / "utf16.yaml"
+    bad.write_bytes(b"\xff\xfet\x00r\x00")
+    with pytest.raises(ConfigError, match="^--config: cannot read"):
         load_config(bad)
 
 
@@ -71,3 +80,21 @@ def test_cli_missing_input_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "step_ray.cli", "stsg", "--input", str(tmp_path / "none"),
                            "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_cli_missing_yolo_weights_exits_2_before_any_work(tmp_path, real_video):
+    proc = subprocess.run([sys.executable, "-m", "step_ray.cli", "stsg", "--input", str(real_video), "--output",
+                           str(tmp_path / "out"), "--no-ray", "perception.detector=yolo",
+                           f"perception.yolo_weights={tmp_path / 'none.pt'}"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("step-ray: error: perception.yolo_weights: no such file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_globs_keep_only_the_wanted_suffixes(tmp_path):
+    from step_ray.utils.inputs import InputError, video_rows
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [r["video_id"] for r in video_rows([str(tmp_path / "*")])] == ["a"]
+    with pytest.raises(InputError):
+        video_rows([str(tmp_path / "*.txt")])

@@ -156,9 +156,11 @@ class YoloDetector:
         self.device = device
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
-        # ultralytics expects BGR numpy images.
-        results = self.model.predict([f[..., ::-1] for f in frames], imgsz=self.cfg.imgsz, conf=self.cfg.conf,
-                                     device=self.device, verbose=False)
+        # ultralytics runs a list as one batch: bound it, so a long video cannot exhaust a shared GPU.
+        results = []
+        for i in range(0, len(frames), self.cfg.batch):
+            results += self.model.predict([f[..., ::-1] for f in frames[i:i + self.cfg.batch]],  # BGR
+                                          imgsz=self.cfg.imgsz, conf=self.cfg.conf, device=self.device, verbose=False)
         out = []
         for frame, r in zip(frames, results):
             b = r.boxes.cpu().numpy()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from step_ray.config import StepRayConfig
+from step_ray.config import ConfigError, StepRayConfig
 from step_ray.utils.inputs import expand, video_rows
 
 
@@ -57,6 +57,11 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
 
     out = Path(out_dir)
     rows = video_rows(inputs)
+    weights = cfg.perception.yolo_weights
+    if cfg.perception.detector == "yolo" and weights.endswith(".pt") and not Path(weights).is_file():
+        # Checked here, before any actor starts: a missing file would otherwise fail every actor's setup().
+        # (Shared storage is mounted on every node, the driver's included: see cluster/README.md.)
+        raise ConfigError("perception.yolo_weights", f"no such file: {weights} (nothing is downloaded)")
     results, seconds = run_stage(StsgStage, cfg, rows, use_ray=use_ray, out_dir=str(out))
     results.sort(key=lambda r: r["video_id"])
     errors = [r for r in results if r["status"] != "ok"]
@@ -81,6 +86,13 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def graphs_of_last_run(stsg_dir: str | Path) -> list[str]:
+    """The graphs the last ``stsg`` run into ``stsg_dir`` produced (from its results.jsonl), not every graph
+    the folder may hold from earlier runs with other inputs."""
+    lines = (Path(stsg_dir) / "results.jsonl").read_text().splitlines()
+    return [r["stsg_path"] for r in map(json.loads, lines) if r["status"] == "ok"]
 
 
 # --------------------------------------------------------------------------------------------- qra

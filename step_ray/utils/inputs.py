@@ -14,8 +14,8 @@ class InputError(ValueError):
 
 
 def expand(items: list[str], suffixes: tuple[str, ...]) -> list[Path]:
-    """Files are taken as they are (even with another suffix: the stage will say why it fails); folders are
-    searched recursively for ``suffixes``; anything else is a glob."""
+    """Files named explicitly are taken as they are (even with another suffix: the stage will say why it
+    fails); folders are searched recursively and globs matched, both keeping only ``suffixes``."""
     found: list[Path] = []
     for item in items:
         p = Path(item)
@@ -27,9 +27,10 @@ def expand(items: list[str], suffixes: tuple[str, ...]) -> list[Path]:
                 raise InputError(f"--input {item}: folder holds no {'/'.join(suffixes)} files")
             found += matches
         else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True)
+                             if Path(m).is_file() and m.lower().endswith(suffixes))
             if not matches:
-                raise InputError(f"--input {item}: no such file, folder or matching glob")
+                raise InputError(f"--input {item}: no such file or folder, and no {'/'.join(suffixes)} file matches it")
             found += matches
     unique = sorted({p.resolve() for p in found})
     return unique

@@ -23,7 +23,7 @@ def init_ray(cfg: RayConfig) -> bool:
         return False
     runtime_env = {"env_vars": worker_env()}
     address = cfg.address if cfg.address not in (None, "local") else None
-    if address or os.environ.get("RAY_ADDRESS"):
+    if address or (cfg.address is None and os.environ.get("RAY_ADDRESS")):
         # No runtime_env here: inside `ray job submit` the job's own runtime env applies, and Ray refuses a
         # second one that sets the same variables. The actors set the offline settings themselves.
         ray.init(address=address, logging_level=logging.WARNING)

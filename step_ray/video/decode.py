@@ -24,6 +24,7 @@ class DecodeError(RuntimeError):
 
 
 T = TypeVar("T")
+DECODE_CHUNK = 16  # frames decoded at full size at once
 
 
 @dataclass
@@ -70,11 +71,13 @@ def _decode_decord(path: str, cfg: VideoConfig) -> DecodedFrames:
     fps = float(vr.get_avg_fps() or 0.0)
     if n <= 0:
         raise DecodeError("no video frames")
-    idx = sample_indices(n, fps, cfg.sample_fps, cfg.max_frames)
-    frames = vr.get_batch(idx).asnumpy()
     if fps <= 0:
         raise DecodeError("the video stream declares no frame rate")
-    return DecodedFrames(_resize(frames, cfg.max_side), [i / fps for i in idx], fps, n, n / fps, "decord")
+    idx = sample_indices(n, fps, cfg.sample_fps, cfg.max_frames)
+    # Decode in small chunks and shrink each at once: max_frames full-size 4K frames would not fit in memory.
+    frames = np.concatenate([_resize(vr.get_batch(idx[i:i + DECODE_CHUNK]).asnumpy(), cfg.max_side)
+                             for i in range(0, len(idx), DECODE_CHUNK)])
+    return DecodedFrames(frames, [i / fps for i in idx], fps, n, n / fps, "decord")
 
 
 def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
@@ -87,14 +90,18 @@ def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         if fps <= 0:
             raise DecodeError("the video stream declares no frame rate")
-        # Header frame counts are unreliable, so decode in order and keep the frames the decord path would
-        # pick (the same index rule), then apply the same cap.
+        # With a frame count in the header, keep exactly the frames the decord path picks. Without one, keep
+        # the sampled frames and, whenever they grow past twice the cap, drop every other one and sample half
+        # as often from there on: memory stays bounded however long the video is.
+        wanted = set(sample_indices(stream.frames, fps, cfg.sample_fps, cfg.max_frames)) if stream.frames else None
         step = sampling_step(fps, cfg.sample_fps)
         frames, indices, n = [], [], 0
         for frame in container.decode(stream):
-            if is_sampled(n, step):
+            if (n in wanted) if wanted is not None else is_sampled(n, step):
                 frames.append(_resize(frame.to_ndarray(format="rgb24")[None], cfg.max_side)[0])
                 indices.append(n)
+                if len(frames) > 2 * cfg.max_frames:
+                    frames, indices, step = frames[::2], indices[::2], step * 2
             n += 1
     if not frames:
         raise DecodeError("no decodable video frames")
