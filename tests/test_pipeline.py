@@ -66,3 +66,27 @@ def test_self_train_end_to_end(ray_session, tmp_path, monkeypatch):
     stored = json.loads((run / "summary.json").read_text())
     assert set(stored["seconds"]) >= {"synth", "stsg", "qra", "train", "eval (base)", "eval (trained)"}
     assert len(list((run / "stsg").glob("*.stsg.json"))) == 8
+
+
+def test_self_train_reads_only_the_graphs_of_its_last_stsg_run(synth_corpus, tmp_path):
+    """A graph left in the folder by an earlier run with other inputs must not feed this run's QRA."""
+    from step_ray.pipeline.steps import graphs_of_last_run, stsg_step
+
+    cfg, items = synth_corpus["cfg"], synth_corpus["items"]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "v.mp4").write_bytes(open(items[0]["path"], "rb").read())
+    (tmp_path / "stsg").mkdir()
+    (tmp_path / "stsg" / "old.stsg.json").write_text(open(items[1]["gt_path"]).read())
+    stsg_step(cfg, [str(videos)], tmp_path / "stsg", use_ray=False)
+    assert [p.rsplit("/", 1)[-1] for p in graphs_of_last_run(tmp_path / "stsg")] == ["v.stsg.json"]
+
+
+def test_ray_rows_become_plain_python():
+    import numpy as np
+
+    from step_ray.pipeline.runners import _plain
+
+    assert _plain(np.float64("nan")) is None and _plain(float("nan")) is None
+    assert _plain(np.int64(3)) == 3 and type(_plain(np.int64(3))) is int
+    assert _plain(np.array([1.5, 2.5])) == [1.5, 2.5]
