@@ -16,7 +16,6 @@ from step_ray.stsg.tracks import Clip, Track
 
 def new_tracker(kind: str):
     """A fresh ultralytics tracker with its packaged default settings."""
-    from ultralytics.engine.results import Boxes  # noqa: F401  (import check: fails early if ultralytics is broken)
     from ultralytics.trackers.track import TRACKER_MAP
     from ultralytics.utils import YAML, IterableSimpleNamespace
     from ultralytics.utils.checks import check_yaml

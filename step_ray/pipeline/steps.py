@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -114,22 +115,18 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
     records = [rec for r in results if r["status"] == "ok" for rec in json.loads(r["records"])]
     records.sort(key=lambda rec: (rec["video_id"], rec["id"]))
     write_parquet(records, out / "qra.parquet")
-    by_steps: dict[str, int] = {}
-    by_family: dict[str, int] = {}
-    by_split: dict[str, int] = {}
-    for rec in records:
-        by_steps[str(rec["steps"])] = by_steps.get(str(rec["steps"]), 0) + 1
-        by_family[rec["family"]] = by_family.get(rec["family"], 0) + 1
-        by_split[rec["split"]] = by_split.get(rec["split"], 0) + 1
+    def counts(key: str) -> dict[str, int]:
+        return dict(sorted(Counter(str(rec[key]) for rec in records).items()))
+
     summary = {
         "graphs": len(rows),
         "graphs_failed": sum(r["status"] != "ok" for r in results),
         "graphs_without_samples": {r["video_id"]: r["reason"] for r in results if r["status"] == "ok" and not r["samples"]},
         "errors": {r["video_id"]: r["error"] for r in results if r["status"] != "ok"},
         "samples": len(records),
-        "by_steps": dict(sorted(by_steps.items())),
-        "by_family": dict(sorted(by_family.items())),
-        "by_split": dict(sorted(by_split.items())),
+        "by_steps": counts("steps"),
+        "by_family": counts("family"),
+        "by_split": counts("split"),
         "seconds": round(seconds, 2),
         "output": str(out / "qra.parquet"),
     }
