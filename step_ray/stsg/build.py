@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from itertools import permutations
+from typing import Any
 
 import networkx as nx
 
@@ -22,8 +23,9 @@ BORDER_MARGIN = 3.0  # px: a box this close to the frame edge touches it (enter 
 TOUCH_PX = 2.0  # px: boxes this close touch (collisions)
 
 
-def build_stsg(p: Perceived, cfg: StsgConfig, source: str) -> nx.MultiDiGraph:
-    """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``."""
+def build_stsg(p: Perceived, cfg: StsgConfig, source: str, semantics: Any = None) -> nx.MultiDiGraph:
+    """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``; ``semantics`` (a
+    :class:`step_ray.perception.semantics.ParsedSemantics`) adds what the Video-LLM agreed on."""
     g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source, p.provenance)
     clips = {c.index: c for c in p.clips}
     for c in p.clips:
@@ -48,6 +50,9 @@ def build_stsg(p: Perceived, cfg: StsgConfig, source: str) -> nx.MultiDiGraph:
         _add_motion(g, t, cfg)
         _add_changes(g, t)
     events = p.events if p.events is not None else _infer_events(p, clips, by_clip, cfg)
+    if semantics is not None:
+        _add_semantics(g, semantics)
+        events = list(events) + list(semantics.actions)
     _add_events(g, events, {(t.clip, t.track_id) for t in tracks})
     _add_same_as(g, tracks, cfg)
     return g
@@ -260,6 +265,29 @@ def _add_events(g: nx.MultiDiGraph, events: list[Event], known: set[tuple[int, i
     for a, b in zip(ids, ids[1:]):
         g.add_edge(a, b, type="before", source="geometry", conf=1.0)
         g.add_edge(b, a, type="after", source="geometry", conf=1.0)
+
+
+def _add_semantics(g: nx.MultiDiGraph, sem: Any) -> None:
+    """Parsed attributes fill in what perception did not measure (never overriding it); parsed relations are
+    added where geometry has not already stated the same predicate at that time."""
+    for (clip, tid), attrs in sem.attributes.items():
+        node = schema.object_id(clip, tid)
+        if node not in g:
+            continue
+        d = g.nodes[node]
+        for name, (value, conf) in attrs.items():
+            if name not in d["attributes"]:
+                d["attributes"][name] = value
+                d.setdefault("attribute_sources", {})[name] = {"source": sem.source, "conf": conf}
+    for clip, a, pred, b, t, conf in sem.relations:
+        na, nb = schema.object_id(clip, a), schema.object_id(clip, b)
+        if na not in g or nb not in g:
+            continue
+        held = any(d.get("type") == "relation" and d["predicate"] == pred and d["start"] - 1e-6 <= t <= d["end"] + 1e-6
+                   for d in g.get_edge_data(na, nb, default={}).values())
+        if not held:
+            g.add_edge(na, nb, type="relation", predicate=pred, start=round(t, _T), end=round(t, _T),
+                       source=sem.source, conf=round(conf, 3))
 
 
 # --------------------------------------------------------------------------------------------- identity
