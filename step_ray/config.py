@@ -83,6 +83,8 @@ class SynthConfig:
     min_objects: int = _f(2, "Fewest objects in a scene.")
     max_objects: int = _f(4, "Most objects in a scene.")
     object_size: int = _f(28, "Typical object size in pixels (sizes vary by +-25%).")
+    pause_prob: float = _f(0.3, "Chance that an object bouncing in a scene stops for a while and then moves on.")
+    recolor_prob: float = _f(0.25, "Chance that an object bouncing in a scene changes its colour once.")
 
     def validate(self, path: str) -> None:
         _require(self.videos >= 1, f"{path}.videos", "must be >= 1")
@@ -96,6 +98,8 @@ class SynthConfig:
         _require(self.max_objects <= 8, f"{path}.max_objects", "must be <= 8 (the palette has 8 colour-shape kinds per scene)")
         _require(8 <= self.object_size <= min(self.width, self.height) // 3, f"{path}.object_size",
                  "must be between 8 and a third of the frame's short side")
+        for name in ("pause_prob", "recolor_prob"):
+            _require(0 <= getattr(self, name) <= 1, f"{path}.{name}", "must be in [0, 1]")
 
 
 @dataclass
@@ -175,6 +179,8 @@ class StsgConfig:
     min_track_keyframes: int = _f(1, "Drop tracks seen on fewer keyframes than this (tracker noise).")
     near_factor: float = _f(1.5, "Two objects are 'near' when their centre distance < near_factor x mean box size.")
     motion_min_px_per_s: float = _f(8.0, "Speed (pixels/s at the sampled size) above which an object is moving.")
+    min_pause_seconds: float = _f(
+        0.5, "An object that stands still at least this long between two moves stops and starts moving (events).")
     merge_max_jump: float = _f(
         3.0, "Dynamic merging: how far (in box sizes) an object may seem to jump between two fragments of its track.")
     merge_max_speed: float = _f(
@@ -185,6 +191,7 @@ class StsgConfig:
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
         _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(self.min_pause_seconds > 0, f"{path}.min_pause_seconds", "must be > 0")
         _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
         _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
         _require(0 <= self.same_as_threshold <= 1, f"{path}.same_as_threshold", "must be in [0, 1]")

@@ -190,7 +190,7 @@ def vocabulary(ix: GraphIndex, answer_type: str) -> list[list[str]]:
             return [descs, sorted({f"{c} {s}" for c in COLOR_NAMES for s in SHAPES} - set(descs))]
         if answer_type == "event":
             # Answer texts are written as GraphIndex.event_text writes them.
-            made = {f"{d} {EVENT_VERBS[k]}" for d in descs for k in EVENT_KINDS if k != "collide"}
+            made = {f"{d} {EVENT_VERBS[k]}" for d in descs for k in ("enter", "leave")}
             made |= {f"{a} and {b} collided" for i, a in enumerate(descs) for b in descs[i + 1:]}
             palette = sorted({f"{c} {s}" for c in COLOR_NAMES for s in SHAPES})
             return [sorted(set(counts) | made), sorted({f"{d} {EVENT_VERBS[k]}" for d in palette
