@@ -177,20 +177,16 @@ def annotate(g: nx.MultiDiGraph, keyframe: str, frame: np.ndarray) -> np.ndarray
         if box is None:
             continue
         x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
-        color = rgb_of(_color_at(g, n, t / 1000))
+        color_name = schema.attribute_at(g, n, "color", t / 1000)
+        color = rgb_of(color_name)
         cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), (20, 20, 20), 4)
         cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), color, 2)
-        label = f"{g.nodes[n]['clip']}:{g.nodes[n]['track_id']} {schema.describe_object(g, n)}"
+        label = f"{g.nodes[n]['clip']}:{g.nodes[n]['track_id']} {color_name or ''} {g.nodes[n]['category']}"
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         ty = y1 - 3 if y1 - th - 4 >= 0 else min(img.shape[0] - 2, y2 + th + 3)
         cv2.rectangle(img, (x1, ty - th - 2), (x1 + tw + 2, ty + 2), (255, 255, 255), -1)
         cv2.putText(img, label, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return img
-
-
-def _color_at(g: nx.MultiDiGraph, node: str, t: float) -> Optional[str]:
-    spans = color_spans(g, node)
-    return next((c for s, e, c in reversed(spans) if t >= s - 1e-6), spans[0][2])
 
 
 # --------------------------------------------------------------------------------------------- timeline
@@ -247,6 +243,7 @@ def draw_timeline(g: nx.MultiDiGraph, ax_obj, ax_rel) -> None:
             ax_obj.annotate("", xy=(g.nodes[v]["first"], row[v]), xytext=(g.nodes[u]["last"], row[u]),
                             arrowprops={"arrowstyle": "-", "ls": ":", "color": "purple", "lw": 1.2,
                                         "connectionstyle": "arc3,rad=0.2"}, zorder=2)
+    stacked: dict[tuple[float, int], int] = {}  # labels of events at one place are stacked, not overprinted
     for i, e in enumerate(events_in_order(g), start=1):
         d, who = g.nodes[e], [p for p in participants(g, e) if p in row]
         ys = [row[p] for p in who] or [top]
@@ -254,7 +251,9 @@ def draw_timeline(g: nx.MultiDiGraph, ax_obj, ax_rel) -> None:
             ax_obj.vlines(d["time"], min(ys), max(ys), color="crimson", lw=1, zorder=4)
         ax_obj.plot([d["time"]] * len(ys), ys, "*", ms=11, color="crimson", mec="black", mew=0.4, zorder=6)
         name = d.get("label") or d["kind"]
-        ax_obj.annotate(f"{i}. {name}", (d["time"], min(ys)), xytext=(2, 6), textcoords="offset points",
+        place = (round(float(d["time"]), 1), min(ys))
+        stacked[place] = stacked.get(place, -1) + 1
+        ax_obj.annotate(f"{i}. {name}", (d["time"], min(ys)), xytext=(2, 6 + 9 * stacked[place]), textcoords="offset points",
                         fontsize=7, color="crimson", zorder=7)
     ax_obj.set_yticks(range(len(objs)), [object_label(g, n) for n in objs], fontsize=8)
     ax_obj.set_ylim(len(objs) - 0.4, top - 0.8)

@@ -274,25 +274,30 @@ def relation_counts(pred: nx.MultiDiGraph, gt: nx.MultiDiGraph, matching: dict[s
 # --------------------------------------------------------------------------------------------- events
 
 
-def _events(g: nx.MultiDiGraph) -> list[tuple[str, str, float, frozenset[str]]]:
+EVENT_DETAILS = ("attribute", "to", "label")  # a change must reach the same value, an action have the same label
+
+
+def _events(g: nx.MultiDiGraph) -> list[tuple[str, str, float, frozenset[str], tuple]]:
     out = []
     for e in sorted(schema.nodes_of(g, "event")):
+        d = g.nodes[e]
         who = frozenset(u for u, _ in g.in_edges(e) if g.nodes[u].get("type") == "object")
-        out.append((e, g.nodes[e]["kind"], float(g.nodes[e]["time"]), who))
+        out.append((e, d["kind"], float(d["time"]), who, tuple(d.get(k) for k in EVENT_DETAILS)))
     return out
 
 
 def event_counts(pred: nx.MultiDiGraph, gt: nx.MultiDiGraph, matching: dict[str, str],
                  time_tol: float) -> tuple[Counts, dict[str, Counts]]:
-    """Events match one-to-one when the kind is the same, the participants are the same objects through the
-    object matching, and the times differ by at most ``time_tol``; as many as possible match, the closest in
-    time preferred. Returns the overall counts and the counts per kind."""
+    """Events match one-to-one when the kind is the same (and for ``change`` the attribute and new value, for
+    ``action`` the label), the participants are the same objects through the object matching, and the times
+    differ by at most ``time_tol``; as many as possible match, the closest in time preferred. Returns the
+    overall counts and the counts per kind."""
     p_ev, g_ev = _events(pred), _events(gt)
     big = float(len(p_ev) + len(g_ev) + 1)  # every match outweighs any closeness: the most matches win
 
     def weight(p, g) -> float:
         who = frozenset(matching.get(n) for n in p[3])
-        if p[1] != g[1] or who != g[3] or None in who or abs(p[2] - g[2]) > time_tol + 1e-9:
+        if p[1] != g[1] or p[4] != g[4] or who != g[3] or None in who or abs(p[2] - g[2]) > time_tol + 1e-9:
             return 0.0
         return big + 1.0 - abs(p[2] - g[2]) / (time_tol + 1e-9)
 
