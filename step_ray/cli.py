@@ -214,17 +214,21 @@ def _stsg_eval(cfg: StepRayConfig, args) -> None:
 
 
 def _show_stsg(cfg: StepRayConfig, args) -> None:
-    from step_ray.stsg.draw import show
+    from step_ray.stsg.draw import OUTPUT_SUFFIXES, show
     from step_ray.stsg.schema import StsgFormatError
     from step_ray.utils.inputs import InputError
 
     src = Path(args.file)
+    if not src.is_file():
+        raise InputError(f"{args.file}: no such file")
     stem = src.name[: -len(".stsg.json")] if src.name.endswith(".stsg.json") else src.stem
     output = args.output or str(src.with_name(stem + ".png"))
+    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"--output {output}: must end in .png or .html")
     try:
         summary = show(src, output, args.video, cfg.video)
-    except (OSError, StsgFormatError, ValueError) as err:
-        raise InputError(f"{args.file}: {err}" if not str(err).startswith("--output") else str(err)) from None
+    except (OSError, UnicodeDecodeError, StsgFormatError) as err:
+        raise InputError(f"{args.file}: {err}") from None
     _print_summary("show-stsg", summary)
 
 

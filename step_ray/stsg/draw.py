@@ -29,6 +29,7 @@ MAX_RELATION_ROWS = 40  # relation rows in the timeline (the HTML table lists th
 PANEL_MIN_WIDTH = 320  # keyframes are upscaled to at least this width so labels stay legible
 ARROWS = {"left": "\u2190", "right": "\u2192", "up": "\u2191", "down": "\u2193"}
 BLANK = 235  # grey of a blank frame
+OUTPUT_SUFFIXES = (".png", ".html", ".htm")
 
 
 @dataclass
@@ -382,8 +383,8 @@ def show(graph_path: str | Path, output: str | Path, video: Optional[str], video
     :class:`schema.StsgFormatError` / ``OSError`` for an unreadable graph, ``ValueError`` for another suffix."""
     out = Path(output)
     kind = out.suffix.lower()
-    if kind not in (".png", ".html", ".htm"):
-        raise ValueError(f"--output {output}: must end in .png or .html")
+    if kind not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{output}: must end in .png or .html")
     graph_path = Path(graph_path)
     g = schema.read(graph_path)
     keyframes = load_keyframes(g, resolve_video(g, graph_path, video), video_cfg)

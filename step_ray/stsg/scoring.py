@@ -243,10 +243,12 @@ def _active_relations(g: nx.MultiDiGraph, t: int) -> set[tuple[str, str, str]]:
             if _ms(d["start"]) - TIME_EPS_MS <= t <= _ms(d["end"]) + TIME_EPS_MS}
 
 
-def true_relations(gt: nx.MultiDiGraph, t: int, near_factor: float) -> set[tuple[str, str, str]]:
+def true_relations(gt: nx.MultiDiGraph, t: int, near_factor: float,
+                   tracks: dict[str, dict[int, Box]] | None = None) -> set[tuple[str, str, str]]:
     """(a, b, predicate) of every ordered pair of ground-truth objects of one clip seen at time ``t`` (ms),
-    from their track boxes, with the builder's own geometry."""
-    present = [(n, tr[t]) for n in _objects(gt) for tr in [object_track(gt, n)] if t in tr]
+    from their track boxes, with the builder's own geometry. ``tracks``: the objects' tracks, if at hand."""
+    tracks = tracks if tracks is not None else {n: object_track(gt, n) for n in _objects(gt)}
+    present = [(n, tr[t]) for n, tr in sorted(tracks.items()) if t in tr]
     out = set()
     for (a, ba), (b, bb) in permutations(present, 2):
         if gt.nodes[a]["clip"] == gt.nodes[b]["clip"]:
@@ -260,9 +262,10 @@ def relation_counts(pred: nx.MultiDiGraph, gt: nx.MultiDiGraph, matching: dict[s
     the predicates of matched pairs only (relation quality given detection); the second also counts the
     relations of spurious objects as false and those of missed objects as missed."""
     matched_gt = set(matching.values())
+    tracks = {n: object_track(gt, n) for n in _objects(gt)}
     only_matched, every = Counts(), Counts()
     for t in sorted({_ms(pred.nodes[k]["time"]) for k in schema.nodes_of(pred, "keyframe")}):
-        truth = true_relations(gt, t, near_factor)
+        truth = true_relations(gt, t, near_factor, tracks)
         claimed = {(matching.get(u, "pred:" + u), matching.get(v, "pred:" + v), p)
                    for u, v, p in _active_relations(pred, t)}
         every += Counts.of_sets(claimed, truth)
@@ -372,9 +375,11 @@ def summarize(scores: list[VideoScore]) -> dict:
     lists = 0
     for s in scores:
         for name in ("objects", "relations", "relations_all", "events", "same_as"):
-            getattr(total, name).__iadd__(getattr(s, name))
+            acc = getattr(total, name)
+            acc += getattr(s, name)
         for k, c in s.events_by_kind.items():
-            total.events_by_kind.setdefault(k, Counts()).__iadd__(c)
+            acc = total.events_by_kind.setdefault(k, Counts())
+            acc += c
         total.id_switches += s.id_switches
         total.gt_track_frames += s.gt_track_frames
         lists += s.object_lists_match
