@@ -101,13 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "corpus: object precision/recall/F1 (Hungarian on mean track IoU), the share of "
                                    "videos whose per-clip object lists match exactly, identity switches per 100 "
                                    "ground-truth track-frames, relation F1 at the predicted keyframes, event F1 "
-                                   "(kind, participants, time within --time-tol) and same_as F1. A missing or "
-                                   "unreadable prediction counts as finding nothing; unreadable files are listed.")
+                                   "(kind, participants, time within --time-tol) and same_as F1. Relations use the "
+                                   "near factor the graph records, else stsg.near_factor. A missing or unreadable "
+                                   "prediction counts as finding nothing; unreadable files are listed.")
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted graphs (`step-ray stsg` output)")
     p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth graphs (synth's gt/)")
     p.add_argument("--output", metavar="FILE", help="write the full report as JSON here")
     p.add_argument("--iou", type=float, default=0.5, help="IoU at which boxes / objects match (default: 0.5)")
-    p.add_argument("--time-tol", type=float, default=0.5, help="seconds an event may be off (default: 0.5)")
+    p.add_argument("--time-tol", type=float, default=0.5, metavar="S",
+                   help="seconds an event may be off its true time (default: 0.5)")
     _common(p)
 
     p = sub.add_parser("show-stsg", formatter_class=fmt, epilog=EPILOG,

@@ -2,6 +2,7 @@
 and without a readable video."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -30,9 +31,11 @@ def test_png_of_synthetic_graph_uses_the_real_frames(synth_corpus, tmp_path):
     img = _png(tmp_path / "g.png")
     assert img.size[0] >= 1000 and img.size[1] >= 600
     assert summary["frames"] == item["path"] and summary["keyframes_drawn"] > 0
-    # The keyframes come from the video (relative uri resolved from gt/..), not blank frames.
+    # The graph's uri is relative to the corpus (gt/..); the keyframes are decoded frames, not blank ones.
     g = schema.read(item["gt_path"])
-    kf = load_keyframes(g, resolve_video(g, tmp_path / "x" / "y.json", item["path"]), synth_corpus["cfg"].video)
+    video = resolve_video(g, Path(item["gt_path"]), None)
+    assert video.resolve() == Path(item["path"]).resolve()
+    kf = load_keyframes(g, video, synth_corpus["cfg"].video)
     assert kf.note is None and all(not np.all(im == BLANK) for im in kf.images.values())
     assert all(im.shape == (g.graph["height"], g.graph["width"], 3) for im in kf.images.values())
 
