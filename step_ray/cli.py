@@ -231,6 +231,8 @@ def _show_stsg(cfg: StepRayConfig, args) -> None:
         summary = show(src, output, args.video, cfg.video)
     except (OSError, UnicodeDecodeError, StsgFormatError) as err:
         raise InputError(f"{args.file}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # a field missing or mistyped in the graph
+        raise InputError(f"{args.file}: malformed graph: {type(err).__name__}: {err}") from None
     _print_summary("show-stsg", summary)
 
 

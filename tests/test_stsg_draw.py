@@ -75,5 +75,9 @@ def test_cli_show_stsg(tmp_path, capsys):
     (tmp_path / "bad.stsg.json").write_text("[]")
     assert main(["show-stsg", str(tmp_path / "bad.stsg.json")]) == 2
     assert main(["show-stsg", str(path), "--output", str(tmp_path / "v.jpg")]) == 2
+    g.nodes["obj:0:0"].pop("first")  # right version, a field missing
+    schema.write(g, tmp_path / "broken.stsg.json")
+    assert main(["show-stsg", str(tmp_path / "broken.stsg.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("step-ray: error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("step-ray: error:") for line in err)
+    assert "malformed graph" in err[2]

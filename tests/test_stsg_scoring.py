@@ -2,6 +2,7 @@
 tracks or the graph, exact counts expected."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -138,19 +139,27 @@ def test_missing_and_unreadable_predictions(tmp_path, gt):
     p.graph["video_id"] = "a"
     schema.write(p, pred_dir / "a.stsg.json")
     (pred_dir / "b.stsg.json").write_text("{not json")  # c has no prediction at all
+    broken = build_stsg(world(), CFG, "ground_truth")  # valid JSON and version, but a field is missing
+    broken.graph["video_id"] = "d"
+    schema.write(broken, gt_dir / "d.stsg.json")
+    broken = predicted()
+    broken.graph["video_id"] = "d"
+    next(d for _, _, d in schema.edges_of(broken, "relation")).pop("start")
+    schema.write(broken, pred_dir / "d.stsg.json")
     extra = predicted()
     extra.graph["video_id"] = "zzz"
     schema.write(extra, pred_dir / "zzz.stsg.json")
     report = evaluate_dirs(pred_dir, gt_dir)
     status = {v["video_id"]: v["status"] for v in report["videos"]}
-    assert status == {"a": "ok", "b": "unreadable", "c": "missing"}
-    assert [e["path"].endswith("b.stsg.json") for e in report["errors"]] == [True]
+    assert status == {"a": "ok", "b": "unreadable", "c": "missing", "d": "unreadable"}
+    assert [Path(e["path"]).name for e in report["errors"]] == ["b.stsg.json", "d.stsg.json"]
+    assert "malformed graph: KeyError" in report["errors"][1]["error"]
     assert report["extra_predictions"][0].endswith("zzz.stsg.json")
     c = report["corpus"]
-    assert c["objects"]["tp"] == 5 and c["objects"]["fn"] == 10 and c["objects"]["fp"] == 0
-    assert c["events"]["tp"] == 3 and c["events"]["fn"] == 6
-    assert c["object_lists_exact_share"] == pytest.approx(1 / 3, abs=1e-4)
-    assert c["videos_missing"] == 2
+    assert c["objects"]["tp"] == 5 and c["objects"]["fn"] == 15 and c["objects"]["fp"] == 0
+    assert c["events"]["tp"] == 3 and c["events"]["fn"] == 9
+    assert c["object_lists_exact_share"] == 0.25
+    assert c["videos_missing"] == 3
 
 
 def test_synthetic_corpus_truth_against_itself(synth_corpus):
@@ -174,3 +183,14 @@ def test_cli_stsg_eval(synth_corpus, tmp_path, capsys):
     assert main(["stsg-eval", "--pred", str(tmp_path / "nope"), "--gt", str(gt_dir)]) == 2
     assert "--pred" in capsys.readouterr().err
     assert main(["stsg-eval", "--pred", str(gt_dir), "--gt", str(gt_dir), "--iou", "0"]) == 2
+
+
+def test_graphs_without_track_fall_back_to_keyframe_boxes(gt):
+    pred, truth = predicted(split_a_at=1.0), gt.copy()
+    for g in (pred, truth):
+        for n in schema.nodes_of(g, "object"):
+            del g.nodes[n]["track"]
+    s = score_video(pred, truth)
+    assert (s.objects.tp, s.objects.fp, s.objects.fn) == (5, 1, 0)
+    assert s.gt_track_frames == 3 + 3 + 2 + 3 + 2  # keyframes each object is seen at
+    assert s.id_switches == 1  # A's box at 0.2 s is covered by one fragment, at 1.0 and 1.8 s by the other

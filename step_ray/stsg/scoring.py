@@ -394,6 +394,13 @@ def summarize(scores: list[VideoScore]) -> dict:
 # --------------------------------------------------------------------------------------------- files
 
 
+MALFORMED = (KeyError, TypeError, ValueError, IndexError)  # what a graph with missing or mistyped fields raises
+
+
+def _malformed(err: Exception) -> str:
+    return f"malformed graph: {type(err).__name__}: {err}"
+
+
 def _stem(path: Path) -> str:
     return path.name[: -len(".stsg.json")] if path.name.endswith(".stsg.json") else path.stem
 
@@ -437,8 +444,18 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, settings: ScoreSetti
         if path is not None and pred is None:
             scores.append(score_video(None, gt, settings, default_near_factor, status="unreadable",
                                       error=next(e["error"] for e in errors if e["path"] == str(path))))
-        else:
+            continue
+        try:
             scores.append(score_video(pred, gt, settings, default_near_factor))
+        except MALFORMED as err:  # a field is missing or mistyped: find out which side, report it, go on
+            try:
+                score_video(None, gt, settings, default_near_factor)
+            except MALFORMED as gt_err:
+                errors.append({"side": "gt", "path": str(truths[vid][0]), "error": _malformed(gt_err)})
+                continue
+            errors.append({"side": "pred", "path": str(path), "error": _malformed(err)})
+            scores.append(score_video(None, gt, settings, default_near_factor, status="unreadable",
+                                      error=_malformed(err)))
     return {
         "corpus": summarize(scores),
         "videos": [s.report() for s in scores],
