@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted graphs (`step-ray stsg` output)")
     p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth graphs (synth's gt/)")
     p.add_argument("--output", metavar="FILE", help="write the full report as JSON here")
+    p.add_argument("--plot", metavar="PNG", help="draw the corpus scores as a bar chart here")
     p.add_argument("--iou", type=float, default=0.5, help="IoU at which boxes / objects match (default: 0.5)")
     p.add_argument("--time-tol", type=float, default=0.5, metavar="S",
                    help="seconds an event may be off its true time (default: 0.5)")
@@ -199,6 +200,8 @@ def _stsg_eval(cfg: StepRayConfig, args) -> None:
         raise InputError(f"--iou {args.iou}: must be in (0, 1]")
     if args.time_tol < 0:
         raise InputError(f"--time-tol {args.time_tol}: must be >= 0")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise InputError(f"--plot {args.plot}: must end in .png")
     if not any(Path(args.gt).glob("*.stsg.json")):
         raise InputError(f"--gt {args.gt}: folder holds no .stsg.json files")
     report = evaluate_dirs(args.pred, args.gt, ScoreSettings(iou=args.iou, time_tol=args.time_tol),
@@ -213,6 +216,11 @@ def _stsg_eval(cfg: StepRayConfig, args) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1, sort_keys=True))
         print(f"report: {out}")
+    if args.plot:
+        from step_ray.stsg.draw import render_scores
+
+        render_scores(report, Path(args.plot))
+        print(f"plot: {args.plot}")
 
 
 def _show_stsg(cfg: StepRayConfig, args) -> None:

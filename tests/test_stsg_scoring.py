@@ -174,8 +174,9 @@ def test_synthetic_corpus_truth_against_itself(synth_corpus):
 
 def test_cli_stsg_eval(synth_corpus, tmp_path, capsys):
     gt_dir = synth_corpus["dir"] / "gt"
-    out = tmp_path / "report.json"
-    assert main(["stsg-eval", "--pred", str(gt_dir), "--gt", str(gt_dir), "--output", str(out)]) == 0
+    out, plot = tmp_path / "report.json", tmp_path / "scores.png"
+    assert main(["stsg-eval", "--pred", str(gt_dir), "--gt", str(gt_dir), "--output", str(out), "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "corpus (6)" in printed and "events F1 by kind" in printed
     report = json.loads(out.read_text())

@@ -378,6 +378,40 @@ def render_html(g: nx.MultiDiGraph, keyframes: Keyframes, out: Path) -> None:
     out.write_text(page, encoding="utf-8")
 
 
+def render_scores(report: dict, out: Path) -> None:
+    """A bar chart of a ``stsg-eval`` report: corpus precision / recall / F1 per metric and F1 per event kind,
+    each bar labelled with its counts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    c = report["corpus"]
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_m, ax_k = fig.subplots(1, 2, width_ratios=[3, 2])
+    names = ["objects", "relations", "relations_all", "events", "same_as"]
+    x = np.arange(len(names))
+    for i, (part, color) in enumerate((("precision", "steelblue"), ("recall", "darkorange"), ("f1", "seagreen"))):
+        ax_m.bar(x + (i - 1) * 0.27, [c[n][part] for n in names], 0.27, label=part, color=color)
+    for j, n in enumerate(names):
+        ax_m.text(j, 1.02, f"tp {c[n]['tp']} fp {c[n]['fp']} fn {c[n]['fn']}", ha="center", fontsize=7)
+    ax_m.set_xticks(x, names)
+    ax_m.set_ylim(0, 1.12)
+    ax_m.legend(loc="lower right", fontsize=8)
+    ax_m.set_title(f"{c['videos']} videos ({c['videos_missing']} missing or unreadable); "
+                   f"ID switches / 100 track-frames {c['id_switches_per_100']:.2f}; "
+                   f"object lists exact {c['object_lists_exact_share']:.0%}", fontsize=9)
+    kinds = list(c["events_by_kind"])
+    ax_k.bar(range(len(kinds)), [c["events_by_kind"][k]["f1"] for k in kinds], color="seagreen")
+    for j, k in enumerate(kinds):
+        m = c["events_by_kind"][k]
+        ax_k.text(j, m["f1"] + 0.02, f"{m['tp']}/{m['tp'] + m['fn']}", ha="center", fontsize=7)
+    ax_k.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right", fontsize=8)
+    ax_k.set_ylim(0, 1.12)
+    ax_k.set_title(f"event F1 by kind (time tolerance {report['settings']['time_tol']} s)", fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_png_bytes(fig))
+
+
 def show(graph_path: str | Path, output: str | Path, video: Optional[str], video_cfg: VideoConfig) -> dict:
     """Read a graph file and draw it to ``output`` (``.png`` or ``.html``); returns a summary. Raises
     :class:`schema.StsgFormatError` / ``OSError`` for an unreadable graph, ``ValueError`` for another suffix."""
