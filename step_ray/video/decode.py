@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from step_ray.config import VideoConfig
-from step_ray.video.sampling import is_sampled, sample_indices, sampling_step, thin
+from step_ray.video.sampling import sample_indices, sampling_step
 
 
 class DecodeError(RuntimeError):
@@ -157,10 +157,18 @@ def _open_decord(path: str, cfg: VideoConfig) -> SampledStream:
     idx = sample_indices(n, fps, cfg.sample_fps, cfg.max_frames)
     tw, th = target_size(w, h, cfg.max_side)
 
+    def times(part: list[int]) -> list[float]:
+        """``index / fps`` for constant-rate files; the frames' own timestamps where the rate varies."""
+        stamps = vr.get_frame_timestamp(part)[:, 0]
+        nominal = [j / fps for j in part]
+        if np.abs(stamps - np.array(nominal)).max(initial=0.0) > 0.5 / fps:
+            return [float(x) for x in stamps]
+        return nominal
+
     def chunks() -> Iterator[Chunk]:
         for i in range(0, len(idx), DECODE_CHUNK):
             part = idx[i:i + DECODE_CHUNK]
-            yield Chunk(_resize(vr.get_batch(part).asnumpy(), cfg.max_side), [j / fps for j in part])
+            yield Chunk(_resize(vr.get_batch(part).asnumpy(), cfg.max_side), times(part))
 
     return _primed(VideoInfo(fps, n, n / fps, tw, th, "decord"), chunks())
 
@@ -199,19 +207,17 @@ def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
 
     def chunks() -> Iterator[Chunk]:
         frames, times, kept = [], [], 0
-        k = 0  # sparse mode: the k-th wanted frame is floor(k * step); take the first decoded one at or after it
+        k = 0  # the k-th wanted frame is index floor(k * step); take the first decoded frame at or after it
         for n_decoded, frame in enumerate(container.decode(stream)):
-            if sparse:
-                t = float(frame.time) if frame.time is not None else n_decoded / fps
-                index = int(round(t * fps))
-                if index < np.floor(k * step + 1e-9):
-                    continue
-                while np.floor(k * step + 1e-9) <= index:
-                    k += 1
-            elif is_sampled(n_decoded, step):
-                t = n_decoded / fps
-            else:
+            # Frame times come from the timestamps (variable frame rate files); index = time x average rate.
+            t = float(frame.time) if frame.time is not None else n_decoded / fps
+            index = int(round(t * fps))
+            if index < np.floor(k * step + 1e-9):
                 continue
+            while np.floor(k * step + 1e-9) <= index:
+                k += 1
+            if abs(t - index / fps) < 0.25 / fps:
+                t = index / fps  # constant rate: exactly the time the decord path and the ground truth use
             if cfg.max_frames and kept >= cfg.max_frames:
                 break
             frames.append(frame.to_ndarray(format="rgb24", width=tw, height=th, interpolation="AREA"))
@@ -242,24 +248,36 @@ def first_decoded(attempts: list[tuple[str, Callable[[], T]]], what: str) -> T:
     raise DecodeError(f"cannot decode {what} (" + "; ".join(errors) + ")")
 
 
-def _native_fps(path: str) -> float:
-    """The declared frame rate, from the container header only (0 if unknown or unreadable)."""
+def _probe(path: str) -> float:
+    """The declared frame rate from the container header (0 if unknown or unreadable by PyAV); a file that
+    opens but holds no video stream fails here with that reason rather than every decoder's own wording."""
     import av
 
     try:
         with av.open(path) as c:
-            s = c.streams.video[0] if c.streams.video else None
-            return float(s.average_rate or s.guessed_rate or 0.0) if s is not None else 0.0
-    except Exception:  # noqa: BLE001 - the real open below reports why
+            streams = c.streams.video
+            fps = float(streams[0].average_rate or streams[0].guessed_rate or 0.0) if streams else None
+    except Exception:  # noqa: BLE001 - not readable by PyAV: the decoders below report why
         return 0.0
+    if fps is None:
+        raise DecodeError("cannot decode video: the file has no video stream"
+                          + (" (audio only)" if _has_audio(path) else ""))
+    return fps
+
+
+def _has_audio(path: str) -> bool:
+    import av
+
+    with av.open(path) as c:
+        return bool(c.streams.audio)
 
 
 def open_sampled(path: str, cfg: VideoConfig) -> SampledStream:
     """Open ``path`` for sampled decoding (see the module docstring for the backend choice); raise
     :class:`DecodeError` with every backend's reason if none can open it."""
+    fps = _probe(path)
     backend = cfg.backend
     if backend == "auto":
-        fps = _native_fps(path)
         backend = "pyav-sparse" if fps and fps >= SPARSE_RATIO * cfg.sample_fps else "decord"
     attempts = [("pyav", lambda: _open_pyav(path, cfg, sparse=False))]
     if backend == "decord":
