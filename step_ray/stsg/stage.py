@@ -121,7 +121,7 @@ class StsgStage:
             return error_row(self.columns, base, str(err))
         t0 = time.perf_counter()
         g.graph["key"] = key
-        storage.write_text(out_path, schema.dumps(g))
+        schema.write(g, out_path)
         stats["seconds_graph"] = stats.get("seconds_graph", 0.0) + time.perf_counter() - t0
         return self._row(base, g, skipped=False, stats=stats)
 
