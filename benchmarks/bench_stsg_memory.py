@@ -19,7 +19,7 @@ from videos import make_video
 STAGE = r"""
 import json, resource, sys, time
 from step_ray.config import load_config
-from step_ray.stsg.stage import StsgStage
+from step_ray.stsg.stage import GraphStage, StsgStage
 from step_ray.video.decode import decode_sampled
 
 path, fps, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -28,12 +28,13 @@ def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
-stage = StsgStage(cfg, out_dir=sys.argv[4])
+stage, graph = StsgStage(cfg, out_dir=sys.argv[4]), GraphStage(cfg, out_dir=sys.argv[4])
 stage.setup()
+graph.setup()
 before = rss_mb()
 t0 = time.perf_counter()
 if mode == "stage":
-    row = stage.process({"video_id": "v", "uri": path})
+    row = graph.process(stage.process({"video_id": "v", "uri": path}))
     frames = row["frames"]
     assert row["status"] == "ok", row["error"]
 elif mode == "perception":

@@ -1,7 +1,8 @@
 """STSG videos per minute with 1 and 2 perception actors on Ray (goal: >= 1.8x), same corpus, same run.
 
-Each actor gets one CPU and one decoder thread. Times are wall clock of the whole step (actor start-up
-included), so short corpora understate the speed-up; the corpus is large enough that start-up is small.
+Each actor gets one CPU (and so one decoder, OpenCV and torch thread). Times are wall clock of the whole step
+(actor start-up included), so short corpora understate the speed-up: the default corpus is 32 one-minute
+videos. On a 2-core machine the driver and Ray's own processes share the cores with the two actors.
 
     .venv/bin/python benchmarks/bench_stsg_scaling.py [--videos 32]
 """
@@ -27,8 +28,7 @@ def main() -> None:
     from step_ray.pipeline.steps import stsg_step
     from step_ray.synth.corpus import generate_corpus
 
-    base = ["synth.scene_seconds=6", "synth.scenes=2", "video.decode_threads=1", f"synth.videos={args.videos}",
-            "perception.pool.num_cpus=1"]
+    base = ["synth.scene_seconds=20", "synth.scenes=3", f"synth.videos={args.videos}", "perception.pool.num_cpus=1"]
     cfg = load_config(None, base)
     corpus = WORK / f"scaling_corpus_{args.videos}"
     generate_corpus(corpus, cfg.synth, cfg.video, cfg.stsg)
