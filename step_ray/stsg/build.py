@@ -211,9 +211,9 @@ def _touches_border(b: Box, width: int, height: int) -> bool:
 
 def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[Track]],
                   cfg: StsgConfig) -> list[Event]:
-    """Enter / leave where a track starts / ends at the frame border inside a clip; collide where two boxes
-    come to touch and at least one of them turns back; stop / start moving around a pause; change where an
-    attribute changed."""
+    """Enter / leave where a track starts / ends at the frame border inside a clip (enter at the estimated time
+    it began to show); collide where two boxes come (close enough) to touch and one of them turns back; stop /
+    start moving around a pause; change where an attribute changed."""
     events: list[Event] = []
     for ci, tracks in by_clip.items():
         c = clips[ci]
@@ -223,7 +223,8 @@ def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[
         for t in tracks:
             times = t.times
             if times[0] > first_frame + 1e-6 and _touches_border(t.boxes[times[0]], p.width, p.height):
-                events.append(Event("enter", ci, times[0], [t.track_id], source="geometry"))
+                events.append(Event("enter", ci, _entry_time(t, p.width, p.height, first_frame), [t.track_id],
+                                    source="geometry"))
             if times[-1] < last_frame - 1e-6 and _touches_border(t.boxes[times[-1]], p.width, p.height):
                 events.append(Event("leave", ci, times[-1], [t.track_id], source="geometry"))
             for stop, start in pauses(t, cfg.motion_min_px_per_s, cfg.min_pause_seconds):
@@ -235,15 +236,60 @@ def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[
                                     attrs={"attribute": ch.attribute, "from": ch.before, "to": ch.after}))
         for i, a in enumerate(tracks):
             for b in tracks[i + 1:]:
-                shared = sorted(set(a.boxes) & set(b.boxes))
-                touching_before = False
-                for j, t in enumerate(shared):
-                    touching = gap(a.boxes[t], b.boxes[t]) <= TOUCH_PX
-                    if touching and not touching_before and 0 < j < len(shared) - 1:
-                        if _turns(a, shared[j - 1], t, shared[j + 1]) or _turns(b, shared[j - 1], t, shared[j + 1]):
-                            events.append(Event("collide", ci, t, sorted([a.track_id, b.track_id]), source="geometry"))
-                    touching_before = touching
+                events += [Event("collide", ci, t, sorted([a.track_id, b.track_id]), source="geometry")
+                           for t in _contacts(a, b)]
     return events
+
+
+def _contacts(a: Track, b: Track) -> list[float]:
+    """Times two objects collide: their gap reaches a local minimum at which they touch, or would have
+    touched between two sampled frames (the gap is within half their relative motion over one interval), and
+    at least one of them turns back there (objects of different depth layers just pass)."""
+    shared = sorted(set(a.boxes) & set(b.boxes))
+    gaps = [gap(a.boxes[t], b.boxes[t]) for t in shared]
+    found = []
+    for j in range(1, len(shared) - 1):
+        if not (gaps[j] <= gaps[j - 1] and gaps[j] < gaps[j + 1]):
+            continue
+        t0, t1, t2 = shared[j - 1], shared[j], shared[j + 1]
+        rel = max(_moved(a, t0, t1) + _moved(b, t0, t1), _moved(a, t1, t2) + _moved(b, t1, t2))
+        if gaps[j] > TOUCH_PX + 0.5 * rel:
+            continue
+        if any(_turns(x, t0, t1, t2) for x in (a, b)):
+            found.append(t1)
+    return found
+
+
+def _moved(t: Track, t0: float, t1: float) -> float:
+    (x0, y0), (x1, y1) = center(t.boxes[t0]), center(t.boxes[t1])
+    return ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
+
+
+def _entry_time(t: Track, width: int, height: int, clip_start: float) -> float:
+    """When an object that comes in at the frame border began to show.
+
+    A detector first sees an entering object only once enough of it is in view, and a tracker confirms a new
+    identity a frame later still, so the first box comes late. The box's inner edge (the one away from the
+    border) moves with the object: its speed over the first boxes, and how far into the frame it already is,
+    give the time the object crossed the border. Falls back to the first box's time when the track is too
+    short or does not move inward.
+    """
+    times = t.times[:4]
+    if len(times) < 2:
+        return times[0]
+    b0 = t.boxes[times[0]]
+    sides = [(0, 1, b0[0] <= BORDER_MARGIN), (2, -1, b0[2] >= width - BORDER_MARGIN),
+             (1, 1, b0[1] <= BORDER_MARGIN), (3, -1, b0[3] >= height - BORDER_MARGIN)]
+    best = times[0]
+    for edge, inward, touching in sides:
+        if not touching:
+            continue
+        inner = edge + 2 if edge < 2 else edge - 2  # x2 for the left border, x1 for the right, ...
+        speed = inward * (t.boxes[times[-1]][inner] - b0[inner]) / (times[-1] - times[0])
+        depth = b0[inner] if inward > 0 else (width if edge == 2 else height) - b0[inner]
+        if speed > 1e-6:
+            best = min(best, max(clip_start, times[0] - depth / speed))
+    return best
 
 
 def _turns(t: Track, t0: float, t1: float, t2: float) -> bool:
