@@ -116,3 +116,16 @@ def test_json_round_trip_and_version_check(tmp_path):
         schema.loads("{not json")
     with pytest.raises(schema.StsgFormatError):
         schema.from_json({"nodes": []})
+
+
+def test_enter_time_is_extrapolated_from_a_box_cut_by_the_border():
+    """First seen at 1.0 s with only 8 of its 20 px in view, moving in at 40 px/s: it began to show 0.2 s
+    earlier. A box not cut by the border gives its own time (previous test)."""
+    def cut(t):  # left edge enters at x = 0 at 0.8 s
+        right = 40 * (t - 0.8)
+        return (0.0, 30.0, min(right, 20.0) if right < 20 else right, 50.0) if right < 20 else (right - 20, 30.0, right, 50.0)
+
+    track = Track(0, 1, "circle", {t: cut(t) for t in TIMES[5:]}, "red")
+    g = build_stsg(perceived([track]), load_config().stsg, "perception")
+    [enter] = [d for _, d in g.nodes(data=True) if d["type"] == "event" and d["kind"] == "enter"]
+    assert abs(enter["time"] - 0.8) < 1e-6

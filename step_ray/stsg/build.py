@@ -269,26 +269,27 @@ def _entry_time(t: Track, width: int, height: int, clip_start: float) -> float:
     """When an object that comes in at the frame border began to show.
 
     A detector first sees an entering object only once enough of it is in view, and a tracker confirms a new
-    identity a frame later still, so the first box comes late. The box's inner edge (the one away from the
-    border) moves with the object: its speed over the first boxes, and how far into the frame it already is,
-    give the time the object crossed the border. Falls back to the first box's time when the track is too
-    short or does not move inward.
+    identity a frame later still, so the first box comes late. If that box is cut by the border (narrower
+    than the object is later on), its inner edge (the one away from the border) moves with the object: the
+    visible width over that edge's speed gives the time the object crossed the border. Falls back to the
+    first box's time when the box is not cut, the track is too short, or it does not move inward.
     """
     times = t.times[:4]
     if len(times) < 2:
         return times[0]
     b0 = t.boxes[times[0]]
-    sides = [(0, 1, b0[0] <= BORDER_MARGIN), (2, -1, b0[2] >= width - BORDER_MARGIN),
-             (1, 1, b0[1] <= BORDER_MARGIN), (3, -1, b0[3] >= height - BORDER_MARGIN)]
     best = times[0]
-    for edge, inward, touching in sides:
-        if not touching:
+    for edge, inward, touching in ((0, 1, b0[0] <= BORDER_MARGIN), (2, -1, b0[2] >= width - BORDER_MARGIN),
+                                   (1, 1, b0[1] <= BORDER_MARGIN), (3, -1, b0[3] >= height - BORDER_MARGIN)):
+        axis = edge % 2  # 0: x, 1: y
+        visible = b0[axis + 2] - b0[axis]
+        full = max(b[axis + 2] - b[axis] for b in t.boxes.values())
+        if not touching or visible >= 0.9 * full:
             continue
-        inner = edge + 2 if edge < 2 else edge - 2  # x2 for the left border, x1 for the right, ...
+        inner = axis + 2 if inward > 0 else axis  # x2 for the left border, x1 for the right, ...
         speed = inward * (t.boxes[times[-1]][inner] - b0[inner]) / (times[-1] - times[0])
-        depth = b0[inner] if inward > 0 else (width if edge == 2 else height) - b0[inner]
         if speed > 1e-6:
-            best = min(best, max(clip_start, times[0] - depth / speed))
+            best = min(best, max(clip_start, times[0] - visible / speed))
     return best
 
 
