@@ -50,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("stsg", formatter_class=fmt, epilog=EPILOG,
-                       help="videos -> spatio-temporal scene graphs (Ray Data actor pool)",
-                       description="Decode each video at video.sample_fps, split shots, detect and track objects, "
-                                   "and write one STSG JSON per video to DIR; failed videos go to DIR/errors.jsonl "
-                                   "with the reason. Videos with a finished graph are skipped.")
-    p.add_argument("--input", required=True, nargs="+", metavar="PATH", help="video files, folders or globs")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+                       help="videos -> spatio-temporal scene graphs (Ray Data actor pools)",
+                       description="Stream each video at video.sample_fps, split shots and pick keyframes (k-means), "
+                                   "detect and track objects, optionally let the Video-LLM parse the keyframes "
+                                   "(semantics.enabled), and write one STSG JSON per video to DIR; failed videos go "
+                                   "to DIR/errors.jsonl with the reason, DIR/summary.json counts everything. A video "
+                                   "whose graph exists with the same content and settings key is skipped.")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="video files, folders (recursive), globs, manifests (.txt/.jsonl/.csv) or s3:// gs:// URIs")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     _common(p, ray=True)
 
     p = sub.add_parser("qra", formatter_class=fmt, epilog=EPILOG,
