@@ -209,6 +209,10 @@ class GraphIndex:
             kfs[int(d["clip"])].append(float(d["time"]))
         self.keyframes: dict[int, list[float]] = {c: sorted(ts) for c, ts in kfs.items()}
         self._times = {e: float(g.nodes[e]["time"]) for e in self.events}
+        #: Relation edges into each object as (other, predicate, start, end) with float times (the hot path).
+        self.rel_in: dict[str, list[tuple[str, str, float, float]]] = {
+            o: [(y, str(d.get("predicate")), float(d["start"]), float(d["end"])) for y, d in self.inc[(o, "relation")]]
+            for o in self.objects}
         self._participants = {e: [o for o, _ in self.inc[(e, "participates_in")]] for e in self.events}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
@@ -322,7 +326,8 @@ class RelationOp(Op):
     def apply(self, ix, node, params, ctx):
         p, t = params["predicate"], float(params["time"])
         # An edge y -> node with predicate p means "y is p node": the hop answers "what is p node at t?".
-        return sorted({y for y, d in ix.inc[(node, "relation")] if d.get("predicate") == p and _holds(d, t) and y != node})
+        return sorted({y for y, q, s, e in ix.rel_in.get(node, ()) if q == p and s - TIME_TOL <= t <= e + TIME_TOL
+                       and y != node})
 
     def moves(self, ix, node, ctx):
         seen = set()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import networkx as nx
 
@@ -115,6 +115,8 @@ class _Sampler:
         self.near: set[str] = set()
         self.cands_memo: dict[tuple, list] = {}
         self.feasible_memo: dict[tuple, bool] = {}
+        self.actor_memo: dict[tuple, bool] = {}
+        self.moves_memo: dict[tuple, list] = {}
         self.starts_memo: dict[tuple, list] = {}
 
     # ------------------------------------------------------------------------------------------- walking
@@ -123,7 +125,7 @@ class _Sampler:
                ) -> list[tuple[dict, str, Optional[set[str]]]]:
         """The moves of hop ``name`` from ``cur`` whose result is unique: (params, result, the participants the
         question names when it is a first ``participant`` hop). Memoised per graph."""
-        key = (name, cur, actor, first, prev_src)
+        key = (name, cur, actor if name == "next_own" else None, first, prev_src)
         found = self.cands_memo.get(key)
         if found is not None:
             return found
@@ -144,22 +146,31 @@ class _Sampler:
         self.cands_memo[key] = found
         return found
 
-    def _feasible(self, shape: tuple, allowed: Callable[[int], tuple[str, ...]], finals: tuple[str, ...], n: int,
-                  i: int, node: str, ntype: str, actor: Optional[str]) -> bool:
-        """Can a walk of this shape that is at ``node`` before hop ``i`` still end at one of ``finals``? (An
-        upper bound: it ignores the nodes already visited.) Memoised per graph and walk shape."""
-        if i == n:
+    def _feasible(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, node: str,
+                  ntype: str, actor: Optional[str]) -> bool:
+        """Can a walk that is at ``node`` with the hops ``plan`` (the ops each remaining hop may take) still to
+        go end at one of ``finals``? An upper bound: it ignores the nodes already visited (the walk itself
+        avoids them). Memoised per graph on the remaining plan, so walks of different families and lengths
+        share their common tails; the actor is part of the key only where a ``next_own`` hop can use it."""
+        if not plan:
             return ntype in finals
-        key = (shape, i, node, actor)
+        if actor is not None:
+            uses = self.actor_memo.get(plan)
+            if uses is None:
+                uses = self.actor_memo[plan] = any("next_own" in ops for ops in plan)
+            if not uses:
+                actor = None
+        key = (plan, finals, first, node, actor)
         ok = self.feasible_memo.get(key)
         if ok is None:
             ok = False
-            for name in allowed(i):
+            for name in plan[0]:
                 op = OPS[name]
-                if op.src != ntype or (name == "event_of" and i == 0 and "next_own" not in allowed(1)):
+                if op.src != ntype or (name == "event_of" and first and (len(plan) < 2 or "next_own" not in plan[1])):
                     continue
-                for _, dst, _ in self._cands(name, node, actor, i == 0, None):
-                    if self._feasible(shape, allowed, finals, n, i + 1, dst, op.dst, dst if op.dst == "object" else actor):
+                for _, dst, _ in self._cands(name, node, actor, first, None):
+                    if dst != node and self._feasible(plan[1:], finals, False, dst, op.dst,
+                                                      dst if op.dst == "object" else actor):
                         ok = True
                         break
                 if ok:
@@ -167,38 +178,56 @@ class _Sampler:
             self.feasible_memo[key] = ok
         return ok
 
-    def walk(self, shape: tuple, n: int, allowed: Callable[[int], tuple[str, ...]], final_types: tuple[str, ...]
-             ) -> tuple[Optional[Walk], str]:
-        """A random walk of ``n`` hops: (anchor node, the anchor event's participants to name if not all,
-        hops, visited nodes, final type), or None and why. ``allowed(i)``: the ops hop ``i`` may take;
-        ``shape`` keys the feasibility memo (equal shapes must have equal ``allowed`` and ``final_types``).
-        Every choice is among moves from which the walk can still be completed."""
-        ix, rng = self.ix, self.rng
-        starts = self.starts_memo.get(shape)
+    def _moves(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, cur: str,
+               cur_type: str, actor: Optional[str], prev_src: Optional[str]
+               ) -> list[tuple[str, list[tuple[dict, str, Optional[set[str]]]]]]:
+        """The feasible moves of the next hop (``plan[0]``) from ``cur``, per op, sorted by op name; memoised per
+        graph (the walk only filters out the nodes it has visited)."""
+        uses = self.actor_memo.get(plan)
+        if uses is None:
+            uses = self.actor_memo[plan] = any("next_own" in ops for ops in plan)
+        key = (plan, finals, first, cur, actor if uses else None, prev_src)
+        found = self.moves_memo.get(key)
+        if found is not None:
+            return found
+        rest, out = plan[1:], {}
+        for name in plan[0]:
+            op = OPS[name]
+            if op.src != cur_type or (name == "event_of" and first and (not rest or "next_own" not in rest[0])):
+                continue
+            for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
+                if self._feasible(rest, finals, False, dst, op.dst, dst if op.dst == "object" else actor):
+                    out.setdefault(name, []).append((params, dst, others))
+        found = self.moves_memo[key] = sorted(out.items())
+        return found
+
+    def walk(self, plan: tuple[tuple[str, ...], ...], final_types: tuple[str, ...]) -> tuple[Optional[Walk], str]:
+        """A random walk of ``len(plan)`` hops, hop ``i`` one of the ops ``plan[i]``, ending at one of
+        ``final_types``: (anchor node, the anchor event's participants to name if not all, hops, visited nodes,
+        final type), or None and why (``infeasible``: no anchor of this graph starts such a walk). Every
+        choice is among moves from which the walk can still be completed (as far as :meth:`_feasible` sees)."""
+        ix, rng, n = self.ix, self.rng, len(plan)
+        starts = self.starts_memo.get((plan, final_types))
         if starts is None:
-            first = set(final_types) if n == 0 else {OPS[o].src for o in allowed(0)}
+            first = set(final_types) if n == 0 else {OPS[o].src for o in plan[0]}
             pool = ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
                    ([("event", e) for e in ix.events] if "event" in first else [])
             starts = [(t, x) for t, x in pool
-                      if self._feasible(shape, allowed, final_types, n, 0, x, t, x if t == "object" else None)]
-            self.starts_memo[shape] = starts
+                      if self._feasible(plan, final_types, True, x, t, x if t == "object" else None)]
+            self.starts_memo[(plan, final_types)] = starts
         if not starts:
-            return None, "no_walk"
+            return None, "infeasible"
         cur_type, cur = rng.choice(starts)
         anchor_node, named, visited, hops = cur, None, [cur], []
         actor = cur if cur_type == "object" else None
         prev_src: Optional[str] = None
         for i in range(n):
-            cands: dict[str, list[tuple[dict, str, Optional[set[str]]]]] = {}
-            for name in allowed(i):
-                op = OPS[name]
-                if op.src != cur_type or (name == "event_of" and i == 0 and "next_own" not in allowed(1)):
-                    continue
-                for params, dst, others in self._cands(name, cur, actor, i == 0, prev_src if name == "participant" else None):
-                    if op.dst in NODE_TYPES and dst in visited:
-                        continue
-                    if self._feasible(shape, allowed, final_types, n, i + 1, dst, op.dst, dst if op.dst == "object" else actor):
-                        cands.setdefault(name, []).append((params, dst, others))
+            moves = self._moves(plan[i:], final_types, i == 0, cur, cur_type, actor, prev_src)
+            cands = {}
+            for name, lst in moves:
+                keep = [m for m in lst if m[1] not in visited] if OPS[name].dst in NODE_TYPES else lst
+                if keep and not (i == 1 and hops[0].op == "event_of" and name != "next_own"):
+                    cands[name] = keep  # (a first event_of hop is there only for the next_own after it)
             if not cands:  # every continuation revisits a node (the executor's own "dead_end": finds nothing)
                 return None, "no_walk"
             name = rng.choice(sorted(cands))
@@ -242,16 +271,10 @@ class _Sampler:
         if fam.form == "compare":
             return self._compare(n)
         same_pos = self.rng.randrange(n - 1) if fam.needs_same_as else None
-
-        def allowed(i: int) -> tuple[str, ...]:
-            if i == n - 1:
-                return fam.final_ops
-            if i == same_pos:
-                return ("same_as",)
-            return INTERMEDIATE_OPS
-
+        plan = tuple(fam.final_ops if i == n - 1 else ("same_as",) if i == same_pos else INTERMEDIATE_OPS
+                     for i in range(n))
         finals = tuple(sorted({OPS[o].dst for o in fam.final_ops}))
-        walk, why = self.walk((fam.name, n, same_pos), n, allowed, finals)
+        walk, why = self.walk(plan, finals)
         if walk is None:
             return None, why
         node, named, hops, visited, ftype = walk
@@ -295,7 +318,7 @@ class _Sampler:
         n1 = self.rng.randint(lo, n - 1 - lo)
         parts = []
         for k in (n1, n - 1 - n1):
-            walk, why = self.walk(("compare", k, etype), k, lambda i: INTERMEDIATE_OPS, (etype,))
+            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,))
             if walk is None:
                 return None, why
             node, named, hops, visited, _ = walk
@@ -377,18 +400,23 @@ def sample_graph(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[lis
         return [], stats
     s = _Sampler(ix, cfg, seed)
     out: list[dict[str, Any]] = []
+    weights = {f: family_weight(cfg, f) for f in FAMILIES}
     for n, target in targets.items():
         active = _eligible(cfg, n)
         fails: Counter = Counter()
         made = attempts = 0
         while made < target and attempts < ATTEMPTS_PER_SAMPLE * target and active:
-            name = s.rng.choices(active, weights=[family_weight(cfg, a) for a in active])[0]
+            name = s.rng.choices(active, weights=[weights[a] for a in active])[0]
             attempts += 1
             rec, why = s.attempt(FAMILIES[name], n)
             if rec is None:
                 s.rejected[why] += 1
                 fails[name] += 1
-                if fails[name] >= FAMILY_PATIENCE:
+                # No anchor starts this family's walk at all (e.g. no attribute change in a stsg/1 graph): the
+                # family leaves at once, unless its walks vary in shape (the same_as position, the split of a
+                # comparison) and another shape may still fit.
+                fixed = not FAMILIES[name].needs_same_as and FAMILIES[name].form != "compare"
+                if fails[name] >= FAMILY_PATIENCE or (why == "infeasible" and fixed):
                     active.remove(name)
             else:
                 fails[name] = 0
