@@ -171,12 +171,16 @@ def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, us
     return summary
 
 
-def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | None = None) -> dict:
+def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | None = None,
+                   event_tol: float | None = None) -> dict:
     """Re-run every sample's program on other graphs (the ground truth) with the independent executor: the
     share of samples whose answer holds there, overall, by family and by steps; written to ``out_path``."""
     from step_ray.qra.check import check_against
 
-    summary = check_against(find_qra(qra), graphs)
+    from step_ray.qra.paths import TIME_TOL
+
+    # (+1e-6: times are stored as floats; "within 0.5 s" must include 0.5 s)
+    summary = check_against(find_qra(qra), graphs, TIME_TOL if event_tol is None else event_tol + 1e-6)
     if out_path is not None:
         write_json(Path(out_path), summary)
     return summary
@@ -208,7 +212,7 @@ def require_split(qra_path: Path, split: str) -> None:
     splits = pq.read_table(qra_path, columns=["split"])["split"]
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
-                         f"or change qra.val_fraction")
+                         f"or change qra.test_fraction")
 
 
 def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:
