@@ -147,7 +147,7 @@ class _Sampler:
         return found
 
     def _feasible(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, node: str,
-                  ntype: str, actor: Optional[str]) -> bool:
+                  ntype: str, actor: Optional[str], prev_src: Optional[str] = None) -> bool:
         """Can a walk that is at ``node`` with the hops ``plan`` (the ops each remaining hop may take) still to
         go end at one of ``finals``? An upper bound: it ignores the nodes already visited (the walk itself
         avoids them). Memoised per graph on the remaining plan, so walks of different families and lengths
@@ -160,7 +160,9 @@ class _Sampler:
                 uses = self.actor_memo[plan] = any("next_own" in ops for ops in plan)
             if not uses:
                 actor = None
-        key = (plan, finals, first, node, actor)
+        if prev_src is not None and "participant" not in plan[0]:
+            prev_src = None
+        key = (plan, finals, first, node, actor, prev_src)
         ok = self.feasible_memo.get(key)
         if ok is None:
             ok = False
@@ -168,9 +170,10 @@ class _Sampler:
                 op = OPS[name]
                 if op.src != ntype or (name == "event_of" and first and (len(plan) < 2 or "next_own" not in plan[1])):
                     continue
-                for _, dst, _ in self._cands(name, node, actor, first, None):
+                for _, dst, _ in self._cands(name, node, actor, first, prev_src if name == "participant" else None):
                     if dst != node and self._feasible(plan[1:], finals, False, dst, op.dst,
-                                                      dst if op.dst == "object" else actor):
+                                                      dst if op.dst == "object" else actor,
+                                                      node if name == "event_of" else None):
                         ok = True
                         break
                 if ok:
@@ -196,7 +199,8 @@ class _Sampler:
             if op.src != cur_type or (name == "event_of" and first and (not rest or "next_own" not in rest[0])):
                 continue
             for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
-                if self._feasible(rest, finals, False, dst, op.dst, dst if op.dst == "object" else actor):
+                if self._feasible(rest, finals, False, dst, op.dst, dst if op.dst == "object" else actor,
+                                  cur if name == "event_of" else None):
                     out.setdefault(name, []).append((params, dst, others))
         found = self.moves_memo[key] = sorted(out.items())
         return found
@@ -401,12 +405,15 @@ def sample_graph(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[lis
     s = _Sampler(ix, cfg, seed)
     out: list[dict[str, Any]] = []
     weights = {f: family_weight(cfg, f) for f in FAMILIES}
+    made_by: Counter = Counter()
     for n, target in targets.items():
         active = _eligible(cfg, n)
         fails: Counter = Counter()
         made = attempts = 0
         while made < target and attempts < ATTEMPTS_PER_SAMPLE * target and active:
-            name = s.rng.choices(active, weights=[weights[a] for a in active])[0]
+            # A family's chance falls with the samples it already has in this graph: the easy ones (a graph
+            # has many cross-clip paths) do not crowd out the rest, and the weights still set the mix.
+            name = s.rng.choices(active, weights=[weights[a] / (1 + made_by[a]) for a in active])[0]
             attempts += 1
             rec, why = s.attempt(FAMILIES[name], n)
             if rec is None:
@@ -422,6 +429,7 @@ def sample_graph(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[lis
                 fails[name] = 0
                 out.append(rec)
                 made += 1
+                made_by[name] += 1
         stats["attempts"] += attempts
     stats["samples"] = len(out)
     stats["by_steps"] = {str(k): v for k, v in sorted(Counter(r["steps"] for r in out).items())}
