@@ -147,7 +147,7 @@ class _Sampler:
         return found
 
     def _feasible(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, node: str,
-                  ntype: str, actor: Optional[str], prev_src: Optional[str] = None) -> bool:
+                  ntype: str, actor: Optional[str], prev_src: Optional[str] = None, back: Optional[str] = None) -> bool:
         """Can a walk that is at ``node`` with the hops ``plan`` (the ops each remaining hop may take) still to
         go end at one of ``finals``? An upper bound: it ignores the nodes already visited (the walk itself
         avoids them). Memoised per graph on the remaining plan, so walks of different families and lengths
@@ -162,7 +162,9 @@ class _Sampler:
                 actor = None
         if prev_src is not None and "participant" not in plan[0]:
             prev_src = None
-        key = (plan, finals, first, node, actor, prev_src)
+        if len(plan) == 1 and OPS[plan[0][0]].dst not in NODE_TYPES:
+            back = None  # a value hop cannot go back
+        key = (plan, finals, first, node, actor, prev_src, back)
         ok = self.feasible_memo.get(key)
         if ok is None:
             ok = False
@@ -171,9 +173,9 @@ class _Sampler:
                 if op.src != ntype or (name == "event_of" and first and (len(plan) < 2 or "next_own" not in plan[1])):
                     continue
                 for _, dst, _ in self._cands(name, node, actor, first, prev_src if name == "participant" else None):
-                    if dst != node and self._feasible(plan[1:], finals, False, dst, op.dst,
-                                                      dst if op.dst == "object" else actor,
-                                                      node if name == "event_of" else None):
+                    if dst != node and dst != back and self._feasible(plan[1:], finals, False, dst, op.dst,
+                                                                      dst if op.dst == "object" else actor,
+                                                                      node if name == "event_of" else None, node):
                         ok = True
                         break
                 if ok:
@@ -200,7 +202,7 @@ class _Sampler:
                 continue
             for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
                 if self._feasible(rest, finals, False, dst, op.dst, dst if op.dst == "object" else actor,
-                                  cur if name == "event_of" else None):
+                                  cur if name == "event_of" else None, cur):
                     out.setdefault(name, []).append((params, dst, others))
         found = self.moves_memo[key] = sorted(out.items())
         return found
