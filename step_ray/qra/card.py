@@ -36,7 +36,10 @@ def card_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
         "by_split": dict(sorted(Counter(r["split"] for r in records).items())),
         "videos_by_split": dict(sorted(Counter(sp for _, sp in {(r["video_id"], r["split"]) for r in records}).items())),
         "answers": {f: {"distinct": len(answers[f]), "top": answers[f].most_common(TOP_ANSWERS)} for f in fams},
-        "answer_index": dict(sorted(Counter(int(r["answer_index"]) for r in records).items())),
+        # Where the answer sits among the options (a model must not win by position): multiple-choice
+        # questions and yes / no questions apart, since the latter have two options.
+        "answer_index": dict(sorted(Counter(int(r["answer_index"]) for r in records if len(r["options"]) > 2).items())),
+        "answer_index_yesno": dict(sorted(Counter(int(r["answer_index"]) for r in records if len(r["options"]) == 2).items())),
         "flagged": sum(1 for r in records if r.get("flags")),
     }
 
@@ -127,8 +130,9 @@ def write_card(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: 
             top = ", ".join(f"{a} ({100.0 * c / n:.0f}%)" for a, c in st["answers"][f]["top"])
             lines.append(f"| {f} | {st['answers'][f]['distinct']} | {top} |")
         lines += ["", "![answers](plots/answers.png)", "",
-                  "Position of the answer among the options: "
-                  + ", ".join(f"{k}: {v}" for k, v in st["answer_index"].items()) + ".", ""]
+                  "Position of the answer among the options: multiple choice "
+                  + ", ".join(f"{k}: {v}" for k, v in st["answer_index"].items()) + "; yes / no "
+                  + ", ".join(f"{k}: {v}" for k, v in st["answer_index_yesno"].items()) + ".", ""]
         if summary.get("filter"):
             lines += ["## Model-side filter", "", f"{summary['filter']}", ""]
     rejected = summary.get("rejected", {})
