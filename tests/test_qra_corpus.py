@@ -316,3 +316,27 @@ def test_ray_and_sequential_give_byte_identical_files(ray_session, tmp_path):
     assert on_ray["samples"] == local["samples"] > 0 and on_ray["errors"] == local["errors"]
     for name in ("qra.parquet", "qra.jsonl"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "seq" / name).read_bytes()
+
+
+@pytest.mark.ray
+def test_filter_on_fractional_gpu_actors(ray_session, tmp_path):
+    """The filter's own pool on Ray with num_gpus=0.5 (logical GPUs of the test session; torch falls back to
+    the CPU): the same verdicts as in-process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from step_ray.pipeline.steps import qra_filter_step
+    from step_ray.train.toy import make_toy_qra
+
+    toy = make_toy_qra(tmp_path / "toy", videos=1)
+    rows = pq.read_table(toy).to_pylist()
+    for r in rows:
+        r["rationale"] = (r["rationale"] + [f"So the answer is {r['answer']}."] * r["steps"])[: r["steps"] + 1]
+    pq.write_table(pa.Table.from_pylist(rows), toy)
+    over = ["qra.filter.asks=2", "model.frames=2", "qra.filter.pool.num_gpus=0.5"]
+    on_ray = qra_filter_step(load_config(None, over), toy, tmp_path / "ray", use_ray=True)
+    local = qra_filter_step(load_config(None, over), toy, tmp_path / "seq", use_ray=False)
+    assert on_ray["kept"] == local["kept"] == 3 and on_ray["errors"] == 0
+    a, b = read_parquet(tmp_path / "ray" / "qra.parquet"), read_parquet(tmp_path / "seq" / "qra.parquet")
+    assert [(r["id"], r["flags"]) for r in a] == [(r["id"], r["flags"]) for r in b]
+    assert [r["consistency"] for r in a] == pytest.approx([r["consistency"] for r in b])
