@@ -121,6 +121,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="run directory (default: run.output_dir)")
     _common(p, ray=True)
 
+    p = sub.add_parser("stsg-eval", formatter_class=fmt, epilog=EPILOG,
+                       help="score predicted scene graphs against ground truth (objects, IDs, relations, events)",
+                       description="Match each ground-truth graph (*.stsg.json in --gt) to the predicted graph of "
+                                   "the same video_id in --pred and report, per video and micro-averaged over the "
+                                   "corpus: object precision/recall/F1 (Hungarian on mean track IoU), the share of "
+                                   "videos whose per-clip object lists match exactly, identity switches per 100 "
+                                   "ground-truth track-frames, relation F1 at the predicted keyframes, event F1 "
+                                   "(kind, participants, time within --time-tol) and same_as F1. Relations use the "
+                                   "near factor the graph records, else stsg.near_factor. A missing or unreadable "
+                                   "prediction counts as finding nothing; unreadable files are listed.")
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted graphs (`step-ray stsg` output)")
+    p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth graphs (synth's gt/)")
+    p.add_argument("--output", metavar="FILE", help="write the full report as JSON here")
+    p.add_argument("--plot", metavar="PNG", help="draw the corpus scores as a bar chart here")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU at which boxes / objects match (default: 0.5)")
+    p.add_argument("--time-tol", type=float, default=0.5, metavar="S",
+                   help="seconds an event may be off its true time (default: 0.5)")
+    _common(p)
+
+    p = sub.add_parser("show-stsg", formatter_class=fmt, epilog=EPILOG,
+                       help="draw a scene graph: timeline of objects, relations, events, and keyframes with boxes",
+                       description="Draw FILE as a PNG (timeline + relation spans + keyframes with boxes) or a "
+                                   "self-contained HTML page (the same images inline + tables of objects, events, "
+                                   "relations). Keyframes are decoded from the graph's uri (or --video); if the "
+                                   "video cannot be read, boxes are drawn on blank frames and the drawing says so.")
+    p.add_argument("file", metavar="FILE", help="an .stsg.json graph")
+    p.add_argument("--output", metavar="OUT", help="out.png or out.html (default: FILE's name with .png, next to it)")
+    p.add_argument("--video", metavar="PATH", help="the video to take keyframes from (default: the graph's uri)")
+    _common(p)
+
     p = sub.add_parser("fields", help="list every config field with its default and meaning")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table (docs/config.md)")
     return parser
@@ -181,11 +211,70 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "eval":
         result = steps.eval_step(cfg, args.input, args.model, args.output, args.name)
         _print_summary("eval", {k: v for k, v in result.items() if k != "predictions"})
+    elif args.command == "stsg-eval":
+        _stsg_eval(cfg, args)
+    elif args.command == "show-stsg":
+        _show_stsg(cfg, args)
     elif args.command == "self-train":
         from step_ray.pipeline.self_train import self_train
 
         self_train(cfg, inputs=args.input, run_dir=args.output, use_ray=use_ray)
     return 0
+
+
+def _stsg_eval(cfg: StepRayConfig, args) -> None:
+    from step_ray.stsg.scoring import ScoreSettings, evaluate_dirs, format_table
+    from step_ray.utils.inputs import InputError
+
+    for flag, folder in (("--pred", args.pred), ("--gt", args.gt)):
+        if not Path(folder).is_dir():
+            raise InputError(f"{flag} {folder}: not a folder")
+    if not 0 < args.iou <= 1:
+        raise InputError(f"--iou {args.iou}: must be in (0, 1]")
+    if args.time_tol < 0:
+        raise InputError(f"--time-tol {args.time_tol}: must be >= 0")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise InputError(f"--plot {args.plot}: must end in .png")
+    if not any(Path(args.gt).glob("*.stsg.json")):
+        raise InputError(f"--gt {args.gt}: folder holds no .stsg.json files")
+    report = evaluate_dirs(args.pred, args.gt, ScoreSettings(iou=args.iou, time_tol=args.time_tol),
+                           default_near_factor=cfg.stsg.near_factor, progress=True)
+    print(format_table(report))
+    for e in report["errors"]:
+        print(f"unreadable {e['side']}: {e['path']}: {e['error']}")
+    if report["extra_predictions"]:
+        print(f"{len(report['extra_predictions'])} predicted graph(s) without ground truth (not scored)")
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, sort_keys=True))
+        print(f"report: {out}")
+    if args.plot:
+        from step_ray.stsg.draw import render_scores
+
+        render_scores(report, Path(args.plot))
+        print(f"plot: {args.plot}")
+
+
+def _show_stsg(cfg: StepRayConfig, args) -> None:
+    from step_ray.stsg.draw import OUTPUT_SUFFIXES, show
+    from step_ray.stsg.schema import StsgFormatError
+    from step_ray.utils.inputs import InputError
+
+    src = Path(args.file)
+    if not src.is_file():
+        raise InputError(f"{args.file}: no such file")
+    stem = src.name[: -len(".stsg.json")] if src.name.endswith(".stsg.json") else src.stem
+    output = args.output or str(src.with_name(stem + ".png"))
+    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"--output {output}: must end in .png or .html")
+    try:
+        summary = show(src, output, args.video, cfg.video)
+    except (OSError, UnicodeDecodeError, StsgFormatError) as err:
+        raise InputError(f"{args.file}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # a field missing or mistyped in the graph
+        raise InputError(f"{args.file}: malformed graph: {type(err).__name__}: {err}") from None
+    _print_summary("show-stsg", summary)
 
 
 def main(argv: list[str] | None = None) -> int:

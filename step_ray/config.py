@@ -83,6 +83,8 @@ class SynthConfig:
     min_objects: int = _f(2, "Fewest objects in a scene.")
     max_objects: int = _f(4, "Most objects in a scene.")
     object_size: int = _f(28, "Typical object size in pixels (sizes vary by +-25%).")
+    pause_prob: float = _f(0.3, "Chance that an object bouncing in a scene stops for a while and then moves on.")
+    recolor_prob: float = _f(0.25, "Chance that an object bouncing in a scene changes its colour once.")
 
     def validate(self, path: str) -> None:
         _require(self.videos >= 1, f"{path}.videos", "must be >= 1")
@@ -96,6 +98,8 @@ class SynthConfig:
         _require(self.max_objects <= 8, f"{path}.max_objects", "must be <= 8 (the palette has 8 colour-shape kinds per scene)")
         _require(8 <= self.object_size <= min(self.width, self.height) // 3, f"{path}.object_size",
                  "must be between 8 and a third of the frame's short side")
+        for name in ("pause_prob", "recolor_prob"):
+            _require(0 <= getattr(self, name) <= 1, f"{path}.{name}", "must be in [0, 1]")
 
 
 @dataclass
@@ -103,20 +107,33 @@ class VideoConfig:
     """Decoding and visual splitting."""
 
     sample_fps: float = _f(5.0, "Frames per second sampled from each video for perception.")
-    max_frames: int = _f(256, "Cap on sampled frames per video (the sampling rate is lowered to fit).")
+    max_frames: int = _f(
+        0, "Cap on sampled frames per video (the sampling rate is lowered to fit); 0: no cap. Perception streams "
+           "frames, so memory does not depend on it.")
     max_side: int = _f(320, "Pixel cap: frames are resized so their longer side is at most this.")
     shot_threshold: float = _f(
         0.5, "Shot cut when the colour-histogram distance (0..1, Bhattacharyya) between sampled frames exceeds this."
     )
-    keyframe_fps: float = _f(1.0, "Keyframes per second within each shot (at least one per shot).")
-    backend: Literal["decord", "pyav"] = _f("decord", "Decoder; decord falls back to PyAV for files it cannot open.")
+    keyframe_fps: float = _f(
+        1.0, "Keyframes per second of shot: a shot of L seconds gets ceil(L x keyframe_fps) keyframes (at least one), "
+             "chosen by clustering its frames' colour and edge features (k-means).")
+    max_keyframes_per_shot: int = _f(16, "Most keyframes per shot (long static shots need few).")
+    backend: Literal["auto", "decord", "pyav", "pyav-sparse"] = _f(
+        "auto",
+        "Decoder. 'decord': exact sampled frames by random access; 'pyav': the same, sequentially; 'pyav-sparse': "
+        "skip non-reference frames and deblocking, sampled frames may come a frame or two late (much faster "
+        "when sampling far below the native rate); 'auto': pyav-sparse at <= 1/3 of the native rate, else "
+        "decord. Every choice falls back to the others for files it cannot open.")
+    decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).")
 
     def validate(self, path: str) -> None:
         _require(self.sample_fps > 0, f"{path}.sample_fps", "must be > 0")
-        _require(self.max_frames >= 1, f"{path}.max_frames", "must be >= 1")
+        _require(self.max_frames >= 0, f"{path}.max_frames", "must be >= 0 (0: no cap)")
+        _require(self.decode_threads >= 0, f"{path}.decode_threads", "must be >= 0")
         _require(self.max_side >= 32, f"{path}.max_side", "must be >= 32")
         _require(0 < self.shot_threshold <= 1, f"{path}.shot_threshold", "must be in (0, 1]")
         _require(0 < self.keyframe_fps <= self.sample_fps, f"{path}.keyframe_fps", "must be in (0, sample_fps]")
+        _require(self.max_keyframes_per_shot >= 1, f"{path}.max_keyframes_per_shot", "must be >= 1")
 
 
 @dataclass
@@ -175,6 +192,8 @@ class StsgConfig:
     min_track_keyframes: int = _f(1, "Drop tracks seen on fewer keyframes than this (tracker noise).")
     near_factor: float = _f(1.5, "Two objects are 'near' when their centre distance < near_factor x mean box size.")
     motion_min_px_per_s: float = _f(8.0, "Speed (pixels/s at the sampled size) above which an object is moving.")
+    min_pause_seconds: float = _f(
+        0.5, "An object that stands still at least this long between two moves stops and starts moving (events).")
     merge_max_jump: float = _f(
         3.0, "Dynamic merging: how far (in box sizes) an object may seem to jump between two fragments of its track.")
     merge_max_speed: float = _f(
@@ -185,9 +204,39 @@ class StsgConfig:
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
         _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(self.min_pause_seconds > 0, f"{path}.min_pause_seconds", "must be > 0")
         _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
         _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
         _require(0 <= self.same_as_threshold <= 1, f"{path}.same_as_threshold", "must be in [0, 1]")
+
+
+@dataclass
+class SemanticsConfig:
+    """Semantics parsing by the Video-LLM itself: attributes, relations and actions of the tracked objects at
+    each keyframe, asked of ``model`` (in self-training round r+1: the model trained in round r)."""
+
+    enabled: bool = _f(False, "Parse the keyframes with the Video-LLM (costly: n generations per keyframe).")
+    model_path: Optional[str] = _f(
+        None, "Model to ask (a local directory or hub id, e.g. an exported merged model); None: model.name_or_path.")
+    prompt: str = _f("semantics/1", "Versioned prompt template (step_ray/perception/prompts/<name>.txt).")
+    samples: int = _f(3, "n: generations per keyframe for self-consistency.")
+    min_agreement: float = _f(0.5, "Keep a fact that more than this share of the n samples state.")
+    temperature: float = _f(0.7, "Sampling temperature of the n generations.")
+    max_new_tokens: int = _f(160, "Token cap of each generated answer.")
+    batch_size: int = _f(4, "Keyframes per generate() call (each with its n samples).")
+    max_keyframes: int = _f(0, "Parse at most this many keyframes per video, evenly spread (0: all).")
+    image_size: int = _f(224, "Keyframes are shown to the model at most this size (longer side, pixels).")
+
+    def validate(self, path: str) -> None:
+        _require(self.samples >= 1, f"{path}.samples", "must be >= 1")
+        _require(0 <= self.min_agreement < 1, f"{path}.min_agreement", "must be in [0, 1)")
+        _require(self.temperature > 0, f"{path}.temperature", "must be > 0")
+        _require(self.max_new_tokens >= 8, f"{path}.max_new_tokens", "must be >= 8")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.max_keyframes >= 0, f"{path}.max_keyframes", "must be >= 0")
+        _require(self.image_size >= 56, f"{path}.image_size", "must be >= 56")
+        _require("/" in self.prompt and ".." not in self.prompt, f"{path}.prompt",
+                 "must name a versioned template like 'semantics/1'")
 
 
 @dataclass
@@ -388,6 +437,7 @@ class StepRayConfig:
     video: VideoConfig = _f(factory=VideoConfig, help="Decoding and visual splitting.")
     perception: PerceptionConfig = _f(factory=PerceptionConfig, help="Detection and tracking.")
     stsg: StsgConfig = _f(factory=StsgConfig, help="Scene-graph building.")
+    semantics: SemanticsConfig = _f(factory=SemanticsConfig, help="Semantics parsing by the Video-LLM.")
     qra: QraConfig = _f(factory=QraConfig, help="QRA sampling.")
     model: ModelConfig = _f(factory=ModelConfig, help="The Video-LLM.")
     train: TrainConfig = _f(factory=TrainConfig, help="Fine-tuning.")

@@ -77,7 +77,7 @@ def test_colours_survive_compression(corpus):
                 for i, actor in enumerate(scene.actors):
                     if scene.visible[f, i] == scene.areas[i]:
                         x, y = scene.motion.positions[f, i]
-                        assert color_name(tuple(frame[int(round(y)), int(round(x))])) == actor.obj.color
+                        assert color_name(tuple(frame[int(round(y)), int(round(x))])) == actor.color_at(f)
                         checked += 1
                 # Backdrop pixels at least 3 px from any object (chroma is subsampled 2x2 in yuv420p).
                 far = np.ones_like(scene.masks[f], dtype=bool)
@@ -191,8 +191,8 @@ def test_gt_boxes_cover_the_objects_pixels_in_the_video(corpus):
         g = schema.read(s["gt_path"])
         frames, _ = _decode(s["path"])
         for o in schema.nodes_of(g, "object"):
-            color = g.nodes[o]["attributes"]["color"]
             for t, x1, y1, x2, y2 in g.nodes[o]["boxes"]:
+                color = schema.attribute_at(g, o, "color", t)
                 crop = frames[int(round(t * TINY.fps))][int(y1):int(y2), int(x1):int(x2)].reshape(-1, 3)
                 fractions.append(np.mean([color_name(tuple(px)) == color for px in crop]))
     assert min(fractions) > 0.0
@@ -201,7 +201,9 @@ def test_gt_boxes_cover_the_objects_pixels_in_the_video(corpus):
 
 def test_gt_tracks_follow_visibility_and_events(corpus):
     """Tracks hold a box exactly where >= 15% of the object shows; enter / leave fall at the first / last box
-    of objects that were out of the frame at the clip's start / end."""
+    of objects that were out of the frame at the clip's start / end; pauses and colour changes fall at their
+    simulated times."""
+    seen_kinds: set[str] = set()
     for index in range(TINY.videos):
         for scene in iter_scenes(index, TINY, VIDEO, STSG):
             tracks, events = scene_truth(scene)
@@ -220,9 +222,26 @@ def test_gt_tracks_follow_visibility_and_events(corpus):
                 elif e.kind == "leave":
                     assert e.time == max(by_id[e.participants[0]].boxes)
                     assert scene.actors[e.participants[0]].role == "leave"
+                elif e.kind in ("stop_moving", "start_moving"):
+                    actor = scene.actors[e.participants[0]]
+                    when = e.time - scene.first_frame / scene.fps
+                    assert actor.role == "bounce" and actor.pause is not None
+                    assert abs(when - actor.pause[0 if e.kind == "stop_moving" else 1]) < 1e-6
+                elif e.kind == "change":
+                    actor = scene.actors[e.participants[0]]
+                    assert actor.recolor is not None and e.attrs["to"] == actor.recolor[1]
+                    assert e.attrs["from"] == actor.obj.color and by_id[actor_index(scene, actor)].changes
                 else:
+                    assert e.kind == "collide"
                     a, b = (scene.actors[p] for p in e.participants)
                     assert a.layer == b.layer
+                    seen_kinds.add("collide")
+                seen_kinds.add(e.kind)
+    assert {"stop_moving", "start_moving", "change", "collide", "enter", "leave"} <= seen_kinds
+
+
+def actor_index(scene, actor) -> int:
+    return scene.actors.index(actor)
 
 
 def test_kinds_unique_in_a_video_and_objects_return_after_cuts():

@@ -1,6 +1,6 @@
 """Identities across frames from an ultralytics tracker (ByteTrack or BoT-SORT), fed by any detector.
 
-The tracker's state belongs to one shot of one video: :func:`track_clip` makes a fresh tracker per clip, so
+The tracker's state belongs to one shot of one video: a :class:`ClipTracker` holds a fresh tracker per clip, so
 identities never leak between videos or across a hard cut (``same_as`` links clips later, by appearance).
 """
 
@@ -33,44 +33,58 @@ def _as_boxes(dets: Detections, shape: tuple[int, int]):
     return Boxes(data.astype(np.float32), orig_shape=shape).numpy()
 
 
-def track_clip(clip: Clip, frames: np.ndarray, times: list[float], detections: list[Detections],
-               names: dict[int, str], kind: str, source: str) -> list[Track]:
-    """Run a fresh tracker over the frames of ``clip`` and return one :class:`Track` per identity.
+class ClipTracker:
+    """Identities within one clip, fed frame by frame (the stage streams a video through it).
 
     The tracker associates boxes by position only, so when one object passes behind another it may hand the
-    identity over. A track is therefore cut where its colour changes (an identity switch, repaired later by
-    :func:`step_ray.stsg.merge.merge_fragments`). A track's class and colour are the majority over its frames,
-    weighted by detection confidence (a partly hidden square may look like a triangle for a frame or two,
-    with low confidence); its confidence is the mean detection score.
+    identity over. A track is therefore cut where its colour changes (an identity switch or a real colour
+    change, told apart later by :func:`step_ray.stsg.merge.merge_fragments`). A track's class and colour are
+    the majority over its frames, weighted by detection confidence (a partly hidden square may look like a
+    triangle for a frame or two, with low confidence); its confidence is the mean detection score.
     """
-    tracker = new_tracker(kind)
-    seen: dict[int, list[tuple[float, tuple, int, str | None, float]]] = defaultdict(list)
-    wanted = set(clip.frame_times)
-    for frame, t, dets in zip(frames, times, detections):
-        if t not in wanted:
-            continue
-        out = tracker.update(_as_boxes(dets, frame.shape[:2]), frame[..., ::-1])
+
+    def __init__(self, clip: int, names: dict[int, str], kind: str, source: str):
+        self.clip, self.names, self.kind, self.source = clip, names, kind, source
+        self.tracker = new_tracker(kind)
+        self.seen: dict[int, list[tuple[float, tuple, int, str | None, float]]] = defaultdict(list)
+
+    def update(self, frame: np.ndarray, time: float, dets: Detections) -> None:
+        out = self.tracker.update(_as_boxes(dets, frame.shape[:2]), frame[..., ::-1])
         for row in out:
             tid, idx = int(row[4]), int(row[7])
             # Keep the detector's box, not the Kalman-smoothed one: relations need where the object *is*.
-            seen[tid].append((t, tuple(float(v) for v in dets.xyxy[idx]), int(dets.cls[idx]), dets.colors[idx],
-                              float(dets.conf[idx])))
-    tracks = []
-    next_id = max(seen, default=0) + 1
-    for tid in sorted(seen):
-        for k, part in enumerate(_split_on_color(seen[tid])):
-            if k:
-                tid, next_id = next_id, next_id + 1
-            votes, colors = Counter(), Counter()
-            for _, _, cls, color, conf in part:
-                votes[cls] += conf
-                if color:
-                    colors[color] += 1
-            tracks.append(Track(clip=clip.index, track_id=tid, category=names[votes.most_common(1)[0][0]],
-                                boxes={t: box for t, box, *_ in part},
-                                color=colors.most_common(1)[0][0] if colors else None,
-                                conf=float(np.mean([p[4] for p in part])), source=f"{source}+tracker:{kind}"))
-    return tracks
+            self.seen[tid].append((time, tuple(float(v) for v in dets.xyxy[idx]), int(dets.cls[idx]),
+                                   dets.colors[idx], float(dets.conf[idx])))
+
+    def tracks(self) -> list[Track]:
+        tracks = []
+        next_id = max(self.seen, default=0) + 1
+        for tid in sorted(self.seen):
+            for k, part in enumerate(_split_on_color(self.seen[tid])):
+                if k:
+                    tid, next_id = next_id, next_id + 1
+                votes, colors = Counter(), Counter()
+                for _, _, cls, color, conf in part:
+                    votes[cls] += conf
+                    if color:
+                        colors[color] += 1
+                tracks.append(Track(clip=self.clip, track_id=tid, category=self.names[votes.most_common(1)[0][0]],
+                                    boxes={t: box for t, box, *_ in part},
+                                    color=colors.most_common(1)[0][0] if colors else None,
+                                    conf=float(np.mean([p[4] for p in part])),
+                                    source=f"{self.source}+tracker:{self.kind}"))
+        return tracks
+
+
+def track_clip(clip: Clip, frames: np.ndarray, times: list[float], detections: list[Detections],
+               names: dict[int, str], kind: str, source: str) -> list[Track]:
+    """Run a fresh :class:`ClipTracker` over the frames of ``clip`` (all in memory: tests and tools)."""
+    tracker = ClipTracker(clip.index, names, kind, source)
+    wanted = set(clip.frame_times)
+    for frame, t, dets in zip(frames, times, detections):
+        if t in wanted:
+            tracker.update(frame, t, dets)
+    return tracker.tracks()
 
 
 def _split_on_color(obs: list[tuple]) -> list[list[tuple]]:

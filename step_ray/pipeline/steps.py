@@ -11,21 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from step_ray.config import ConfigError, StepRayConfig
+from step_ray.utils import storage
 from step_ray.utils.inputs import expand, video_rows
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+def write_json(path: Path | str, data: Any) -> None:
+    """Write JSON atomically, to a local path or an object-store URI."""
+    storage.write_text(str(path), json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
-    tmp.replace(path)
+def write_jsonl(path: Path | str, rows: list[dict]) -> None:
+    storage.write_text(str(path), "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
 
 
 # --------------------------------------------------------------------------------------------- synth
@@ -51,41 +47,54 @@ def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
 
 
 def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
-    """Videos -> one STSG JSON per video in ``out_dir``, plus ``results.jsonl`` (every video) and
-    ``errors.jsonl`` (the failed ones, with reasons). Videos whose graph exists already are skipped."""
+    """Videos -> one STSG JSON per video in ``out_dir`` (a folder or an object-store URI), plus
+    ``results.jsonl`` (every video), ``errors.jsonl`` (the failed ones, with reasons) and ``summary.json``.
+    Videos whose graph exists with the same content and settings key are skipped."""
     from step_ray.pipeline.runners import run_stage
     from step_ray.stsg.stage import StsgStage
 
-    out = Path(out_dir)
+    out = str(out_dir)
     rows = video_rows(inputs)
     weights = cfg.perception.yolo_weights
     if cfg.perception.detector == "yolo" and weights.endswith(".pt") and not Path(weights).is_file():
         # Checked here, before any actor starts: a missing file would otherwise fail every actor's setup().
         # (Shared storage is mounted on every node, the driver's included: see cluster/README.md.)
         raise ConfigError("perception.yolo_weights", f"no such file: {weights} (nothing is downloaded)")
-    results, seconds = run_stage(StsgStage, cfg, rows, use_ray=use_ray, out_dir=str(out))
+    if cfg.semantics.enabled:
+        from step_ray.perception.semantics import load_template
+
+        try:
+            load_template(cfg.semantics.prompt)
+        except FileNotFoundError as err:
+            raise ConfigError("semantics.prompt", str(err)) from None
+    results, seconds = run_stage(StsgStage, cfg, rows, use_ray=use_ray, out_dir=out)
     results.sort(key=lambda r: r["video_id"])
     errors = [r for r in results if r["status"] != "ok"]
-    write_jsonl(out / "results.jsonl", results)
-    write_jsonl(out / "errors.jsonl", errors)
+    write_jsonl(storage.join(out, "results.jsonl"), results)
+    write_jsonl(storage.join(out, "errors.jsonl"), errors)
     ok = [r for r in results if r["status"] == "ok"]
+
+    def total(key: str, digits: int | None = None) -> Any:
+        value = sum(r[key] or 0 for r in ok)
+        return round(value, digits) if digits is not None else value
+
     summary = {
         "videos": len(rows),
         "ok": len(ok),
         "failed": len(errors),
+        "accounted_for": len(ok) + len(errors) == len(rows),
         "skipped_done": sum(bool(r["skipped"]) for r in ok),
-        "frames": sum(r["frames"] or 0 for r in ok),
-        "objects": sum(r["objects"] or 0 for r in ok),
-        "events": sum(r["events"] or 0 for r in ok),
-        "relations": sum(r["relations"] or 0 for r in ok),
+        "video_seconds": total("duration", 1),
+        **{k: total(k) for k in ("frames", "clips", "keyframes", "objects", "events", "relations", "edges")},
         "seconds": round(seconds, 2),
-        "seconds_decode": round(sum(r["seconds_decode"] or 0 for r in ok), 2),
-        "seconds_detect": round(sum(r["seconds_detect"] or 0 for r in ok), 2),
-        "seconds_graph": round(sum(r["seconds_graph"] or 0 for r in ok), 2),
+        **{k: total(k, 2) for k in ("seconds_decode", "seconds_detect", "seconds_track", "seconds_parse",
+                                     "seconds_graph")},
         "errors": {r["video_id"]: r["error"] for r in errors},
-        "output": str(out),
+        "output": out,
     }
-    write_json(out / "summary.json", summary)
+    if cfg.semantics.enabled:
+        summary.update({k: total(k) for k in ("parse_samples", "parse_malformed", "parse_facts")})
+    write_json(storage.join(out, "summary.json"), summary)
     return summary
 
 

@@ -2,13 +2,15 @@
 
 The same builder makes the ground-truth graphs of the synthetic world and the predicted graphs of the
 perception stage: relations from box geometry at keyframes, motion from the tracks' centres between sampled
-frames, enter / leave / collide events, before / after order, and ``same_as`` identity across clips.
+frames, attribute changes, enter / leave / collide / stop / start / change events, before / after order, and
+``same_as`` identity across clips.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from itertools import permutations
+from typing import Any
 
 import networkx as nx
 
@@ -21,8 +23,9 @@ BORDER_MARGIN = 3.0  # px: a box this close to the frame edge touches it (enter 
 TOUCH_PX = 2.0  # px: boxes this close touch (collisions)
 
 
-def build_stsg(p: Perceived, cfg: StsgConfig, source: str) -> nx.MultiDiGraph:
-    """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``."""
+def build_stsg(p: Perceived, cfg: StsgConfig, source: str, semantics: Any = None) -> nx.MultiDiGraph:
+    """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``; ``semantics`` (a
+    :class:`step_ray.perception.semantics.ParsedSemantics`) adds what the Video-LLM agreed on."""
     g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source, p.provenance)
     clips = {c.index: c for c in p.clips}
     for c in p.clips:
@@ -45,7 +48,11 @@ def build_stsg(p: Perceived, cfg: StsgConfig, source: str) -> nx.MultiDiGraph:
         _add_relations(g, c, by_clip[c.index], cfg)
     for t in tracks:
         _add_motion(g, t, cfg)
-    events = p.events if p.events is not None else _infer_events(p, clips, by_clip)
+        _add_changes(g, t)
+    events = p.events if p.events is not None else _infer_events(p, clips, by_clip, cfg)
+    if semantics is not None:
+        _add_semantics(g, semantics)
+        events = list(events) + list(semantics.actions)
     _add_events(g, events, {(t.clip, t.track_id) for t in tracks})
     _add_same_as(g, tracks, cfg)
     return g
@@ -81,9 +88,11 @@ def _add_object(g: nx.MultiDiGraph, t: Track, c: Clip) -> None:
         if b is not None:
             boxes.append([round(k, _T)] + [round(float(v), 1) for v in b])
     times = t.times
+    track = [[round(x, _T)] + [round(float(v), 1) for v in t.boxes[x]] for x in times]
+    extra = {"identity": t.identity} if t.identity is not None else {}
     g.add_node(schema.object_id(t.clip, t.track_id), type="object", clip=t.clip, track_id=t.track_id,
-               category=t.category, attributes={"color": t.color} if t.color else {}, boxes=boxes,
-               first=round(times[0], _T), last=round(times[-1], _T), source=t.source, conf=round(t.conf, 3))
+               category=t.category, attributes={"color": t.color} if t.color else {}, boxes=boxes, track=track,
+               first=round(times[0], _T), last=round(times[-1], _T), source=t.source, conf=round(t.conf, 3), **extra)
     g.add_edge(schema.clip_id(t.clip), schema.object_id(t.clip, t.track_id), type="contains",
                source=t.source, conf=round(t.conf, 3))
 
@@ -161,6 +170,37 @@ def _add_motion(g: nx.MultiDiGraph, t: Track, cfg: StsgConfig) -> None:
                    source="geometry", conf=1.0)
 
 
+def _add_changes(g: nx.MultiDiGraph, t: Track) -> None:
+    node = schema.object_id(t.clip, t.track_id)
+    for ch in t.changes:
+        g.add_edge(node, node, type="attr_change", attribute=ch.attribute, **{"from": ch.before, "to": ch.after},
+                   time=round(ch.end, _T), start=round(ch.start, _T), end=round(ch.end, _T), source=t.source,
+                   conf=round(t.conf, 3))
+
+
+def pauses(t: Track, min_speed: float, min_seconds: float) -> list[tuple[float, float | None]]:
+    """(stop, start) times of the track's stationary runs that last at least ``min_seconds`` between two
+    moving stretches; ``start`` is None when it is still standing at its last sampled frame. A bounce off a
+    wall or another object slows one interval at most, so it is no pause."""
+    times = t.times
+    moving = [_direction(center(t.boxes[a]), center(t.boxes[b]), b - a, min_speed) is not None
+              for a, b in zip(times, times[1:])]
+    out: list[tuple[float, float | None]] = []
+    i = 0
+    while i < len(moving):
+        if moving[i] or i == 0 or not moving[i - 1]:
+            i += 1
+            continue
+        j = i
+        while j < len(moving) and not moving[j]:
+            j += 1
+        stop, start = times[i], times[j]  # stationary over intervals i..j-1
+        if start - stop >= min_seconds - 1e-9:
+            out.append((stop, start if j < len(moving) else None))
+        i = j
+    return out
+
+
 # --------------------------------------------------------------------------------------------- events
 
 
@@ -168,9 +208,11 @@ def _touches_border(b: Box, width: int, height: int) -> bool:
     return b[0] <= BORDER_MARGIN or b[1] <= BORDER_MARGIN or b[2] >= width - BORDER_MARGIN or b[3] >= height - BORDER_MARGIN
 
 
-def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[Track]]) -> list[Event]:
+def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[Track]],
+                  cfg: StsgConfig) -> list[Event]:
     """Enter / leave where a track starts / ends at the frame border inside a clip; collide where two boxes
-    come to touch and at least one of them turns back."""
+    come to touch and at least one of them turns back; stop / start moving around a pause; change where an
+    attribute changed."""
     events: list[Event] = []
     for ci, tracks in by_clip.items():
         c = clips[ci]
@@ -183,6 +225,13 @@ def _infer_events(p: Perceived, clips: dict[int, Clip], by_clip: dict[int, list[
                 events.append(Event("enter", ci, times[0], [t.track_id], source="geometry"))
             if times[-1] < last_frame - 1e-6 and _touches_border(t.boxes[times[-1]], p.width, p.height):
                 events.append(Event("leave", ci, times[-1], [t.track_id], source="geometry"))
+            for stop, start in pauses(t, cfg.motion_min_px_per_s, cfg.min_pause_seconds):
+                events.append(Event("stop_moving", ci, stop, [t.track_id], source="geometry"))
+                if start is not None:
+                    events.append(Event("start_moving", ci, start, [t.track_id], source="geometry"))
+            for ch in t.changes:
+                events.append(Event("change", ci, ch.end, [t.track_id], source=t.source, conf=t.conf,
+                                    attrs={"attribute": ch.attribute, "from": ch.before, "to": ch.after}))
         for i, a in enumerate(tracks):
             for b in tracks[i + 1:]:
                 shared = sorted(set(a.boxes) & set(b.boxes))
@@ -209,13 +258,36 @@ def _add_events(g: nx.MultiDiGraph, events: list[Event], known: set[tuple[int, i
         eid = schema.event_id(n)
         ids.append(eid)
         g.add_node(eid, type="event", kind=e.kind, clip=e.clip, time=round(e.time, _T), source=e.source,
-                   conf=round(e.conf, 3))
+                   conf=round(e.conf, 3), **e.attrs)
         for tid in e.participants:
             g.add_edge(schema.object_id(e.clip, tid), eid, type="participates_in", source=e.source,
                        conf=round(e.conf, 3))
     for a, b in zip(ids, ids[1:]):
         g.add_edge(a, b, type="before", source="geometry", conf=1.0)
         g.add_edge(b, a, type="after", source="geometry", conf=1.0)
+
+
+def _add_semantics(g: nx.MultiDiGraph, sem: Any) -> None:
+    """Parsed attributes fill in what perception did not measure (never overriding it); parsed relations are
+    added where geometry has not already stated the same predicate at that time."""
+    for (clip, tid), attrs in sem.attributes.items():
+        node = schema.object_id(clip, tid)
+        if node not in g:
+            continue
+        d = g.nodes[node]
+        for name, (value, conf) in attrs.items():
+            if name not in d["attributes"]:
+                d["attributes"][name] = value
+                d.setdefault("attribute_sources", {})[name] = {"source": sem.source, "conf": conf}
+    for clip, a, pred, b, t, conf in sem.relations:
+        na, nb = schema.object_id(clip, a), schema.object_id(clip, b)
+        if na not in g or nb not in g:
+            continue
+        held = any(d.get("type") == "relation" and d["predicate"] == pred and d["start"] - 1e-6 <= t <= d["end"] + 1e-6
+                   for d in g.get_edge_data(na, nb, default={}).values())
+        if not held:
+            g.add_edge(na, nb, type="relation", predicate=pred, start=round(t, _T), end=round(t, _T),
+                       source=sem.source, conf=round(conf, 3))
 
 
 # --------------------------------------------------------------------------------------------- identity

@@ -1,6 +1,6 @@
 """The STSG data contract: a ``networkx.MultiDiGraph`` with typed nodes and edges, stored as node-link JSON.
 
-Version ``stsg/1``. Documented in ``docs/stsg_schema.md``; bump :data:`SCHEMA_VERSION` on any change that
+Version ``stsg/2``. Documented in ``docs/stsg_schema.md``; bump :data:`SCHEMA_VERSION` on any change that
 an older reader would misread.
 
 Graph attributes: ``schema_version``, ``video_id``, ``uri``, ``duration`` (s), ``width``/``height`` (the frame
@@ -15,9 +15,11 @@ type           id                      attributes
 ``clip``       ``clip:{c}``            ``index``, ``start``, ``end`` (a shot)
 ``keyframe``   ``kf:{c}:{k}``          ``clip``, ``time``
 ``object``     ``obj:{c}:{t}``         ``clip``, ``track_id``, ``category`` (class / shape), ``attributes``
-                                        (``{"color": ...}``), ``boxes`` (``[[time, x1, y1, x2, y2], ...]`` at
-                                        keyframes), ``first``, ``last`` (s)
-``event``      ``ev:{n}``              ``kind`` (``enter``/``leave``/``collide``), ``clip``, ``time``
+                                        (``{"color": ...}`` at first sight), ``boxes`` (``[[time, x1, y1, x2,
+                                        y2], ...]`` at keyframes), ``track`` (the same at every sampled frame
+                                        where it was seen), ``first``, ``last`` (s); ground truth: ``identity``
+``event``      ``ev:{n}``              ``kind`` in :data:`EVENT_KINDS`, ``clip``, ``time``; ``change``:
+                                        ``attribute``, ``from``, ``to``; ``action``: ``label``
 =============  ======================  ==================================================================
 
 Edges (each has a ``type`` attribute; two objects may be joined by several edges, e.g. ``left_of`` over one
@@ -27,6 +29,8 @@ time span and ``near`` over another):
 - ``relation``: object -> object, ``predicate`` in :data:`RELATIONS`, ``start``/``end`` (s). Stored in both
   directions (``a left_of b`` and ``b right_of a``).
 - ``motion``: object -> itself, ``direction`` in :data:`DIRECTIONS`, ``start``/``end``.
+- ``attr_change``: object -> itself, ``attribute``, ``from``, ``to``, ``time`` (first seen with the new value),
+  ``start``/``end`` (last seen with the old value / first seen with the new one).
 - ``participates_in``: object -> event.
 - ``before`` / ``after``: event -> the next / previous event of the video in time.
 - ``same_as``: object -> object of another clip, the same physical object (both directions).
@@ -43,14 +47,14 @@ from typing import Any
 
 import networkx as nx
 
-SCHEMA_VERSION = "stsg/1"
+SCHEMA_VERSION = "stsg/2"
 
 NODE_TYPES = ("video", "clip", "keyframe", "object", "event")
-EDGE_TYPES = ("contains", "relation", "motion", "participates_in", "before", "after", "same_as")
+EDGE_TYPES = ("contains", "relation", "motion", "attr_change", "participates_in", "before", "after", "same_as")
 RELATIONS = ("left_of", "right_of", "above", "below", "near")
 INVERSE_RELATION = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above", "near": "near"}
 DIRECTIONS = ("left", "right", "up", "down")
-EVENT_KINDS = ("enter", "leave", "collide")
+EVENT_KINDS = ("enter", "leave", "collide", "start_moving", "stop_moving", "change", "action")
 
 
 class StsgFormatError(ValueError):
@@ -94,6 +98,17 @@ def describe_object(g: nx.MultiDiGraph, node: str) -> str:
     d = g.nodes[node]
     color = d.get("attributes", {}).get("color")
     return f"{color} {d['category']}" if color else str(d["category"])
+
+
+def attribute_at(g: nx.MultiDiGraph, node: str, attribute: str, time: float) -> Any:
+    """The object's ``attribute`` at ``time`` (s): its value at first sight, then its ``attr_change`` edges."""
+    value = g.nodes[node].get("attributes", {}).get(attribute)
+    changes = sorted((d["time"], d["to"]) for _, _, d in g.out_edges(node, data=True)
+                     if d.get("type") == "attr_change" and d.get("attribute") == attribute)
+    for when, to in changes:
+        if time >= when - 1e-9:
+            value = to
+    return value
 
 
 def to_json(g: nx.MultiDiGraph) -> dict:

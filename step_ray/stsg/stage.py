@@ -1,13 +1,22 @@
 """The STSG stage: one video in, one scene-graph file out (or an error row with the reason).
 
-decode (sampled frames) -> shots and keyframes -> detection -> tracking per shot -> graph -> JSON.
-Runs as a GPU actor on a cluster (the detector uses the actor's GPU), on CPU here.
+The video streams through in chunks of sampled frames, so memory does not grow with its length:
+
+decode chunk -> detect (batched) -> per frame: shot cut? (close the shot: keyframes by clustering, its tracks
+merged) -> track -> ... -> graph -> (optional) semantics parsing of the keyframes by the Video-LLM -> JSON.
+
+Runs as a GPU actor on a cluster (the detector and the parser use the actor's GPU), on CPU here. Outputs are
+named ``{video_id}.stsg.json`` and carry a key: the video's content fingerprint plus a hash of every setting
+that shapes the graph. A re-run skips a video whose graph has the same key, and rebuilds it if the video or
+the settings changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 from step_ray.config import PoolConfig, StepRayConfig
@@ -15,18 +24,20 @@ from step_ray.pipeline.stage import Row, error_row
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
 from step_ray.stsg.merge import merge_fragments
-from step_ray.stsg.tracks import Perceived
+from step_ray.stsg.tracks import Perceived, Track
+from step_ray.utils import storage
 
 STSG_SUFFIX = ".stsg.json"
 
 
-def stsg_path(out_dir: str | Path, video_id: str) -> Path:
-    return Path(out_dir) / f"{video_id}{STSG_SUFFIX}"
+def stsg_path(out_dir: str, video_id: str) -> str:
+    return storage.join(str(out_dir), f"{video_id}{STSG_SUFFIX}")
 
 
 def graph_counts(g) -> dict[str, int]:
     return {
         "clips": len(schema.nodes_of(g, "clip")),
+        "keyframes": len(schema.nodes_of(g, "keyframe")),
         "objects": len(schema.nodes_of(g, "object")),
         "events": len(schema.nodes_of(g, "event")),
         "relations": len(schema.edges_of(g, "relation")),
@@ -34,17 +45,31 @@ def graph_counts(g) -> dict[str, int]:
     }
 
 
+def settings_hash(cfg: StepRayConfig) -> str:
+    """Hash of the settings a graph depends on (decoding, perception, graph building, semantics parsing)."""
+    parts = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("video", "perception", "stsg", "semantics")}
+    for name in ("perception",):  # how many actors ran it does not change a graph
+        parts[name].pop("pool", None)
+    if cfg.semantics.enabled:
+        parts["model"] = cfg.model.name_or_path
+    parts["schema"] = schema.SCHEMA_VERSION
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class StsgStage:
     name: ClassVar[str] = "stsg"
     columns: ClassVar[tuple[str, ...]] = (
-        "video_id", "uri", "status", "error", "stsg_path", "skipped", "frames", "clips", "objects", "events",
-        "relations", "edges", "seconds_decode", "seconds_detect", "seconds_graph",
+        "video_id", "uri", "status", "error", "stsg_path", "key", "skipped", "decoder", "frames", "duration",
+        "clips", "keyframes", "objects", "events", "relations", "edges", "parse_samples", "parse_malformed",
+        "parse_facts", "seconds_decode", "seconds_detect", "seconds_track", "seconds_parse", "seconds_graph",
     )
 
     def __init__(self, cfg: StepRayConfig, out_dir: str):
         self.cfg = cfg
-        self.out_dir = Path(out_dir)
+        self.out_dir = str(out_dir)
+        self.settings = settings_hash(cfg)
         self.detector = None
+        self.parser = None
 
     def pool(self) -> PoolConfig:
         return self.cfg.perception.pool
@@ -56,49 +81,120 @@ class StsgStage:
         configure_ultralytics()
         self.device = resolve_device(self.cfg.perception.device)
         self.detector = build_detector(self.cfg.perception, self.device)
+        if self.cfg.semantics.enabled:
+            from step_ray.perception.semantics import SemanticsParser
+
+            self.parser = SemanticsParser(self.cfg.semantics, self.cfg.model, self.device, seed=self.cfg.run.seed)
+            self.parser.setup()
 
     def process(self, row: Row) -> Row:
-        from step_ray.perception.tracking import track_clip
-        from step_ray.video.decode import DecodeError, decode_sampled
-        from step_ray.video.shots import split_shots
+        from step_ray.video.decode import DecodeError
 
         video_id, uri = row["video_id"], row["uri"]
         out_path = stsg_path(self.out_dir, video_id)
-        base = {"video_id": video_id, "uri": uri, "stsg_path": str(out_path)}
-        if out_path.exists():  # idempotent re-run: a finished graph is kept (written atomically, so complete)
-            try:
-                return self._row(base, schema.read(out_path), skipped=True, frames=None, timings=(0.0, 0.0, 0.0))
-            except schema.StsgFormatError:
-                pass  # unreadable leftover of another version: rebuild it
-        t0 = time.perf_counter()
+        base = {"video_id": video_id, "uri": uri, "stsg_path": out_path}
         try:
-            decoded = decode_sampled(uri, self.cfg.video)
+            key = f"{storage.content_key(uri)[:16]}-{self.settings}"
+        except (OSError, ValueError) as err:
+            return error_row(self.columns, base, f"cannot read the file: {err}")
+        base["key"] = key
+        done = self._finished(out_path, key)
+        if done is not None:  # idempotent re-run: this video with these settings is done (written atomically)
+            return self._row(base, done, skipped=True, stats={})
+        try:
+            with storage.local_file(uri) as local:
+                perceived, stats = self._perceive(video_id, uri, local)
+                parsed = None
+                if self.parser is not None:
+                    from step_ray.perception.semantics import summary_stats
+
+                    t0 = time.perf_counter()
+                    parsed = self.parser.parse(perceived, local, self.cfg.video)
+                    stats.update(summary_stats(parsed))
+                    stats["seconds_parse"] = time.perf_counter() - t0
+                    perceived.provenance["parser"] = {"prompt": self.cfg.semantics.prompt, **parsed.stats,
+                                                      "model": self.cfg.semantics.model_path or self.cfg.model.name_or_path}
+                t0 = time.perf_counter()
+                g = build_stsg(perceived, self.cfg.stsg, source="perception", semantics=parsed)
+                stats["seconds_graph"] = time.perf_counter() - t0
         except DecodeError as err:
             return error_row(self.columns, base, str(err))
-        t1 = time.perf_counter()
-        clips = split_shots(decoded.frames, decoded.times, self.cfg.video)
-        detections = self.detector.detect(decoded.frames)
-        tracks = []
-        for clip in clips:
-            tracks += merge_fragments(track_clip(clip, decoded.frames, decoded.times, detections, self.detector.names,
-                                                 self.cfg.perception.tracker, self.detector.source), self.cfg.stsg)
-        t2 = time.perf_counter()
+        t0 = time.perf_counter()
+        g.graph["key"] = key
+        storage.write_text(out_path, schema.dumps(g))
+        stats["seconds_graph"] = stats.get("seconds_graph", 0.0) + time.perf_counter() - t0
+        return self._row(base, g, skipped=False, stats=stats)
+
+    def _finished(self, out_path: str, key: str):
+        try:
+            if storage.exists(out_path):
+                g = schema.loads(storage.read_text(out_path))
+                return g if g.graph.get("key") == key else None
+        except (schema.StsgFormatError, OSError):
+            pass  # unreadable leftover or another schema version: rebuild it
+        return None
+
+    def _perceive(self, video_id: str, uri: str, local: str) -> tuple[Perceived, dict[str, Any]]:
+        """Stream the video through splitting, detection and tracking; keep only features, boxes, tracks."""
+        from step_ray.perception.tracking import ClipTracker
+        from step_ray.video.decode import open_sampled
+        from step_ray.video.shots import ShotSplitter
+
+        stats = {"seconds_decode": 0.0, "seconds_detect": 0.0, "seconds_track": 0.0, "frames": 0}
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        stream = open_sampled(local, cfg.video)
+        splitter = ShotSplitter(cfg.video)
+        tracks: list[Track] = []
+        tracker: ClipTracker | None = None
+        last_time = 0.0
+        chunks = iter(stream)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            stats["seconds_decode"] += t1 - t0
+            detections = self.detector.detect(chunk.frames)
+            t2 = time.perf_counter()
+            stats["seconds_detect"] += t2 - t1
+            for frame, t, dets in zip(chunk.frames, chunk.times, detections):
+                if splitter.add(frame, t) and tracker is not None:  # a cut: the previous shot is closed
+                    tracks += merge_fragments(tracker.tracks(), cfg.stsg)
+                    tracker = None
+                if tracker is None:
+                    tracker = ClipTracker(len(splitter.clips), self.detector.names, cfg.perception.tracker,
+                                          self.detector.source)
+                tracker.update(frame, t, dets)
+                stats["frames"] += 1
+                last_time = t
+            t0 = time.perf_counter()
+            stats["seconds_track"] += t0 - t2
+        splitter.finish_shot()
+        if tracker is not None:
+            tracks += merge_fragments(tracker.tracks(), cfg.stsg)
+        info = stream.info
+        stats["decoder"] = info.backend
+        duration = info.duration or last_time
         perceived = Perceived(
-            video_id=video_id, uri=uri, duration=decoded.duration, width=decoded.width, height=decoded.height,
-            clips=clips, tracks=tracks,
-            provenance={"detector": self.detector.source, "tracker": self.cfg.perception.tracker,
-                        "decoder": decoded.backend, "sample_fps": self.cfg.video.sample_fps,
+            video_id=video_id, uri=uri, duration=duration, width=info.width, height=info.height,
+            clips=splitter.clips, tracks=tracks,
+            provenance={"detector": self.detector.source, "tracker": cfg.perception.tracker, "decoder": info.backend,
+                        "sample_fps": cfg.video.sample_fps, "keyframes": "kmeans(hsv+edges+time)",
                         "device": self.device},
         )
-        g = build_stsg(perceived, self.cfg.stsg, source="perception")
-        schema.write(g, out_path)
-        t3 = time.perf_counter()
-        return self._row(base, g, skipped=False, frames=len(decoded.times), timings=(t1 - t0, t2 - t1, t3 - t2))
+        stats["duration"] = round(duration, 3)
+        return perceived, stats
 
-    def _row(self, base: Row, g: Any, skipped: bool, frames: int | None, timings: tuple[float, float, float]) -> Row:
+    def _row(self, base: Row, g: Any, skipped: bool, stats: dict[str, Any]) -> Row:
         row = {c: None for c in self.columns}
         row.update(base)
         row.update(graph_counts(g))
-        row.update(status="ok", error=None, skipped=skipped, frames=frames, seconds_decode=round(timings[0], 4),
-                   seconds_detect=round(timings[1], 4), seconds_graph=round(timings[2], 4))
+        row.update(status="ok", error=None, skipped=skipped)
+        for k, v in stats.items():
+            if k in row:
+                row[k] = round(v, 4) if isinstance(v, float) else v
+        if skipped:
+            row["duration"] = g.graph.get("duration")
         return row

@@ -25,6 +25,18 @@ class Clip:
     keyframe_times: list[float]
 
 
+@dataclass(frozen=True)
+class AttrChange:
+    """An attribute of a tracked object changed: ``start`` is the last sampled time the old value was seen,
+    ``end`` the first time the new one was (the change happened in between)."""
+
+    attribute: str
+    before: str
+    after: str
+    start: float
+    end: float
+
+
 @dataclass
 class Track:
     """One object identity inside one clip, with its box at each sampled frame where it was seen."""
@@ -37,6 +49,7 @@ class Track:
     conf: float = 1.0
     source: str = "tracker"
     identity: Optional[str] = None  # ground truth only: the physical object, shared across clips
+    changes: list[AttrChange] = field(default_factory=list)  # ``color`` is the value at first sight
 
     @property
     def times(self) -> list[float]:
@@ -53,6 +66,7 @@ class Event:
     participants: list[int]  # track ids within the clip
     source: str = "synth"
     conf: float = 1.0
+    attrs: dict = field(default_factory=dict)  # kind-specific: ``change`` has attribute/from/to, ``action`` label
 
 
 @dataclass

@@ -28,12 +28,12 @@ from tqdm import tqdm
 from step_ray.config import StsgConfig, SynthConfig, VideoConfig
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
-from step_ray.stsg.tracks import Clip, Event, Perceived, Track
+from step_ray.stsg.tracks import AttrChange, Clip, Event, Perceived, Track
 from step_ray.synth import render, world
 from step_ray.synth.world import Actor, Background, SceneMotion, WorldObject
 from step_ray.video.sampling import keyframe_times, sample_indices
 
-GENERATOR_VERSION = "synth/1"  # bump when the world, the rendering or the ground truth changes
+GENERATOR_VERSION = "synth/2"  # bump when the world, the rendering or the ground truth changes
 VISIBLE_FRACTION = 0.15  # an object is present at a frame when at least this share of its pixels is visible
 ROLE_WEIGHTS = {"bounce": 0.55, "enter": 0.25, "leave": 0.20}  # for objects new to a scene
 MAX_SCENE_ATTEMPTS = 20  # redraws of a scene whose returning object is not seen or whose objects overlap
@@ -125,17 +125,19 @@ def iter_scenes(index: int, synth: SynthConfig, video: VideoConfig, stsg: StsgCo
     clips = _clips(synth, video)
     used_kinds: set[tuple[str, str]] = set()
     seen: list[WorldObject] = []  # every object so far, in order of first appearance
+    changed: set[str] = set()  # identities that changed colour: they do not come back (their colour is ambiguous)
     prev: Scene | None = None
     background: Background | None = None
     for k in range(synth.scenes):
         candidates = [] if prev is None else [a.obj for i, a in enumerate(prev.actors)
-                                              if _keyframes_seen(prev, i) >= stsg.min_track_keyframes]
+                                              if _keyframes_seen(prev, i) >= stsg.min_track_keyframes
+                                              and a.obj.identity not in changed]
         scene = None
         for attempt in range(MAX_SCENE_ATTEMPTS):
             rng = _rng(synth, index, k, attempt)
             kinds = set(used_kinds)
             bg = world.plan_background(rng, background)
-            actors, carried = _plan_actors(rng, k, synth, prev, candidates, seen, kinds, duration)
+            actors, carried = _plan_actors(rng, k, synth, prev, candidates, seen, changed, kinds, duration)
             scene = _render_scene(k, k * per, bg, actors, synth, clips[k])
             seen_again = (not carried or not scene.clip.keyframe_times  # an unsampled scene cannot show it
                           or any(_keyframes_seen(scene, i) >= stsg.min_track_keyframes for i in carried))
@@ -147,27 +149,29 @@ def iter_scenes(index: int, synth: SynthConfig, video: VideoConfig, stsg: StsgCo
         for a in scene.actors:
             if a.obj not in seen:
                 seen.append(a.obj)
+            if a.recolor is not None:
+                changed.add(a.obj.identity)
         background = scene.background
         yield scene
         prev = scene
 
 
 def _plan_actors(rng: np.random.Generator, k: int, synth: SynthConfig, prev: Scene | None,
-                 candidates: list[WorldObject], seen: list[WorldObject], kinds: set[tuple[str, str]],
-                 duration: float) -> tuple[list[Actor], list[int]]:
+                 candidates: list[WorldObject], seen: list[WorldObject], changed: set[str],
+                 kinds: set[tuple[str, str]], duration: float) -> tuple[list[Actor], list[int]]:
     """Choose the scene's objects and roles and place them; returns the actors and the indices of the
-    returning ones."""
+    returning ones. Objects in ``changed`` (they changed colour) never return."""
     n = int(rng.integers(synth.min_objects, synth.max_objects + 1))
     carried: list[WorldObject] = []
     if prev is not None:
-        pool = candidates or [a.obj for a in prev.actors]
+        pool = candidates or [a.obj for a in prev.actors if a.obj.identity not in changed]
         count = min(n, len(pool), 1 + int(rng.random() < 0.3))
         carried = [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
     colors = {o.color for o in carried}
     fresh = world.new_objects(rng, n - len(carried), kinds, colors, synth.object_size, first_id=len(seen))
     # The video ran out of unused colour-shape kinds: bring back earlier objects (they are the same
     # physical objects, so uniqueness of kinds still holds), preferring colours not in the scene yet.
-    back = [o for o in seen if o not in carried]
+    back = [o for o in seen if o not in carried and o.identity not in changed]
     back.sort(key=lambda o: o.color in colors)
     extra = back[: n - len(carried) - len(fresh)]
     objects = carried + extra + fresh
@@ -179,6 +183,7 @@ def _plan_actors(rng: np.random.Generator, k: int, synth: SynthConfig, prev: Sce
     order = [int(i) for i in rng.permutation(len(objects))]  # track ids need not reveal who returned
     objects, roles = [objects[i] for i in order], [roles[i] for i in order]
     actors = world.place_actors(rng, objects, roles, synth.width, synth.height, duration)
+    world.plan_changes(rng, actors, duration, frames_per_scene(synth), kinds, synth.pause_prob, synth.recolor_prob)
     returning = [i for i, o in enumerate(objects) if o in carried]
     return actors, returning
 
@@ -200,39 +205,58 @@ def scene_truth(scene: Scene) -> tuple[list[Track], list[Event]]:
 
     - ``enter``: an object out of the frame at the clip's first sampled frame, at its first sampled frame
       with a track box; ``leave``: one out of the frame at the clip's last sampled frame, at its last box.
-    - ``collide``: the simulator's contacts, at their exact time, kept when both objects are visible at the
-      nearest video frame (an occluded collision is no fact anyone could see).
+    - ``collide``, ``stop_moving``, ``start_moving``: the simulator's contacts and pauses at their exact time,
+      kept when the objects are visible at the nearest video frame (a hidden event is no fact anyone could see).
+    - ``change`` (colour): at the first video frame with the new colour, when the object is seen with its old
+      colour before and its new colour after (on sampled frames); the track carries the change, and its
+      ``color`` is the colour at first sight.
     """
     k, clip = scene.index, scene.clip
     if not clip.frame_times:
         return [], []  # no frame of this scene is sampled: nothing is seen
     present = scene.present
     fps = scene.fps
+    start = scene.first_frame / fps
+    last = present.shape[0] - 1
     local = [scene.local_frame(t) for t in clip.frame_times]
     tracks: list[Track] = []
     events: list[Event] = []
+
+    def seen_at(i: int, scene_time: float) -> bool:
+        return bool(present[min(last, int(round(scene_time * fps))), i])
+
     for i, a in enumerate(scene.actors):
-        boxes = {}
+        boxes, colors = {}, {}
         for f, t in zip(local, clip.frame_times):
             if present[f, i]:
                 box = render.mask_box(scene.masks[f], i + 1)
                 if box is not None:
-                    boxes[t] = box
+                    boxes[t], colors[t] = box, a.color_at(f)
         if not boxes:
             continue
-        tracks.append(Track(clip=k, track_id=i, category=a.obj.shape, boxes=boxes, color=a.obj.color, conf=1.0,
-                            source="synth", identity=a.obj.identity))
+        times = sorted(boxes)
+        changes = []
+        if a.recolor is not None:
+            old = [t for t in times if colors[t] == a.obj.color]
+            new = [t for t in times if colors[t] != a.obj.color]
+            if old and new:
+                changes.append(AttrChange("color", a.obj.color, a.recolor[1], old[-1], new[0]))
+                events.append(Event("change", k, round(start + a.recolor[0] / fps, 6), [i], source="synth",
+                                    attrs={"attribute": "color", "from": a.obj.color, "to": a.recolor[1]}))
+        tracks.append(Track(clip=k, track_id=i, category=a.obj.shape, boxes=boxes, color=colors[times[0]], conf=1.0,
+                            source="synth", identity=a.obj.identity, changes=changes))
         out = scene.in_frame[:, i] < VISIBLE_FRACTION * scene.areas[i]
         if out[local[0]]:
             events.append(Event("enter", k, min(boxes), [i], source="synth"))
         if out[local[-1]]:
             events.append(Event("leave", k, max(boxes), [i], source="synth"))
+        if a.pause is not None:
+            for kind, when in (("stop_moving", a.pause[0]), ("start_moving", a.pause[1])):
+                if when <= last / fps and seen_at(i, when):
+                    events.append(Event(kind, k, round(start + when, 6), [i], source="synth"))
     tracked = {t.track_id for t in tracks}
-    start = scene.first_frame / fps
-    last = present.shape[0] - 1
     for c in scene.motion.collisions:
-        f = min(last, int(round(c.time * fps)))
-        if c.a in tracked and c.b in tracked and present[f, c.a] and present[f, c.b]:
+        if c.a in tracked and c.b in tracked and seen_at(c.a, c.time) and seen_at(c.b, c.time):
             events.append(Event("collide", k, round(start + c.time, 6), [c.a, c.b], source="synth"))
     return tracks, events
 

@@ -97,13 +97,18 @@ def mask_box(mask: np.ndarray, label: int) -> tuple[float, float, float, float] 
 
 
 def compose(masks: np.ndarray, actors: list[Actor], bg_img: np.ndarray) -> np.ndarray:
-    """RGB frames ``(frames, H, W, 3)`` uint8: the backdrop with each actor's pixels in its palette colour."""
+    """RGB frames ``(frames, H, W, 3)`` uint8: the backdrop with each actor's pixels in its palette colour
+    (an actor that changes colour has its new colour from its ``recolor`` frame on)."""
     lut = np.zeros((len(actors) + 1, 3), dtype=np.uint8)
     for i, a in enumerate(actors):
         lut[i + 1] = PALETTE[a.obj.color]
     frames = np.broadcast_to(bg_img, masks.shape + (3,)).copy()
     fg = masks > 0
     frames[fg] = lut[masks[fg]]
+    for i, a in enumerate(actors):
+        if a.recolor is not None:
+            after = frames[a.recolor[0]:]
+            after[masks[a.recolor[0]:] == i + 1] = PALETTE[a.recolor[1]]
     return frames
 
 

@@ -11,8 +11,9 @@ constant velocity. Roles:
 
 Actors on the same layer collide when their boxes touch (both bounce, speeds unchanged); an actor partly
 outside the frame keeps its course and only the one inside bounces off it. Actors on different layers pass
-over each other (the front layer occludes). All randomness comes from the ``rng`` passed in, so a seed
-fixes the world.
+over each other (the front layer occludes). A bouncer may also *pause* (stop for a while, then move on with
+its old velocity: ``stop_moving`` / ``start_moving`` events) and *change colour* once (an attribute change).
+All randomness comes from the ``rng`` passed in, so a seed fixes the world.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class Actor:
     layer: int
     pos: tuple[float, float]  # centre (x, y) in pixels at scene time 0
     vel: tuple[float, float]  # pixels per second
+    pause: tuple[float, float] | None = None  # (stop, resume) in scene seconds: it stands still in between
+    recolor: tuple[int, str] | None = None  # (scene frame, colour): from that frame on it has this colour
+
+    def color_at(self, frame: int) -> str:
+        """Its colour at scene frame ``frame``."""
+        return self.recolor[1] if self.recolor is not None and frame >= self.recolor[0] else self.obj.color
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,30 @@ def place_actors(rng: np.random.Generator, objects: list[WorldObject], roles: li
     return actors
 
 
+def plan_changes(rng: np.random.Generator, actors: list[Actor], duration: float, frames: int,
+                 used_kinds: set[tuple[str, str]], pause_prob: float, recolor_prob: float) -> None:
+    """Give some bouncers a pause and some a colour change (in place; ``used_kinds`` is updated).
+
+    A pause starts at 20-50% of the scene and lasts 25-40% of it, long enough to be seen at a low sampling
+    rate. A colour change happens at 30-70% of the scene, to a colour no other actor of the scene has and to a
+    (colour, shape) kind unused in the video, so the colour detector never mixes up two objects.
+    """
+    scene_colors = {a.obj.color for a in actors}
+    for a in actors:
+        if a.role != "bounce":
+            continue
+        if rng.random() < pause_prob:
+            stop = float(rng.uniform(0.2, 0.5)) * duration
+            a.pause = (round(stop, 6), round(stop + float(rng.uniform(0.25, 0.4)) * duration, 6))
+        if rng.random() < recolor_prob:
+            free = [c for c in COLOR_NAMES if c not in scene_colors and (c, a.obj.shape) not in used_kinds]
+            if free:
+                color = free[int(rng.integers(len(free)))]
+                a.recolor = (int(rng.integers(int(0.3 * frames), max(int(0.3 * frames), int(0.7 * frames)) + 1)), color)
+                scene_colors.add(color)
+                used_kinds.add((color, a.obj.shape))
+
+
 def _enter_path(rng: np.random.Generator, half: float, width: int, height: int, duration: float,
                 speeds: tuple[float, float]) -> tuple:
     """Start just outside an edge, moving in within 45 degrees of the inward normal; (None, None) if the
@@ -257,6 +288,10 @@ def simulate(actors: list[Actor], width: int, height: int, fps: int, frames: int
     held = np.array([a.role == "bounce" for a in actors], dtype=bool)
     can_enter = np.array([a.role == "enter" for a in actors], dtype=bool)
     limit = np.array([width, height], dtype=np.float64)
+    # A pausing actor's velocity is parked while it stands still (collisions then see it at rest) and given
+    # back when it moves on.
+    pauses = [(i, a.pause) for i, a in enumerate(actors) if a.pause is not None]
+    parked: dict[int, np.ndarray] = {}
     top_speed = float(np.abs(vel).max(initial=0.0))
     substeps = max(SUBSTEPS, math.ceil(top_speed / (fps * MAX_STEP_PX)))
     dt = 1.0 / (fps * substeps)
@@ -269,6 +304,12 @@ def simulate(actors: list[Actor], width: int, height: int, fps: int, frames: int
             break
         for s in range(substeps):
             t = (f * substeps + s + 1) * dt
+            for i, (stop, resume) in pauses:
+                if stop <= t < resume and i not in parked:
+                    parked[i] = vel[i].copy()
+                    vel[i] = 0.0
+                elif t >= resume and i in parked:
+                    vel[i] = parked.pop(i)
             pos += vel * dt
             inside = np.all((pos - half[:, None] >= 0) & (pos + half[:, None] <= limit), axis=1)
             held |= can_enter & inside

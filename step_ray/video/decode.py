@@ -1,14 +1,26 @@
-"""Decode only the frames perception needs: sampled at a configured rate, capped in count and in pixels.
+"""Decode only the frames perception needs, as a stream: sampled at a configured rate, capped in pixels.
 
-decord is the fast path (random access to the sampled indices); PyAV is the fallback for files decord
-cannot open. Both failing is a :class:`DecodeError` whose message says why, which the stage turns into an
-error row.
+Memory never grows with the video's length: frames come out in chunks of :data:`DECODE_CHUNK`, already
+shrunk to ``video.max_side``, and the caller keeps only what it derives from them (features, boxes).
+
+Backends (``video.backend``):
+
+- ``decord``: random access to the sampled indices (exact frames);
+- ``pyav``: sequential decoding with the same frame choice; the fallback for files decord cannot open;
+- ``auto`` (default): PyAV's *sparse* mode when sampling at a third of the native rate or less, else decord.
+  Sparse mode skips the frames no other frame depends on (B-frames: about half of a typical H.264 stream) and
+  the in-loop deblocking filter, and converts only the sampled frames, straight to the small size. A sampled
+  frame then is the first decoded frame at or after the wanted index (a frame or two later, its real time is
+  reported), and pixels carry faint blocking that colour features and detectors do not mind.
+
+All failing to open the file is a :class:`DecodeError` whose message gives every backend's reason, which the
+stage turns into an error row; a failure in the middle of a file is a :class:`DecodeError` too, saying where.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
 
 import torch  # noqa: F401  -- must be imported before decord: the other order segfaults with the CUDA torch wheel
 
@@ -16,7 +28,7 @@ import cv2
 import numpy as np
 
 from step_ray.config import VideoConfig
-from step_ray.video.sampling import is_sampled, sample_indices, sampling_step, thin
+from step_ray.video.sampling import sample_indices, sampling_step
 
 
 class DecodeError(RuntimeError):
@@ -25,11 +37,32 @@ class DecodeError(RuntimeError):
 
 T = TypeVar("T")
 DECODE_CHUNK = 16  # frames decoded at full size at once
+SPARSE_RATIO = 3.0  # auto: sparse PyAV decoding when the native rate is at least this many times the sample rate
+
+
+@dataclass
+class Chunk:
+    """Consecutive sampled frames: RGB ``(n, H, W, 3)`` uint8 at the pixel cap, with their times (s)."""
+
+    frames: np.ndarray
+    times: list[float]
+
+
+@dataclass
+class VideoInfo:
+    """What the container says about the video, and the size frames come out at."""
+
+    native_fps: float
+    num_frames: int  # frames in the file (0 if the header does not say)
+    duration: float  # seconds
+    width: int  # output width (after the pixel cap)
+    height: int
+    backend: str
 
 
 @dataclass
 class DecodedFrames:
-    """Sampled RGB frames of one video, already resized to the pixel cap."""
+    """Sampled RGB frames of one (short) video, all in memory: :func:`decode_sampled`'s result."""
 
     frames: np.ndarray  # (N, H, W, 3) uint8, RGB
     times: list[float]  # seconds, one per frame
@@ -63,50 +96,143 @@ def _resize(frames: np.ndarray, max_side: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (tw, th), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def _decode_decord(path: str, cfg: VideoConfig) -> DecodedFrames:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@dataclass
+class SampledStream:
+    """An open video: :attr:`info` at once, then the sampled frames chunk by chunk (iterate once)."""
+
+    info: VideoInfo
+    _chunks: Iterator[Chunk]
+    _close: Callable[[], None] = field(default=lambda: None)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        try:
+            yield from self._chunks
+        except DecodeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a decoder failing mid-file: say where, as an error row can
+            raise DecodeError(f"{self.info.backend}: decoding failed part-way: {_first_line(err)}") from err
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._close()
+
+
+def _primed(info: VideoInfo, chunks: Iterator[Chunk], close: Callable[[], None] = lambda: None) -> SampledStream:
+    """Decode the first chunk now, so a file that opens but does not decode fails inside
+    :func:`first_decoded` (and the next backend gets its turn) instead of in the middle of the stage."""
+    try:
+        first = next(chunks)
+    except StopIteration:
+        close()
+        raise DecodeError("no decodable video frames") from None
+    except Exception:
+        close()
+        raise
+
+    def all_chunks() -> Iterator[Chunk]:
+        yield first
+        yield from chunks
+
+    return SampledStream(info, all_chunks(), close)
+
+
+def _open_decord(path: str, cfg: VideoConfig) -> SampledStream:
     import decord
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=cfg.decode_threads)
     n = len(vr)
     fps = float(vr.get_avg_fps() or 0.0)
     if n <= 0:
         raise DecodeError("no video frames")
     if fps <= 0:
         raise DecodeError("the video stream declares no frame rate")
+    h, w = vr[0].shape[:2]
+    vr.seek(0)
     idx = sample_indices(n, fps, cfg.sample_fps, cfg.max_frames)
-    # Decode in small chunks and shrink each at once: max_frames full-size 4K frames would not fit in memory.
-    frames = np.concatenate([_resize(vr.get_batch(idx[i:i + DECODE_CHUNK]).asnumpy(), cfg.max_side)
-                             for i in range(0, len(idx), DECODE_CHUNK)])
-    return DecodedFrames(frames, [i / fps for i in idx], fps, n, n / fps, "decord")
+    tw, th = target_size(w, h, cfg.max_side)
+
+    def times(part: list[int]) -> list[float]:
+        """``index / fps`` for constant-rate files; the frames' own timestamps where the rate varies."""
+        stamps = vr.get_frame_timestamp(part)[:, 0]
+        nominal = [j / fps for j in part]
+        if np.abs(stamps - np.array(nominal)).max(initial=0.0) > 0.5 / fps:
+            return [float(x) for x in stamps]
+        return nominal
+
+    def chunks() -> Iterator[Chunk]:
+        for i in range(0, len(idx), DECODE_CHUNK):
+            part = idx[i:i + DECODE_CHUNK]
+            yield Chunk(_resize(vr.get_batch(part).asnumpy(), cfg.max_side), times(part))
+
+    return _primed(VideoInfo(fps, n, n / fps, tw, th, "decord"), chunks())
 
 
-def _decode_pyav(path: str, cfg: VideoConfig) -> DecodedFrames:
+def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
     import av
 
-    with av.open(path) as container:
+    container = av.open(path)
+    try:
         if not container.streams.video:
             raise DecodeError("the file has no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         if fps <= 0:
             raise DecodeError("the video stream declares no frame rate")
-        # With a frame count in the header, keep exactly the frames the decord path picks. Without one, keep
-        # the sampled frames and, whenever they grow past twice the cap, drop every other one and sample half
-        # as often from there on: memory stays bounded however long the video is.
-        wanted = set(sample_indices(stream.frames, fps, cfg.sample_fps, cfg.max_frames)) if stream.frames else None
-        step = sampling_step(fps, cfg.sample_fps)
-        frames, indices, n = [], [], 0
-        for frame in container.decode(stream):
-            if (n in wanted) if wanted is not None else is_sampled(n, step):
-                frames.append(_resize(frame.to_ndarray(format="rgb24")[None], cfg.max_side)[0])
-                indices.append(n)
-                if len(frames) > 2 * cfg.max_frames:
-                    frames, indices, step = frames[::2], indices[::2], step * 2
-            n += 1
-    if not frames:
-        raise DecodeError("no decodable video frames")
-    keep = thin(list(range(len(frames))), cfg.max_frames)
-    return DecodedFrames(np.stack([frames[i] for i in keep]), [indices[i] / fps for i in keep], fps, n, n / fps, "pyav")
+        if not stream.width or not stream.height:
+            raise DecodeError("the video stream declares no frame size")
+    except Exception:
+        container.close()
+        raise
+    n = int(stream.frames or 0)
+    if not n and stream.duration is not None and stream.time_base:
+        n = int(round(float(stream.duration * stream.time_base) * fps))
+    elif not n and container.duration:
+        n = int(round(container.duration / 1e6 * fps))
+    tw, th = target_size(stream.width, stream.height, cfg.max_side)
+    step = sampling_step(fps, cfg.sample_fps)
+    if cfg.max_frames and n:  # the cap lowers the rate: sample ``max_frames`` frames over the whole file
+        step = max(step, n / cfg.max_frames)
+    if sparse:
+        stream.codec_context.skip_frame = "NONREF"
+        stream.codec_context.options = {"skip_loop_filter": "all"}
+    if cfg.decode_threads != 1:
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = cfg.decode_threads  # 0: one per core
+
+    def chunks() -> Iterator[Chunk]:
+        frames, times, kept = [], [], 0
+        k = 0  # the k-th wanted frame is index floor(k * step); take the first decoded frame at or after it
+        for n_decoded, frame in enumerate(container.decode(stream)):
+            # Frame times come from the timestamps (variable frame rate files); index = time x average rate.
+            t = float(frame.time) if frame.time is not None else n_decoded / fps
+            index = int(round(t * fps))
+            if index < np.floor(k * step + 1e-9):
+                continue
+            while np.floor(k * step + 1e-9) <= index:
+                k += 1
+            if abs(t - index / fps) < 0.25 / fps:
+                t = index / fps  # constant rate: exactly the time the decord path and the ground truth use
+            if cfg.max_frames and kept >= cfg.max_frames:
+                break
+            frames.append(frame.to_ndarray(format="rgb24", width=tw, height=th, interpolation="AREA"))
+            times.append(t)
+            kept += 1
+            if len(frames) == DECODE_CHUNK:
+                yield Chunk(np.stack(frames), times)
+                frames, times = [], []
+        if frames:
+            yield Chunk(np.stack(frames), times)
+        if not kept:
+            raise DecodeError("no decodable video frames")
+
+    backend = "pyav-sparse" if sparse else "pyav"
+    return _primed(VideoInfo(fps, n, (n / fps) if n else 0.0, tw, th, backend), chunks(), container.close)
 
 
 def first_decoded(attempts: list[tuple[str, Callable[[], T]]], what: str) -> T:
@@ -122,9 +248,51 @@ def first_decoded(attempts: list[tuple[str, Callable[[], T]]], what: str) -> T:
     raise DecodeError(f"cannot decode {what} (" + "; ".join(errors) + ")")
 
 
-def decode_sampled(path: str, cfg: VideoConfig) -> DecodedFrames:
-    """Decode the sampled frames of ``path``; raise :class:`DecodeError` with a reason if no backend can."""
-    attempts = [("pyav", lambda: _decode_pyav(path, cfg))]
-    if cfg.backend == "decord":
-        attempts.insert(0, ("decord", lambda: _decode_decord(path, cfg)))
+def _probe(path: str) -> float:
+    """The declared frame rate from the container header (0 if unknown or unreadable by PyAV); a file that
+    opens but holds no video stream fails here with that reason rather than every decoder's own wording."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            streams = c.streams.video
+            fps = float(streams[0].average_rate or streams[0].guessed_rate or 0.0) if streams else None
+    except Exception:  # noqa: BLE001 - not readable by PyAV: the decoders below report why
+        return 0.0
+    if fps is None:
+        raise DecodeError("cannot decode video: the file has no video stream"
+                          + (" (audio only)" if _has_audio(path) else ""))
+    return fps
+
+
+def _has_audio(path: str) -> bool:
+    import av
+
+    with av.open(path) as c:
+        return bool(c.streams.audio)
+
+
+def open_sampled(path: str, cfg: VideoConfig) -> SampledStream:
+    """Open ``path`` for sampled decoding (see the module docstring for the backend choice); raise
+    :class:`DecodeError` with every backend's reason if none can open it."""
+    fps = _probe(path)
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "pyav-sparse" if fps and fps >= SPARSE_RATIO * cfg.sample_fps else "decord"
+    attempts = [("pyav", lambda: _open_pyav(path, cfg, sparse=False))]
+    if backend == "decord":
+        attempts.insert(0, ("decord", lambda: _open_decord(path, cfg)))
+    elif backend == "pyav-sparse":
+        attempts.insert(0, ("pyav-sparse", lambda: _open_pyav(path, cfg, sparse=True)))
+        attempts.append(("decord", lambda: _open_decord(path, cfg)))
     return first_decoded(attempts, "video")
+
+
+def decode_sampled(path: str, cfg: VideoConfig) -> DecodedFrames:
+    """All sampled frames of ``path`` in memory (short videos, tests, tools); the stage streams instead."""
+    stream = open_sampled(path, cfg)
+    chunks = list(stream)
+    info = stream.info
+    frames = np.concatenate([c.frames for c in chunks])
+    times = [t for c in chunks for t in c.times]
+    return DecodedFrames(frames, times, info.native_fps, info.num_frames, info.duration, info.backend)

@@ -25,12 +25,14 @@ def thin(items: list, max_items: int) -> list:
 
 
 def sample_indices(num_frames: int, native_fps: float, sample_fps: float, max_frames: int) -> list[int]:
-    """Frame indices at ``sample_fps`` (never above the native rate), thinned evenly to at most ``max_frames``."""
+    """Frame indices at ``sample_fps`` (never above the native rate), thinned evenly to at most ``max_frames``
+    (0: no cap)."""
     if num_frames <= 0:
         return []
     step = sampling_step(native_fps, sample_fps)
     idx = np.unique(np.floor(np.arange(0.0, num_frames, step) + 1e-9).astype(int))
-    return thin([int(i) for i in idx if i < num_frames], max_frames)
+    kept = [int(i) for i in idx if i < num_frames]
+    return thin(kept, max_frames) if max_frames else kept
 
 
 def keyframe_times(frame_times: list[float], start: float, end: float, keyframe_fps: float) -> list[float]:

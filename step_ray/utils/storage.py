@@ -1,0 +1,120 @@
+"""Local paths and object-store URIs (``s3://``, ``gs://``) behind one small API, through pyarrow filesystems.
+
+Videos on an object store are copied to a local temporary file before decoding (decord and FFmpeg want a
+seekable local file; the copy streams in blocks and is removed afterwards). Outputs are written atomically on
+a local disk (temp file + rename); object stores have no rename, but a single PUT is atomic already.
+
+Credentials and endpoints come from the usual environment of each store (``AWS_*`` variables, including
+``AWS_ENDPOINT_URL`` for S3-compatible stores such as MinIO; ``GOOGLE_APPLICATION_CREDENTIALS``), or from a
+pyarrow URI query (``s3://bucket/key?endpoint_override=...``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
+HASH_BLOCK = 1 << 20  # bytes read from the start, the middle and the end of a file for its content key
+COPY_BLOCK = 8 << 20
+
+
+def is_remote(uri: str) -> bool:
+    return str(uri).startswith(REMOTE_SCHEMES)
+
+
+def filesystem(uri: str):
+    """``(pyarrow filesystem, path within it)`` for a local path or a remote URI."""
+    import pyarrow.fs as pafs
+
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if is_remote(base) else str(Path(base) / name)
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_text(uri: str) -> str:
+    if not is_remote(uri):
+        return Path(uri).read_text()
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a whole text file atomically (a half-written output never looks finished)."""
+    if not is_remote(uri):
+        p = Path(uri)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
+        return
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Files under a folder or prefix (recursive) whose names end with one of ``suffixes``, as URIs."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type != pafs.FileType.Directory:
+        return []
+    scheme = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(scheme + f.path for f in found
+                  if f.type == pafs.FileType.File and f.path.lower().endswith(suffixes))
+
+
+def content_key(uri: str) -> str:
+    """A fingerprint of a file's content: SHA-256 of its size and of 1 MiB from its start, middle and end.
+
+    Reading three blocks instead of the whole file keeps this cheap for multi-GB videos on an object store,
+    while any re-encode, trim or replacement changes it (size or bytes); a video edited in place without
+    changing its size or those blocks would not be noticed.
+    """
+    fs, path = filesystem(uri)
+    size = fs.get_file_info(path).size or 0
+    h = hashlib.sha256(str(size).encode())
+    with fs.open_input_file(path) as f:
+        for offset in sorted({0, max(0, size // 2 - HASH_BLOCK // 2), max(0, size - HASH_BLOCK)}):
+            f.seek(offset)
+            h.update(f.read(HASH_BLOCK))
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def local_file(uri: str) -> Iterator[str]:
+    """A local path with the file's content: the path itself, or a temporary copy of a remote object."""
+    if not is_remote(uri):
+        yield uri
+        return
+    fs, path = filesystem(uri)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="step-ray-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
+            while block := src.read(COPY_BLOCK):
+                out.write(block)
+        yield tmp
+    finally:
+        os.unlink(tmp)

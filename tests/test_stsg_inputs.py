@@ -1,0 +1,119 @@
+"""Every kind of input the STSG stage meets: the bad-input classes, manifests, object-store URIs, and the
+content + settings key that makes re-runs idempotent."""
+
+import json
+import shutil
+import socket
+
+import pytest
+
+from bad_media import bad_inputs
+from step_ray.config import load_config
+from step_ray.pipeline.steps import stsg_step
+from step_ray.stsg import schema
+from step_ray.utils import storage
+from step_ray.utils.inputs import InputError, video_rows
+
+
+@pytest.mark.ray
+def test_every_bad_input_class_ends_as_a_graph_or_a_reason(ray_session, real_video, tmp_path):
+    """Zero-byte, truncated, random bytes, text, audio-only, single-frame, 4K frames and variable frame rate,
+    on Ray: the run finishes, outputs + errors = inputs, and each file ends the way its class should."""
+    expected = bad_inputs(tmp_path / "in", real_video)
+    cfg = load_config(None, ["video.sample_fps=5", "perception.pool.max_size=1"])
+    out = tmp_path / "stsg"
+    summary = stsg_step(cfg, [str(tmp_path / "in")], out)
+    assert summary["videos"] == len(expected) and summary["accounted_for"]
+    rows = {r["video_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert set(rows) == set(expected)
+    for vid, outcome in expected.items():
+        row = rows[vid]
+        if outcome == "ok":
+            assert row["status"] == "ok", (vid, row["error"])
+            g = schema.read(row["stsg_path"])
+            assert g.graph["width"] <= cfg.video.max_side and g.graph["height"] <= cfg.video.max_side
+            assert len(schema.nodes_of(g, "clip")) >= 1
+        else:
+            assert row["status"] == "error" and outcome in row["error"], (vid, row["error"])
+    assert rows["single_frame"]["frames"] == 1
+    vfr = schema.read(rows["variable_rate"]["stsg_path"])
+    times = [t for n in schema.nodes_of(vfr, "object") for t, *_ in vfr.nodes[n]["track"]]
+    assert times and max(times) > 3.5  # the file's own timestamps, not frame index / average rate
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == sum(v != "ok" for v in expected.values())
+
+
+def test_manifests_name_videos_by_path_or_id(tmp_path, real_video):
+    shutil.copy(real_video, tmp_path / "a.mp4")
+    (tmp_path / "list.txt").write_text("# two videos\na.mp4\n\n" + str(real_video) + "\n")
+    rows = video_rows([str(tmp_path / "list.txt")])
+    assert [r["uri"] for r in rows] == sorted([str(tmp_path / "a.mp4"), str(real_video)])
+    (tmp_path / "list.jsonl").write_text(json.dumps({"uri": "a.mp4", "video_id": "clip-42"}) + "\n")
+    assert video_rows([str(tmp_path / "list.jsonl")]) == [{"video_id": "clip-42", "uri": str(tmp_path / "a.mp4")}]
+    (tmp_path / "list.csv").write_text("uri,video_id\na.mp4,first\n")
+    assert video_rows([str(tmp_path / "list.csv")])[0]["video_id"] == "first"
+    (tmp_path / "bad.csv").write_text("path\na.mp4\n")
+    with pytest.raises(InputError, match="'uri' column"):
+        video_rows([str(tmp_path / "bad.csv")])
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="lists no videos"):
+        video_rows([str(tmp_path / "empty.txt")])
+
+
+def test_a_changed_video_or_setting_is_rebuilt_and_nothing_else(synth_corpus, tmp_path):
+    cfg = synth_corpus["cfg"]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    a, b = synth_corpus["items"][:2]
+    shutil.copy(a["path"], folder / "x.mp4")
+    shutil.copy(b["path"], folder / "y.mp4")
+    out = tmp_path / "stsg"
+    first = stsg_step(cfg, [str(folder)], out, use_ray=False)
+    assert first["ok"] == 2 and first["skipped_done"] == 0
+    shutil.copy(synth_corpus["items"][2]["path"], folder / "y.mp4")  # y now has other content
+    again = stsg_step(cfg, [str(folder)], out, use_ray=False)
+    assert again["ok"] == 2 and again["skipped_done"] == 1
+    assert schema.read(out / "y.stsg.json").graph["key"].startswith(storage.content_key(str(folder / "y.mp4"))[:16])
+    changed = load_config(None, ["stsg.near_factor=2.0", "synth.videos=6", "synth.seed=3", "video.sample_fps=5"])
+    assert stsg_step(changed, [str(folder)], out, use_ray=False)["skipped_done"] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3-compatible server (moto) on loopback, and the environment pyarrow's S3 client reads."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    yield port
+    server.stop()
+
+
+def test_videos_and_graphs_on_s3(s3_server, synth_corpus, tmp_path):
+    """Inputs listed under an s3:// prefix, graphs and run files written back to s3://, a re-run skips."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("corpus")
+    for item in synth_corpus["items"][:2]:
+        with fs.open_output_stream(f"corpus/videos/{item['video_id']}.mp4") as f:
+            f.write(open(item["path"], "rb").read())
+    cfg = synth_corpus["cfg"]
+    summary = stsg_step(cfg, ["s3://corpus/videos/"], "s3://corpus/stsg", use_ray=False)
+    assert summary["ok"] == 2, summary["errors"]
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector("corpus/stsg")))
+    assert names == sorted([f"{i['video_id']}.stsg.json" for i in synth_corpus["items"][:2]]
+                           + ["errors.jsonl", "results.jsonl", "summary.json"])
+    g = schema.loads(storage.read_text(f"s3://corpus/stsg/{synth_corpus['items'][0]['video_id']}.stsg.json"))
+    assert g.graph["uri"].startswith("s3://corpus/videos/") and schema.nodes_of(g, "object")
+    assert stsg_step(cfg, ["s3://corpus/videos/"], "s3://corpus/stsg", use_ray=False)["skipped_done"] == 2
