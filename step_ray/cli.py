@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qra", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
     p.add_argument("--graphs", required=True, nargs="+", metavar="PATH", help="STSG files, folders or globs")
     p.add_argument("--output", metavar="FILE", help="write the summary as JSON here")
-    p.add_argument("--event-tolerance", type=float, metavar="S",
-                   help="seconds an event's stated time may differ from the graph's (default 0.05: the questions' "
-                        "0.1 s precision; perception times events by its sampled frames, so 0.5 is fair for "
+    p.add_argument("--time-tolerance", type=float, metavar="S",
+                   help="seconds a stated time may differ from the graph's: an event's time, a relation's or "
+                        "motion's span (default 0.05: the questions' 0.1 s precision; perception dates events by "
+                        "its sampled frames and knows relations at its own keyframes, so 0.5 is fair for "
                         "predicted graphs checked against the ground truth)")
     _common(p)
 
@@ -201,7 +202,7 @@ def run(argv: list[str] | None = None) -> int:
         _print_summary("qra", steps.qra_step(cfg, args.input, args.output, use_ray=use_ray))
     elif args.command == "qra-check":
         _print_summary("qra-check", steps.qra_check_step(args.qra, args.graphs, args.output,
-                                                                            args.event_tolerance))
+                                                                            args.time_tolerance))
     elif args.command == "qra-filter":
         _print_summary("qra-filter", steps.qra_filter_step(cfg, args.input, args.output, use_ray=use_ray,
                                                            model=args.model))

@@ -340,3 +340,28 @@ def test_filter_on_fractional_gpu_actors(ray_session, tmp_path):
     a, b = read_parquet(tmp_path / "ray" / "qra.parquet"), read_parquet(tmp_path / "seq" / "qra.parquet")
     assert [(r["id"], r["flags"]) for r in a] == [(r["id"], r["flags"]) for r in b]
     assert [r["consistency"] for r in a] == pytest.approx([r["consistency"] for r in b])
+
+
+def test_time_tolerance_finds_the_nearest_event_and_span(g2):
+    """Checking against another graph: an event dated 0.3 s later, a relation known only at other keyframes."""
+    shifted = g2.copy()
+    enter = next(e for e, d in shifted.nodes(data=True) if d.get("kind") == "enter")
+    shifted.nodes[enter]["time"] = 1.3
+    program = Program(Anchor("event", {"kind": "enter", "participants": [], "time": 1.0}), (Hop("participant"),), "object")
+    assert trace(program, shifted).error == "no_anchor"
+    assert execute(program, g2) == "green triangle"
+    assert trace(program, shifted, time_tol=0.5).answer == "green triangle"
+    # two objects start moving within 0.5 s of 6.1 (the purple triangle at 6.0, the blue square at 6.4): the
+    # nearest is meant, and it is the same event that the strict reading finds on g2
+    shifted.add_node("ev:200", type="event", kind="start_moving", clip=1, time=6.4, source="synth", conf=1.0)
+    shifted.add_edge("obj:1:3", "ev:200", type="participates_in", source="synth", conf=1.0)
+    near = Program(Anchor("event", {"kind": "start_moving", "participants": [], "time": 6.1}), (Hop("participant"),),
+                   "object")
+    assert trace(near, shifted).error == "no_anchor"
+    assert trace(near, shifted, time_tol=0.5).answer == "purple triangle"
+    far = Program(Anchor("event", {"kind": "start_moving", "participants": [], "time": 6.2}), (Hop("participant"),),
+                  "object")
+    assert trace(far, shifted, time_tol=0.5).error == "ambiguous_anchor"  # equally near: no guess
+    # relation spans: strict where the stated time is covered, the tolerance only where nothing is
+    rel = Program(_obj("blue", "square", 0), (Hop("relation", {"predicate": "left_of", "time": 0.4}),), "object")
+    assert trace(rel, g2, time_tol=0.5).answer == trace(rel, g2).answer == "red circle"

@@ -181,7 +181,7 @@ def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, us
 
 
 def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | None = None,
-                   event_tol: float | None = None) -> dict:
+                   time_tol: float | None = None) -> dict:
     """Re-run every sample's program on other graphs (the ground truth) with the independent executor: the
     share of samples whose answer holds there, overall, by family and by steps; written to ``out_path``."""
     from step_ray.qra.check import check_against
@@ -189,7 +189,7 @@ def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | No
     from step_ray.qra.paths import TIME_TOL
 
     # (+1e-6: times are stored as floats; "within 0.5 s" must include 0.5 s)
-    summary = check_against(find_qra(qra), graphs, TIME_TOL if event_tol is None else event_tol + 1e-6)
+    summary = check_against(find_qra(qra), graphs, TIME_TOL if time_tol is None else time_tol + 1e-6)
     if out_path is not None:
         write_json(Path(out_path), summary)
     return summary

@@ -33,10 +33,10 @@ def graph_paths(inputs: list[str]) -> dict[str, Path]:
             for p in expand(inputs, (STSG_SUFFIX,))}
 
 
-def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], event_tol: float = TIME_TOL
+def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], time_tol: float = TIME_TOL
                   ) -> dict[str, Any]:
-    """Execute every record's program on the graph of its video in ``graphs`` (event times matching within
-    ``event_tol`` seconds); the summary."""
+    """Execute every record's program on the graph of its video in ``graphs`` (stated times matching within
+    ``time_tol`` seconds); the summary."""
     from step_ray.qra.stage import read_graph
     from step_ray.stsg.schema import StsgFormatError
 
@@ -58,7 +58,7 @@ def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], event_
             reason = ix.split(":")[0]
         else:
             try:
-                tr = trace(Program.from_json(rec["program"]), ix, event_tol)
+                tr = trace(Program.from_json(rec["program"]), ix, time_tol)
                 reason = tr.error or ("ok" if tr.answer == rec["answer"] else "wrong_answer")
             except ExecutionError as err:
                 reason = err.reason
@@ -75,7 +75,7 @@ def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], event_
     n = len(records)
     return {
         "samples": n,
-        "event_tol": round(event_tol, 3),
+        "time_tol": round(time_tol, 3),
         "holds": holds,
         "share": _share(holds, n),
         "by_family": {k: {"n": v[1], "holds": v[0], "share": _share(v[0], v[1])} for k, v in sorted(tally["by_family"].items())},
@@ -86,12 +86,12 @@ def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], event_
     }
 
 
-def check_against(qra_path: str | Path, graph_inputs: list[str], event_tol: float = TIME_TOL) -> dict[str, Any]:
+def check_against(qra_path: str | Path, graph_inputs: list[str], time_tol: float = TIME_TOL) -> dict[str, Any]:
     """:func:`check_records` for a QRA file (or the folder holding ``qra.parquet``) and graph files / folders."""
     qra_path = Path(qra_path)
     if qra_path.is_dir():
         qra_path = qra_path / "qra.parquet"
-    summary = check_records(read_parquet(qra_path), graph_paths(graph_inputs), event_tol)
+    summary = check_records(read_parquet(qra_path), graph_paths(graph_inputs), time_tol)
     summary["qra"] = str(qra_path)
     summary["graphs"] = [str(g) for g in graph_inputs]
     return summary
