@@ -96,6 +96,34 @@ def _eligible(cfg: QraConfig, n: int) -> list[str]:
     return sorted(out)
 
 
+class Plan:
+    """A walk's remaining hops, interned (one object per distinct plan and final types, graph-independent), so
+    the memo keys of the walks hash by identity and the per-plan facts are computed once."""
+
+    __slots__ = ("ops", "finals", "head", "tail", "empty", "uses_actor", "head_participant", "head_to_node",
+                 "next_own_next")
+
+    def __init__(self, ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]):
+        self.ops, self.finals, self.empty = ops, finals, not ops
+        self.head = tuple((name, OPS[name]) for name in ops[0]) if ops else ()
+        self.tail: Optional[Plan] = plan_of(ops[1:], finals) if ops else None
+        self.uses_actor = any("next_own" in o for o in ops)
+        self.head_participant = bool(ops) and "participant" in ops[0]
+        self.head_to_node = bool(ops) and any(OPS[n].dst in NODE_TYPES for n in ops[0])
+        self.next_own_next = len(ops) > 1 and "next_own" in ops[1]
+
+
+_PLANS: dict[tuple, Plan] = {}
+
+
+def plan_of(ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]) -> Plan:
+    key = (ops, finals)
+    p = _PLANS.get(key)
+    if p is None:
+        p = _PLANS[key] = Plan(ops, finals)
+    return p
+
+
 class _Sampler:
     """The state of sampling one graph: its index, the RNG, the named anchors and what was asked already."""
 
@@ -115,7 +143,6 @@ class _Sampler:
         self.near: set[str] = set()
         self.cands_memo: dict[tuple, list] = {}
         self.feasible_memo: dict[tuple, bool] = {}
-        self.actor_memo: dict[tuple, bool] = {}
         self.moves_memo: dict[tuple, list] = {}
         self.starts_memo: dict[tuple, list] = {}
 
@@ -146,34 +173,27 @@ class _Sampler:
         self.cands_memo[key] = found
         return found
 
-    def _feasible(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, node: str,
-                  ntype: str, actor: Optional[str], prev_src: Optional[str] = None, back: Optional[str] = None) -> bool:
-        """Can a walk that is at ``node`` with the hops ``plan`` (the ops each remaining hop may take) still to
-        go end at one of ``finals``? An upper bound: it ignores the nodes already visited (the walk itself
-        avoids them). Memoised per graph on the remaining plan, so walks of different families and lengths
-        share their common tails; the actor is part of the key only where a ``next_own`` hop can use it."""
-        if not plan:
-            return ntype in finals
-        if actor is not None:
-            uses = self.actor_memo.get(plan)
-            if uses is None:
-                uses = self.actor_memo[plan] = any("next_own" in ops for ops in plan)
-            if not uses:
-                actor = None
-        if prev_src is not None and "participant" not in plan[0]:
-            prev_src = None
-        if len(plan) == 1 and OPS[plan[0][0]].dst not in NODE_TYPES:
-            back = None  # a value hop cannot go back
-        key = (plan, finals, first, node, actor, prev_src, back)
+    def _feasible(self, p: Optional["Plan"], first: bool, node: str, ntype: str, actor: Optional[str],
+                  prev_src: Optional[str] = None, back: Optional[str] = None) -> bool:
+        """Can a walk that is at ``node`` (of type ``ntype``) with the hops of plan ``p`` still to go end at one
+        of its final types? An upper bound: it rules out stepping straight back to ``back`` but not longer
+        cycles (the walk itself avoids every visited node). Memoised per graph on the remaining plan, so walks
+        of different families and lengths share their common tails; the actor and the object an ``event_of``
+        hop came from are part of the key only where a later hop can use them."""
+        if p is None:
+            return False
+        if p.empty:
+            return ntype in p.finals
+        key = (p, first, node, actor if p.uses_actor else None, prev_src if p.head_participant else None,
+               back if p.head_to_node else None)
         ok = self.feasible_memo.get(key)
         if ok is None:
             ok = False
-            for name in plan[0]:
-                op = OPS[name]
-                if op.src != ntype or (name == "event_of" and first and (len(plan) < 2 or "next_own" not in plan[1])):
+            for name, op in p.head:
+                if op.src != ntype or (name == "event_of" and first and not p.next_own_next):
                     continue
                 for _, dst, _ in self._cands(name, node, actor, first, prev_src if name == "participant" else None):
-                    if dst != node and dst != back and self._feasible(plan[1:], finals, False, dst, op.dst,
+                    if dst != node and dst != back and self._feasible(p.tail, False, dst, op.dst,
                                                                       dst if op.dst == "object" else actor,
                                                                       node if name == "event_of" else None, node):
                         ok = True
@@ -183,25 +203,20 @@ class _Sampler:
             self.feasible_memo[key] = ok
         return ok
 
-    def _moves(self, plan: tuple[tuple[str, ...], ...], finals: tuple[str, ...], first: bool, cur: str,
-               cur_type: str, actor: Optional[str], prev_src: Optional[str]
+    def _moves(self, p: "Plan", first: bool, cur: str, cur_type: str, actor: Optional[str], prev_src: Optional[str]
                ) -> list[tuple[str, list[tuple[dict, str, Optional[set[str]]]]]]:
-        """The feasible moves of the next hop (``plan[0]``) from ``cur``, per op, sorted by op name; memoised per
-        graph (the walk only filters out the nodes it has visited)."""
-        uses = self.actor_memo.get(plan)
-        if uses is None:
-            uses = self.actor_memo[plan] = any("next_own" in ops for ops in plan)
-        key = (plan, finals, first, cur, actor if uses else None, prev_src)
+        """The feasible moves of the next hop (the head of ``p``) from ``cur``, per op, sorted by op name;
+        memoised per graph (the walk only filters out the nodes it has visited)."""
+        key = (p, first, cur, actor if p.uses_actor else None, prev_src)
         found = self.moves_memo.get(key)
         if found is not None:
             return found
-        rest, out = plan[1:], {}
-        for name in plan[0]:
-            op = OPS[name]
-            if op.src != cur_type or (name == "event_of" and first and (not rest or "next_own" not in rest[0])):
+        out: dict[str, list] = {}
+        for name, op in p.head:
+            if op.src != cur_type or (name == "event_of" and first and not p.next_own_next):
                 continue
             for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
-                if self._feasible(rest, finals, False, dst, op.dst, dst if op.dst == "object" else actor,
+                if self._feasible(p.tail, False, dst, op.dst, dst if op.dst == "object" else actor,
                                   cur if name == "event_of" else None, cur):
                     out.setdefault(name, []).append((params, dst, others))
         found = self.moves_memo[key] = sorted(out.items())
@@ -213,22 +228,24 @@ class _Sampler:
         final type), or None and why (``infeasible``: no anchor of this graph starts such a walk). Every
         choice is among moves from which the walk can still be completed (as far as :meth:`_feasible` sees)."""
         ix, rng, n = self.ix, self.rng, len(plan)
-        starts = self.starts_memo.get((plan, final_types))
+        root = plan_of(plan, final_types)
+        starts = self.starts_memo.get(root)
         if starts is None:
             first = set(final_types) if n == 0 else {OPS[o].src for o in plan[0]}
             pool = ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
                    ([("event", e) for e in ix.events] if "event" in first else [])
-            starts = [(t, x) for t, x in pool
-                      if self._feasible(plan, final_types, True, x, t, x if t == "object" else None)]
-            self.starts_memo[(plan, final_types)] = starts
+            starts = [(t, x) for t, x in pool if self._feasible(root, True, x, t, x if t == "object" else None)]
+            self.starts_memo[root] = starts
         if not starts:
             return None, "infeasible"
         cur_type, cur = rng.choice(starts)
         anchor_node, named, visited, hops = cur, None, [cur], []
         actor = cur if cur_type == "object" else None
         prev_src: Optional[str] = None
+        p = root
         for i in range(n):
-            moves = self._moves(plan[i:], final_types, i == 0, cur, cur_type, actor, prev_src)
+            moves = self._moves(p, i == 0, cur, cur_type, actor, prev_src)
+            p = p.tail
             cands = {}
             for name, lst in moves:
                 keep = [m for m in lst if m[1] not in visited] if OPS[name].dst in NODE_TYPES else lst
