@@ -11,7 +11,9 @@ import pytest
 
 from step_ray.config import QraConfig, StsgConfig
 from step_ray.perception.colors import COLOR_NAMES
-from step_ray.qra import FAMILIES, family_of, QRA_SCHEMA, ExecutionError, Program, execute, read_parquet, sample_qra, trace, write_parquet
+from step_ray.qra import (
+    FAMILIES, QRA_SCHEMA, ExecutionError, Program, execute, family_of, read_parquet, sample_qra, trace, write_parquet,
+)
 from step_ray.qra.paths import Anchor, GraphIndex, Hop
 from step_ray.qra.records import QraFormatError, check_record, split_of
 from step_ray.qra.render import EXTRA_SHAPES, SHAPES, is_trivial, render_question
@@ -192,7 +194,8 @@ def test_option_types(graph, sampled):
     descs = set(GraphIndex(graph).desc.values())
     for r in records:
         query = json.loads(r["program"])["query"] if r["answer_type"] != "yesno" else "yesno"
-        vocab = {"yesno": {"yes", "no"}, "count": {str(n) for n in range(10)}, "color": set(COLOR_NAMES), "shape": set(SHAPES) | set(EXTRA_SHAPES),
+        vocab = {"yesno": {"yes", "no"}, "count": {str(n) for n in range(10)}, "color": set(COLOR_NAMES),
+                 "shape": set(SHAPES) | set(EXTRA_SHAPES),
                  "direction": set(schema.DIRECTIONS)}.get(query)
         if vocab is not None:
             assert set(r["options"]) <= vocab, r["options"]

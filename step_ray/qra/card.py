@@ -34,12 +34,15 @@ def card_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
         "by_steps": {str(s): sum(grid[(f, s)] for f in fams) for s in steps},
         "by_family": {f: sum(answers[f].values()) for f in fams},
         "by_split": dict(sorted(Counter(r["split"] for r in records).items())),
-        "videos_by_split": dict(sorted(Counter(sp for _, sp in {(r["video_id"], r["split"]) for r in records}).items())),
+        "videos_by_split": dict(sorted(Counter(sp for _, sp in {(r["video_id"], r["split"]) for r in records})
+                                       .items())),
         "answers": {f: {"distinct": len(answers[f]), "top": answers[f].most_common(TOP_ANSWERS)} for f in fams},
         # Where the answer sits among the options (a model must not win by position): multiple-choice
         # questions and yes / no questions apart, since the latter have two options.
-        "answer_index": dict(sorted(Counter(int(r["answer_index"]) for r in records if len(r["options"]) > 2).items())),
-        "answer_index_yesno": dict(sorted(Counter(int(r["answer_index"]) for r in records if len(r["options"]) == 2).items())),
+        "answer_index": dict(sorted(Counter(int(r["answer_index"]) for r in records
+                                            if len(r["options"]) > 2).items())),
+        "answer_index_yesno": dict(sorted(Counter(int(r["answer_index"]) for r in records
+                                                  if len(r["options"]) == 2).items())),
         "flagged": sum(1 for r in records if r.get("flags")),
     }
 
