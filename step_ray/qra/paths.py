@@ -553,10 +553,14 @@ class CountRelatedOp(Op):
         return [str(len(RelationOp.apply(OPS["relation"], ix, node, params, ctx)))]
 
     def moves(self, ix, node, ctx):
+        # Keyframe times of the object's life, for the predicates it stands in at some time: a count of 0 is
+        # then a real contrast ("none right now"), and zeros do not swamp the family (every object has none
+        # of most predicates most of the time).
         d = ix.g.nodes[node]
         first, last = float(d.get("first", 0.0)), float(d.get("last", 0.0))
         times = ix.times_in(ix.clip_of(node), first, last)
-        return [{"predicate": p, "time": t} for p in schema.RELATIONS for t in times]
+        preds = sorted({q for _, q, _, _ in ix.rel_in.get(node, ())})
+        return [{"predicate": p, "time": t} for p in preds for t in times]
 
     def relaxed(self, ix, params):
         return [str(n) for n in range(0, 4)]
