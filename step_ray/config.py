@@ -200,6 +200,8 @@ class StsgConfig:
         80.0, "Dynamic merging: extra reach (pixels per second of the gap) for fragments separated in time.")
     same_as_threshold: float = _f(
         0.75, "Cross-clip identity: minimum appearance similarity (0..1; half class, half colour) for same_as.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=1, num_cpus=0.25, num_gpus=0.0, batch_size=4),
+                          help="CPU actor pool that builds and writes the graphs from the perception actors' tracks.")
 
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
@@ -208,6 +210,7 @@ class StsgConfig:
         _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
         _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
         _require(0 <= self.same_as_threshold <= 1, f"{path}.same_as_threshold", "must be in [0, 1]")
+        _require(self.pool.num_gpus == 0, f"{path}.pool.num_gpus", "graphs are built on CPU actors: must be 0")
 
 
 @dataclass

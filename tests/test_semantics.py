@@ -14,10 +14,10 @@ from step_ray.perception.semantics import (
     parse_answer,
     render_prompt,
 )
-from step_ray.pipeline.runners import run_sequential
+from step_ray.pipeline.runners import run_chain_sequential
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
-from step_ray.stsg.stage import StsgStage
+from step_ray.stsg.stage import stsg_chain
 from step_ray.stsg.tracks import Clip, Perceived, Track
 
 GOOD = json.dumps({"attributes": {"1": {"color": "Red", "size": "big"}, "7": {"color": "blue"}},
@@ -86,8 +86,8 @@ def test_stage_parses_keyframes_with_the_tiny_video_llm(synth_corpus, tmp_path):
     cfg.semantics.max_new_tokens = 24
     cfg.semantics.max_keyframes = 3
     item = synth_corpus["items"][0]
-    [row] = run_sequential(StsgStage, cfg, [{"video_id": item["video_id"], "uri": item["path"]}], progress=False,
-                           out_dir=str(tmp_path))
+    [row] = run_chain_sequential(stsg_chain(tmp_path), cfg, [{"video_id": item["video_id"], "uri": item["path"]}],
+                                 progress=False)
     assert row["status"] == "ok", row["error"]
     assert row["parse_samples"] == 3 * 2 and 0 <= row["parse_malformed"] <= row["parse_samples"]
     g = schema.read(row["stsg_path"])

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from step_ray.pipeline.runners import run_sequential
+from step_ray.pipeline.runners import run_chain_sequential
 from step_ray.pipeline.steps import stsg_step
 from step_ray.stsg import schema
-from step_ray.stsg.stage import StsgStage
+from step_ray.stsg.stage import stsg_chain
 
 
 def objects_by_clip(g):
@@ -21,7 +21,7 @@ def objects_by_clip(g):
 def test_sequential_stage_recovers_the_synthetic_truth(synth_corpus, tmp_path):
     cfg, items = synth_corpus["cfg"], synth_corpus["items"]
     rows = [{"video_id": i["video_id"], "uri": i["path"]} for i in items]
-    out = run_sequential(StsgStage, cfg, rows, progress=False, out_dir=str(tmp_path))
+    out = run_chain_sequential(stsg_chain(tmp_path), cfg, rows, progress=False)
     assert [r["status"] for r in out] == ["ok"] * len(items)
     exact, found, total = 0, 0, 0
     for item, row in zip(items, out):
@@ -39,9 +39,9 @@ def test_sequential_stage_recovers_the_synthetic_truth(synth_corpus, tmp_path):
 def test_rerun_skips_finished_graphs(synth_corpus, tmp_path):
     cfg, items = synth_corpus["cfg"], synth_corpus["items"][:2]
     rows = [{"video_id": i["video_id"], "uri": i["path"]} for i in items]
-    first = run_sequential(StsgStage, cfg, rows, progress=False, out_dir=str(tmp_path))
+    first = run_chain_sequential(stsg_chain(tmp_path), cfg, rows, progress=False)
     mtimes = [os.stat(r["stsg_path"]).st_mtime_ns for r in first]
-    again = run_sequential(StsgStage, cfg, rows, progress=False, out_dir=str(tmp_path))
+    again = run_chain_sequential(stsg_chain(tmp_path), cfg, rows, progress=False)
     assert all(r["skipped"] for r in again)
     assert [os.stat(r["stsg_path"]).st_mtime_ns for r in again] == mtimes
     assert [r["objects"] for r in again] == [r["objects"] for r in first]

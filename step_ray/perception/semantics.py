@@ -12,6 +12,7 @@ their agreement as ``conf``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter, defaultdict
@@ -261,3 +262,16 @@ def summary_stats(parsed: ParsedSemantics | None) -> dict[str, Any]:
         return {}
     return {"parse_samples": parsed.stats["samples"], "parse_malformed": parsed.stats["malformed"],
             "parse_facts": parsed.stats["facts"]}
+
+
+def semantics_to_json(s: ParsedSemantics) -> dict:
+    return {"attributes": [[clip, tid, attrs] for (clip, tid), attrs in sorted(s.attributes.items())],
+            "relations": [list(r) for r in s.relations],
+            "actions": [dataclasses.asdict(e) for e in s.actions], "source": s.source, "stats": s.stats}
+
+
+def semantics_from_json(d: dict) -> ParsedSemantics:
+    return ParsedSemantics(
+        attributes={(clip, tid): {k: tuple(v) for k, v in attrs.items()} for clip, tid, attrs in d["attributes"]},
+        relations=[tuple(r) for r in d["relations"]], actions=[Event(**e) for e in d["actions"]],
+        source=d["source"], stats=d["stats"])

@@ -50,8 +50,8 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
     """Videos -> one STSG JSON per video in ``out_dir`` (a folder or an object-store URI), plus
     ``results.jsonl`` (every video), ``errors.jsonl`` (the failed ones, with reasons) and ``summary.json``.
     Videos whose graph exists with the same content and settings key are skipped."""
-    from step_ray.pipeline.runners import run_stage
-    from step_ray.stsg.stage import StsgStage
+    from step_ray.pipeline.runners import run_chain
+    from step_ray.stsg.stage import stsg_chain
 
     out = str(out_dir)
     rows = video_rows(inputs)
@@ -67,7 +67,7 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
             load_template(cfg.semantics.prompt)
         except FileNotFoundError as err:
             raise ConfigError("semantics.prompt", str(err)) from None
-    results, seconds = run_stage(StsgStage, cfg, rows, use_ray=use_ray, out_dir=out)
+    results, seconds = run_chain(stsg_chain(out), cfg, rows, use_ray=use_ray)
     results.sort(key=lambda r: r["video_id"])
     errors = [r for r in results if r["status"] != "ok"]
     write_jsonl(storage.join(out, "results.jsonl"), results)

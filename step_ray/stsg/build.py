@@ -26,7 +26,8 @@ TOUCH_PX = 2.0  # px: boxes this close touch (collisions)
 def build_stsg(p: Perceived, cfg: StsgConfig, source: str, semantics: Any = None) -> nx.MultiDiGraph:
     """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``; ``semantics`` (a
     :class:`step_ray.perception.semantics.ParsedSemantics`) adds what the Video-LLM agreed on."""
-    g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source, p.provenance)
+    g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source,
+                         {**p.provenance, "near_factor": cfg.near_factor})  # relations depend on it (scoring)
     clips = {c.index: c for c in p.clips}
     for c in p.clips:
         cid = schema.clip_id(c.index)

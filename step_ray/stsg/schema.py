@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import networkx as nx
 
@@ -136,9 +136,25 @@ def from_json(data: Any) -> nx.MultiDiGraph:
     return g
 
 
+def iter_json(g: nx.MultiDiGraph) -> Iterator[str]:
+    """The node-link JSON of :func:`to_json` (keys sorted, no spaces) in pieces, one node or edge at a time,
+    so writing a large graph never holds a second copy of it as one string."""
+    def enc(obj: Any) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+    graph = dict(g.graph, schema_version=SCHEMA_VERSION)
+    yield '{"directed":true,"edges":['
+    for i, (u, v, k, d) in enumerate(g.edges(keys=True, data=True)):
+        yield ("," if i else "") + enc({**d, "source": u, "target": v, "key": k})
+    yield '],"graph":' + enc(graph) + ',"multigraph":true,"nodes":['
+    for i, (n, d) in enumerate(g.nodes(data=True)):
+        yield ("," if i else "") + enc({**d, "id": n})
+    yield "]}"
+
+
 def dumps(g: nx.MultiDiGraph) -> str:
     """Deterministic JSON text of a graph (sorted keys), so equal graphs give byte-equal files."""
-    return json.dumps(to_json(g), sort_keys=True, separators=(",", ":"))
+    return "".join(iter_json(g))
 
 
 def loads(text: str) -> nx.MultiDiGraph:
@@ -150,12 +166,13 @@ def loads(text: str) -> nx.MultiDiGraph:
 
 
 def write(g: nx.MultiDiGraph, path: str | Path) -> None:
-    """Write atomically (temp file + rename), so an interrupted run never leaves a half-written graph."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(g))
-    tmp.replace(path)
+    """Write atomically (temp file + rename; an object store's single PUT), so an interrupted run never
+    leaves a half-written graph; streamed piece by piece (:func:`iter_json`)."""
+    from step_ray.utils import storage
+
+    with storage.open_write(str(path)) as f:
+        for piece in iter_json(g):
+            f.write(piece.encode())
 
 
 def read(path: str | Path) -> nx.MultiDiGraph:

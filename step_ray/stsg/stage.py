@@ -1,14 +1,17 @@
-"""The STSG stage: one video in, one scene-graph file out (or an error row with the reason).
+"""The STSG stages: one video in, one scene-graph file out (or an error row with the reason).
 
-The video streams through in chunks of sampled frames, so memory does not grow with its length:
+Two stages, chained on Ray Data:
 
-decode chunk -> detect (batched) -> per frame: shot cut? (close the shot: keyframes by clustering, its tracks
-merged) -> track -> ... -> graph -> (optional) semantics parsing of the keyframes by the Video-LLM -> JSON.
+- :class:`StsgStage` (perception; a GPU actor on a cluster): the video streams through in chunks of sampled
+  frames, so memory does not grow with its length: decode chunk -> detect (batched) -> per frame: shot cut?
+  (close the shot: keyframes by clustering, its tracks merged) -> track -> ... -> (optional) semantics parsing
+  of the keyframes by the Video-LLM. Its row carries the tracks and parsed facts as compact JSON.
+- :class:`GraphStage` (a CPU actor): builds the graph from that row and writes it, so GPU actors never wait on
+  graph building and JSON writing.
 
-Runs as a GPU actor on a cluster (the detector and the parser use the actor's GPU), on CPU here. Outputs are
-named ``{video_id}.stsg.json`` and carry a key: the video's content fingerprint plus a hash of every setting
-that shapes the graph. A re-run skips a video whose graph has the same key, and rebuilds it if the video or
-the settings changed.
+Outputs are named ``{video_id}.stsg.json`` and carry a key: the video's content fingerprint plus a hash of
+every setting that shapes the graph. A re-run skips a video whose graph has the same key (the perception
+stage checks before decoding anything), and rebuilds it if the video or the settings changed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from step_ray.pipeline.stage import Row, error_row
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
 from step_ray.stsg.merge import merge_fragments
-from step_ray.stsg.tracks import Perceived, Track
+from step_ray.stsg.tracks import Perceived, Track, perceived_from_json, perceived_to_json
 from step_ray.utils import storage
 
 STSG_SUFFIX = ".stsg.json"
@@ -48,7 +51,7 @@ def graph_counts(g) -> dict[str, int]:
 def settings_hash(cfg: StepRayConfig) -> str:
     """Hash of the settings a graph depends on (decoding, perception, graph building, semantics parsing)."""
     parts = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("video", "perception", "stsg", "semantics")}
-    for name in ("perception",):  # how many actors ran it does not change a graph
+    for name in ("perception", "stsg"):  # how many actors ran it does not change a graph
         parts[name].pop("pool", None)
     if cfg.semantics.enabled:
         parts["model"] = cfg.model.name_or_path
@@ -56,13 +59,18 @@ def settings_hash(cfg: StepRayConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+RESULT_COLUMNS: tuple[str, ...] = (
+    "video_id", "uri", "status", "error", "stsg_path", "key", "skipped", "decoder", "frames", "duration",
+    "clips", "keyframes", "objects", "events", "relations", "edges", "parse_samples", "parse_malformed",
+    "parse_facts", "seconds_decode", "seconds_detect", "seconds_track", "seconds_parse", "seconds_graph",
+)
+
+
 class StsgStage:
+    """Perception: video -> tracks (+ parsed facts) as a compact row; see the module docstring."""
+
     name: ClassVar[str] = "stsg"
-    columns: ClassVar[tuple[str, ...]] = (
-        "video_id", "uri", "status", "error", "stsg_path", "key", "skipped", "decoder", "frames", "duration",
-        "clips", "keyframes", "objects", "events", "relations", "edges", "parse_samples", "parse_malformed",
-        "parse_facts", "seconds_decode", "seconds_detect", "seconds_track", "seconds_parse", "seconds_graph",
-    )
+    columns: ClassVar[tuple[str, ...]] = RESULT_COLUMNS + ("perceived",)
 
     def __init__(self, cfg: StepRayConfig, out_dir: str):
         self.cfg = cfg
@@ -76,9 +84,12 @@ class StsgStage:
 
     def setup(self) -> None:
         from step_ray.perception.detectors import build_detector
-        from step_ray.utils.env import configure_ultralytics, resolve_device
+        from step_ray.utils.env import configure_ultralytics, limit_threads, resolve_device
 
         configure_ultralytics()
+        threads = limit_threads(self.pool().num_cpus)
+        if self.cfg.video.decode_threads == 0:  # "one per core the actor may use"
+            self.cfg.video = dataclasses.replace(self.cfg.video, decode_threads=threads)
         self.device = resolve_device(self.cfg.perception.device)
         self.detector = build_detector(self.cfg.perception, self.device)
         if self.cfg.semantics.enabled:
@@ -100,13 +111,13 @@ class StsgStage:
         base["key"] = key
         done = self._finished(out_path, key)
         if done is not None:  # idempotent re-run: this video with these settings is done (written atomically)
-            return self._row(base, done, skipped=True, stats={})
+            return result_row(self.columns, base, done, skipped=True, stats={})
         try:
             with storage.local_file(uri) as local:
                 perceived, stats = self._perceive(video_id, uri, local)
                 parsed = None
                 if self.parser is not None:
-                    from step_ray.perception.semantics import summary_stats
+                    from step_ray.perception.semantics import semantics_to_json, summary_stats
 
                     t0 = time.perf_counter()
                     parsed = self.parser.parse(perceived, local, self.cfg.video)
@@ -114,16 +125,14 @@ class StsgStage:
                     stats["seconds_parse"] = time.perf_counter() - t0
                     perceived.provenance["parser"] = {"prompt": self.cfg.semantics.prompt, **parsed.stats,
                                                       "model": self.cfg.semantics.model_path or self.cfg.model.name_or_path}
-                t0 = time.perf_counter()
-                g = build_stsg(perceived, self.cfg.stsg, source="perception", semantics=parsed)
-                stats["seconds_graph"] = time.perf_counter() - t0
         except DecodeError as err:
             return error_row(self.columns, base, str(err))
-        t0 = time.perf_counter()
-        g.graph["key"] = key
-        storage.write_text(out_path, schema.dumps(g))
-        stats["seconds_graph"] = stats.get("seconds_graph", 0.0) + time.perf_counter() - t0
-        return self._row(base, g, skipped=False, stats=stats)
+        row = {c: None for c in self.columns}
+        row.update(base, status="ok", error=None, skipped=False)
+        row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items() if k in row})
+        row["perceived"] = json.dumps({"perceived": perceived_to_json(perceived),
+                                       "semantics": semantics_to_json(parsed) if parsed is not None else None})
+        return row
 
     def _finished(self, out_path: str, key: str):
         try:
@@ -187,14 +196,57 @@ class StsgStage:
         stats["duration"] = round(duration, 3)
         return perceived, stats
 
-    def _row(self, base: Row, g: Any, skipped: bool, stats: dict[str, Any]) -> Row:
-        row = {c: None for c in self.columns}
-        row.update(base)
-        row.update(graph_counts(g))
-        row.update(status="ok", error=None, skipped=skipped)
-        for k, v in stats.items():
-            if k in row:
-                row[k] = round(v, 4) if isinstance(v, float) else v
-        if skipped:
-            row["duration"] = g.graph.get("duration")
-        return row
+
+def result_row(columns: tuple[str, ...], base: Row, g: Any, skipped: bool, stats: dict[str, Any]) -> Row:
+    row = {c: None for c in columns}
+    row.update(base)
+    row.update(graph_counts(g))
+    row.update(status="ok", error=None, skipped=skipped)
+    for k, v in stats.items():
+        if k in row:
+            row[k] = round(v, 4) if isinstance(v, float) else v
+    if skipped:
+        row["duration"] = g.graph.get("duration")
+    return row
+
+
+class GraphStage:
+    """Graph building: a perception row -> the STSG written to ``stsg_path``; error and skipped rows pass."""
+
+    name: ClassVar[str] = "stsg-graph"
+    columns: ClassVar[tuple[str, ...]] = RESULT_COLUMNS
+
+    def __init__(self, cfg: StepRayConfig, out_dir: str):
+        self.cfg = cfg
+
+    def pool(self) -> PoolConfig:
+        return self.cfg.stsg.pool
+
+    def setup(self) -> None:
+        from step_ray.utils.env import limit_threads
+
+        limit_threads(self.pool().num_cpus)
+
+    def process(self, row: Row) -> Row:
+        payload = row.get("perceived")
+        if row["status"] != "ok" or not payload:
+            return {c: row.get(c) for c in self.columns}
+        t0 = time.perf_counter()
+        data = json.loads(payload)
+        semantics = None
+        if data["semantics"] is not None:
+            from step_ray.perception.semantics import semantics_from_json
+
+            semantics = semantics_from_json(data["semantics"])
+        g = build_stsg(perceived_from_json(data["perceived"]), self.cfg.stsg, source="perception", semantics=semantics)
+        g.graph["key"] = row["key"]
+        schema.write(g, row["stsg_path"])
+        stats = {c: row[c] for c in self.columns if c.startswith(("seconds_", "parse_")) or c in ("decoder", "frames", "duration")}
+        stats["seconds_graph"] = time.perf_counter() - t0
+        base = {k: row[k] for k in ("video_id", "uri", "stsg_path", "key")}
+        return result_row(self.columns, base, g, skipped=False, stats={k: v for k, v in stats.items() if v is not None})
+
+
+def stsg_chain(out_dir: str) -> list[tuple[type, dict]]:
+    """The two stages that turn video rows into written graphs, for :func:`step_ray.pipeline.runners.run_chain`."""
+    return [(StsgStage, {"out_dir": str(out_dir)}), (GraphStage, {"out_dir": str(out_dir)})]

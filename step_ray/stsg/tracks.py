@@ -6,6 +6,7 @@ builder (:mod:`step_ray.stsg.build`) makes predicted and ground-truth graphs ali
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -97,3 +98,30 @@ def gap(a: Box, b: Box) -> float:
     dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
     dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
     return (dx * dx + dy * dy) ** 0.5
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+def perceived_to_json(p: Perceived) -> dict:
+    """A JSON-able form of :class:`Perceived`: what a perception actor hands to a graph-building actor."""
+    return {
+        "video_id": p.video_id, "uri": p.uri, "duration": p.duration, "width": p.width, "height": p.height,
+        "clips": [dataclasses.asdict(c) for c in p.clips],
+        "tracks": [{**{k: v for k, v in dataclasses.asdict(t).items() if k not in ("boxes", "changes")},
+                    "boxes": [[time, *box] for time, box in sorted(t.boxes.items())],
+                    "changes": [dataclasses.asdict(c) for c in t.changes]} for t in p.tracks],
+        "events": None if p.events is None else [dataclasses.asdict(e) for e in p.events],
+        "provenance": p.provenance,
+    }
+
+
+def perceived_from_json(d: dict) -> Perceived:
+    tracks = [Track(**{**{k: v for k, v in t.items() if k not in ("boxes", "changes")},
+                       "boxes": {b[0]: tuple(b[1:]) for b in t["boxes"]},
+                       "changes": [AttrChange(**c) for c in t["changes"]]}) for t in d["tracks"]]
+    return Perceived(
+        video_id=d["video_id"], uri=d["uri"], duration=d["duration"], width=d["width"], height=d["height"],
+        clips=[Clip(**c) for c in d["clips"]], tracks=tracks,
+        events=None if d["events"] is None else [Event(**e) for e in d["events"]], provenance=d["provenance"],
+    )

@@ -50,3 +50,15 @@ def worker_env() -> dict[str, str]:
     keys = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE", "STEP_RAY_CACHE",
             "TORCH_EXTENSIONS_DIR")
     return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def limit_threads(cpus: float) -> int:
+    """Keep an actor's compute libraries within the CPUs Ray reserved for it (OpenCV, torch and FFmpeg would
+    each start a thread per core of the node and fight the other actors for them). Returns the thread count."""
+    import cv2
+    import torch
+
+    n = max(1, int(cpus))
+    cv2.setNumThreads(n)
+    torch.set_num_threads(n)
+    return n

@@ -16,7 +16,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 HASH_BLOCK = 1 << 20  # bytes read from the start, the middle and the end of a file for its content key
@@ -55,17 +55,29 @@ def read_text(uri: str) -> str:
         return f.read().decode()
 
 
+@contextlib.contextmanager
+def open_write(uri: str) -> Iterator[BinaryIO]:
+    """A binary stream to write a whole file atomically: a local temp file renamed into place on success
+    (removed on error), or an object-store upload (a single object appears only when it completes)."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        with fs.open_output_stream(path) as f:
+            yield f
+        return
+    p = Path(uri)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        tmp.replace(p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(uri: str, text: str) -> None:
     """Write a whole text file atomically (a half-written output never looks finished)."""
-    if not is_remote(uri):
-        p = Path(uri)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
-        return
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
+    with open_write(uri) as f:
         f.write(text.encode())
 
 

@@ -1,0 +1,78 @@
+"""Peak memory of the STSG stage on a 1-minute and a 10-minute video (goal: <= 1.2x).
+
+Each measurement runs in a fresh Python process (``ru_maxrss`` is per process): it builds the stage, sets it
+up (detector loaded), notes the resident memory, processes one video, and reports the peak. Three modes:
+perception only (decode, split, detect, track: the streaming part), the whole stage (plus the graph, which
+is output and grows with the video), and, as a contrast, all sampled frames held in memory at once
+(``decode_sampled``), the way a stage that does not stream would.
+
+    .venv/bin/python benchmarks/bench_stsg_memory.py [--side 640] [--fps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import WORK, report, run_child
+from videos import make_video
+
+STAGE = r"""
+import json, resource, sys, time
+from step_ray.config import load_config
+from step_ray.stsg.stage import GraphStage, StsgStage
+from step_ray.video.decode import decode_sampled
+
+path, fps, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = load_config(None, [f"video.sample_fps={fps}", "video.max_frames=0"])
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+stage, graph = StsgStage(cfg, out_dir=sys.argv[4]), GraphStage(cfg, out_dir=sys.argv[4])
+stage.setup()
+graph.setup()
+before = rss_mb()
+t0 = time.perf_counter()
+if mode == "stage":
+    row = graph.process(stage.process({"video_id": "v", "uri": path}))
+    frames = row["frames"]
+    assert row["status"] == "ok", row["error"]
+elif mode == "perception":
+    frames = stage._perceive("v", path, path)[1]["frames"]
+else:
+    frames = len(decode_sampled(path, cfg.video).times)
+print(json.dumps({"rss_after_setup_mb": before, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "frames": frames, "seconds": time.perf_counter() - t0}))
+"""
+
+
+# perception: decode -> split -> detect -> track (what must not grow); stage: plus building and writing the
+# graph, whose size grows with the video like any output; hold-all: every sampled frame in memory at once.
+MODES = ("perception", "stage", "hold-all")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", type=int, default=640, help="video width (height = 9/16 of it)")
+    ap.add_argument("--fps", type=float, default=5.0, help="video.sample_fps")
+    args = ap.parse_args()
+    w, h = args.side, args.side * 9 // 16 // 2 * 2
+    videos = {m: make_video(WORK / f"carphone_{w}x{h}_{m}min.mp4", 60 * m, width=w, height=h) for m in (1, 10)}
+    rows = []
+    for mode in MODES:
+        for minutes, path in videos.items():
+            out = WORK / f"mem_out_{mode}_{minutes}"
+            r = run_child(STAGE, str(path), str(args.fps), mode, str(out))
+            rows.append({"mode": mode, "video_min": minutes, **{k: round(v, 1) for k, v in r.items()}})
+    by = {(r["mode"], r["video_min"]): r for r in rows}
+    notes = {}
+    for mode in MODES:
+        a, b = by[(mode, 1)], by[(mode, 10)]
+        notes[f"{mode}: peak 10 min / 1 min"] = round(b["peak_mb"] / a["peak_mb"], 3)
+        notes[f"{mode}: growth above setup, 10 min / 1 min"] = round(
+            (b["peak_mb"] - b["rss_after_setup_mb"]) / max(1e-6, a["peak_mb"] - a["rss_after_setup_mb"]), 2)
+    report("stsg_memory", rows, notes)
+
+
+if __name__ == "__main__":
+    main()
