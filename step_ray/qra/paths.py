@@ -198,7 +198,7 @@ class GraphIndex:
             self.inc[(v, t)].append((u, d))
             self.edges_by_type[t].append((u, v, d))
         for lst in list(self.out.values()) + list(self.inc.values()):
-            lst.sort(key=lambda x: (x[0], json.dumps(x[1], sort_keys=True, default=str)))
+            lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))  # a fixed order, whatever the file's
         self.clips: dict[int, tuple[float, float]] = {}
         for c in by_type["clip"]:
             d = g.nodes[c]
@@ -567,7 +567,8 @@ class CountRelatedOp(Op):
 
 
 def _unique_params(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keyed = {json.dumps(p, sort_keys=True): p for p in items}
+    """Distinct parameter dicts in a fixed order (parameter values are str / int / float, one type per key)."""
+    keyed = {tuple(sorted(p.items())): p for p in items}
     return [keyed[k] for k in sorted(keyed)]
 
 

@@ -143,9 +143,13 @@ def render_question(program: Program) -> str:
     return _ask(program)
 
 
+_NON_WORD = re.compile(r"[^\w-]+")
+
+
 def is_trivial(question: str, answer: str) -> bool:
-    """The answer is already named in the question (as a whole phrase)."""
-    return re.search(r"(?<![\w-])" + re.escape(answer.lower()) + r"(?![\w-])", question.lower()) is not None
+    """The answer is already named in the question (as a whole phrase: words and hyphens delimit it)."""
+    words = f" {_NON_WORD.sub(' ', question.lower())} "
+    return f" {_NON_WORD.sub(' ', answer.lower()).strip()} " in words
 
 
 # --------------------------------------------------------------------------------------------- rationale
