@@ -64,10 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("qra", formatter_class=fmt, epilog=EPILOG,
                        help="scene graphs -> question / rationale / answer samples (Parquet)",
                        description="Sample reasoning paths of qra.min_steps..qra.max_steps edges on each STSG and "
-                                   "render multiple-choice questions with step-by-step rationales to DIR/qra.parquet, "
-                                   "split into train/test by video.")
+                                   "render multiple-choice questions with step-by-step rationales to DIR/qra.parquet "
+                                   "and DIR/qra.jsonl (schema qra/2, docs/qra_schema.md), split into train/val/test "
+                                   "by video, with a dataset card DIR/card.md. Graphs that give no samples are "
+                                   "listed with the reason.")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH", help="STSG files, folders or globs")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    _common(p, ray=True)
+
+    p = sub.add_parser("qra-check", formatter_class=fmt, epilog=EPILOG,
+                       help="share of QRA samples whose answer holds on other (ground-truth) graphs",
+                       description="Run each sample's program with the executor on the graph of its video in "
+                                   "--graphs (e.g. the synthetic corpus's gt/ folder) and report the share whose "
+                                   "answer holds there, by family and by steps, with failure reasons.")
+    p.add_argument("--qra", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
+    p.add_argument("--graphs", required=True, nargs="+", metavar="PATH", help="STSG files, folders or globs")
+    p.add_argument("--output", metavar="FILE", help="write the summary as JSON here")
+    p.add_argument("--time-tolerance", type=float, metavar="S",
+                   help="seconds a stated time may differ from the graph's: an event's time, a relation's or "
+                        "motion's span (default 0.05: the questions' 0.1 s precision; perception dates events by "
+                        "its sampled frames and knows relations at its own keyframes, so 0.5 is fair for "
+                        "predicted graphs checked against the ground truth)")
+    _common(p)
+
+    p = sub.add_parser("qra-filter", formatter_class=fmt, epilog=EPILOG,
+                       help="model-side self-consistency filter over QRA samples (STEP)",
+                       description="Ask the Video-LLM qra.filter.asks times per sample (options in seeded orders), "
+                                   "set each sample's consistency and flags, and write DIR/qra.parquet, "
+                                   "DIR/qra.jsonl and DIR/filter.json (flagged samples are dropped when "
+                                   "qra.filter.action=drop). Runs on the qra.filter.pool actors.")
+    p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--model", metavar="DIR", help="model to ask (default: qra.filter.model, else the base model)")
     _common(p, ray=True)
 
     p = sub.add_parser("train", formatter_class=fmt, epilog=EPILOG,
@@ -175,6 +203,12 @@ def run(argv: list[str] | None = None) -> int:
         _print_summary("stsg", summary)
     elif args.command == "qra":
         _print_summary("qra", steps.qra_step(cfg, args.input, args.output, use_ray=use_ray))
+    elif args.command == "qra-check":
+        _print_summary("qra-check", steps.qra_check_step(args.qra, args.graphs, args.output,
+                                                                            args.time_tolerance))
+    elif args.command == "qra-filter":
+        _print_summary("qra-filter", steps.qra_filter_step(cfg, args.input, args.output, use_ray=use_ray,
+                                                           model=args.model))
     elif args.command == "train":
         summary = steps.train_step(cfg, args.input, args.output)
         _print_summary("train", {k: v for k, v in summary.items() if k != "history"})

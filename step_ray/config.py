@@ -243,23 +243,80 @@ class SemanticsConfig:
 
 
 @dataclass
+class FamilyWeights:
+    """Relative share of each question family among a step count's samples (0 switches a family off)."""
+
+    relation: float = _f(1.0, "Which object stands in a spatial relation.")
+    attribute: float = _f(1.0, "Colour or shape of an object reached by hops.")
+    event_participant: float = _f(1.0, "Who entered, left, collided, stopped, changed colour.")
+    temporal: float = _f(1.0, "What happened right after / before an event.")
+    sequence: float = _f(1.0, "What an object did right after one of its own events.")
+    motion: float = _f(1.0, "Which direction an object moves.")
+    attribute_change: float = _f(1.0, "What colour an object turns into (stsg/2 attr_change edges).")
+    counting: float = _f(1.0, "How many times an object does something / how many objects stand in a relation.")
+    cross_clip: float = _f(1.0, "Questions whose path crosses a scene cut by same_as.")
+    verify: float = _f(1.0, "Yes / no: does a path lead to the stated object or value.")
+    comparison: float = _f(1.0, "Yes / no over two paths: which event came first, same colour, same shape.")
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            _require(getattr(self, f.name) >= 0, f"{path}.{f.name}", "must be >= 0")
+        _require(any(getattr(self, f.name) > 0 for f in dataclasses.fields(self)), path,
+                 "at least one family needs a weight > 0")
+
+
+@dataclass
+class QraFilterConfig:
+    """STEP's model-side self-consistency filter: ask the Video-LLM n times (options in n seeded orders)."""
+
+    enabled: bool = _f(False, "Run the filter at the end of `step-ray qra` (`step-ray qra-filter` runs it anyway).")
+    model: Optional[str] = _f(None, "Model to ask: a training output / adapter / HF directory; null: model.name_or_path.")
+    asks: int = _f(4, "How many times the model is asked per sample (each time the options in another order).")
+    min_agreement: float = _f(0.75, "A sample is consistent if at least this share of the asks pick the same option.")
+    require_correct: bool = _f(False, "Also flag samples whose consistent pick is not the answer (model_disagrees).")
+    action: Literal["flag", "drop"] = _f("flag", "flag: keep flagged samples with their flags; drop: remove them.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=1, num_cpus=1.0, num_gpus=0.0),
+                          help="Actor pool of the filter (num_gpus > 0 on a GPU cluster).")
+
+    def validate(self, path: str) -> None:
+        _require(self.asks >= 1, f"{path}.asks", "must be >= 1")
+        _require(0 < self.min_agreement <= 1, f"{path}.min_agreement", "must be in (0, 1]")
+
+
+@dataclass
 class QraConfig:
     """Reasoning-path sampling and question / rationale / answer rendering."""
 
     min_steps: int = _f(1, "Fewest reasoning steps (edges) in a sampled path.")
-    max_steps: int = _f(3, "Most reasoning steps (edges) in a sampled path.")
+    max_steps: int = _f(5, "Most reasoning steps (edges) in a sampled path (K).")
     samples_per_video: int = _f(24, "Target number of QRA samples per video (fewer if the graph is small).")
-    num_options: int = _f(4, "Multiple-choice options per question (answer included).")
-    val_fraction: float = _f(0.25, "Share of videos held out for evaluation (split by video: no leakage).")
+    step_weights: list[float] = _f(factory=list, help="Target share of each step count min_steps..max_steps "
+                                   "(one weight each; empty: even).")
+    family_weights: FamilyWeights = _f(factory=FamilyWeights, help="Target share of each question family.")
+    max_answer_share: float = _f(0.4, "Answer-prior balancing: within a family no answer may exceed this share "
+                                 "(or 1/k for k distinct answers, if larger); extra samples are dropped.")
+    num_options: int = _f(4, "Multiple-choice options per question (answer included; yes / no questions have 2).")
+    test_fraction: float = _f(0.25, "Share of videos in the held-out test split (split by video: no leakage).")
+    val_fraction: float = _f(0.0, "Share of videos in the validation split (after test; 0: none).")
     pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0),
                           help="CPU actor pool of the QRA stage.")
+    filter: QraFilterConfig = _f(factory=QraFilterConfig, help="Model-side self-consistency filter (off by default).")
 
     def validate(self, path: str) -> None:
         _require(self.min_steps >= 1, f"{path}.min_steps", "must be >= 1")
         _require(self.max_steps >= self.min_steps, f"{path}.max_steps", "must be >= min_steps")
+        _require(self.max_steps <= 8, f"{path}.max_steps", "must be <= 8")
         _require(self.samples_per_video >= 1, f"{path}.samples_per_video", "must be >= 1")
+        n = self.max_steps - self.min_steps + 1
+        _require(not self.step_weights or len(self.step_weights) == n, f"{path}.step_weights",
+                 f"must have one weight per step count ({n}) or be empty")
+        _require(all(w >= 0 for w in self.step_weights) and (not self.step_weights or sum(self.step_weights) > 0),
+                 f"{path}.step_weights", "must be >= 0 with a positive sum")
+        _require(0 < self.max_answer_share <= 1, f"{path}.max_answer_share", "must be in (0, 1]")
         _require(2 <= self.num_options <= 8, f"{path}.num_options", "must be in 2..8")
-        _require(0 < self.val_fraction < 1, f"{path}.val_fraction", "must be in (0, 1)")
+        _require(0 < self.test_fraction < 1, f"{path}.test_fraction", "must be in (0, 1)")
+        _require(0 <= self.val_fraction < 1 and self.test_fraction + self.val_fraction < 1, f"{path}.val_fraction",
+                 "must be >= 0 with test_fraction + val_fraction < 1")
         _require(self.pool.num_gpus == 0, f"{path}.pool.num_gpus", "the QRA stage runs on CPU actors: must be 0")
 
 

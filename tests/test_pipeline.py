@@ -7,6 +7,7 @@ import pytest
 from step_ray.config import load_config
 from step_ray.pipeline.runners import run_sequential
 from step_ray.pipeline.steps import qra_step
+from step_ray.qra.corpus import finalize
 from step_ray.qra.records import read_parquet
 from step_ray.qra.stage import QraStage
 
@@ -16,8 +17,9 @@ def test_qra_stage_sequential_on_ground_truth(synth_corpus):
     rows = [{"video_id": i["video_id"], "stsg_path": i["gt_path"]} for i in items]
     out = run_sequential(QraStage, cfg, rows, progress=False)
     assert all(r["status"] == "ok" and r["samples"] > 0 for r in out)
-    records = [rec for r in out for rec in json.loads(r["records"])]
-    assert {rec["steps"] for rec in records} == {1, 2, 3}
+    candidates = [rec for r in out for rec in json.loads(r["records"])]
+    records, _ = finalize(candidates, cfg.qra, cfg.run.seed)  # options, balance, splits: corpus-wide
+    assert {rec["steps"] for rec in records} == set(range(cfg.qra.min_steps, cfg.qra.max_steps + 1))
     assert all(rec["options"][rec["answer_index"]] == rec["answer"] for rec in records)
 
 

@@ -11,7 +11,9 @@ import pytest
 
 from step_ray.config import QraConfig, StsgConfig
 from step_ray.perception.colors import COLOR_NAMES
-from step_ray.qra import FAMILIES, QRA_SCHEMA, ExecutionError, Program, execute, read_parquet, sample_qra, trace, write_parquet
+from step_ray.qra import (
+    FAMILIES, QRA_SCHEMA, ExecutionError, Program, execute, family_of, read_parquet, sample_qra, trace, write_parquet,
+)
 from step_ray.qra.paths import Anchor, GraphIndex, Hop
 from step_ray.qra.records import QraFormatError, check_record, split_of
 from step_ray.qra.render import EXTRA_SHAPES, SHAPES, is_trivial, render_question
@@ -78,28 +80,72 @@ def random_graph(seed: int, objects: int = 6):
     return build_stsg(p, StsgConfig(), source="ground_truth")
 
 
+def to_stsg2(g):
+    """stsg/2 additions (what the lead's synthetic world will produce): the red circle of scene 1 turns green
+    at 2.4s, the green triangle stops moving at 3.2s, the purple triangle starts moving at 6.0s."""
+    g = g.copy()
+    g.graph["schema_version"] = "stsg/2"
+    def event(eid, kind, clip, t, who, **attrs):
+        g.add_node(eid, type="event", kind=kind, clip=clip, time=t, source="synth", conf=1.0, **attrs)
+        g.add_edge(who, eid, type="participates_in", source="synth", conf=1.0)
+    g.add_edge("obj:0:1", "obj:0:1", type="attr_change", attribute="color", time=2.4, start=2.4, end=3.8,
+               source="synth", conf=1.0, **{"from": "red", "to": "green"})
+    event("ev:100", "change", 0, 2.4, "obj:0:1", attribute="color", **{"from": "red", "to": "green"})
+    event("ev:101", "stop_moving", 0, 3.2, "obj:0:3")
+    event("ev:102", "start_moving", 1, 6.0, "obj:1:2")
+    for u, v, k in [(u, v, k) for u, v, k, d in g.edges(keys=True, data=True) if d.get("type") in ("before", "after")]:
+        g.remove_edge(u, v, k)
+    evs = sorted((n for n, d in g.nodes(data=True) if d.get("type") == "event"), key=lambda e: (g.nodes[e]["time"], e))
+    for a, b in zip(evs, evs[1:]):
+        g.add_edge(a, b, type="before", source="geometry", conf=1.0)
+        g.add_edge(b, a, type="after", source="geometry", conf=1.0)
+    return g
+
+
+def _reload(g):
+    """The graph as a reader of its file sees it (a stsg/2 graph only once the schema module is stsg/2)."""
+    try:
+        return schema.loads(schema.dumps(g))
+    except schema.StsgFormatError:
+        return g.copy()
+
+
 @pytest.fixture(scope="module")
-def graph():
+def graph1():
     return two_scene_graph()
 
 
 @pytest.fixture(scope="module")
+def graph():
+    return to_stsg2(two_scene_graph())
+
+
+SAMPLES = 55  # 11 per step count 1..5
+
+
+@pytest.fixture(scope="module")
 def sampled(graph):
-    return sample_qra(graph, QraConfig(samples_per_video=30), seed=7)
+    return sample_qra(graph, QraConfig(samples_per_video=SAMPLES), seed=7)
 
 
 def _assert_valid(records, g, num_options=4):
-    fresh = schema.loads(schema.dumps(g))  # the executor sees the graph as a reader of the file would
+    fresh = _reload(g)  # the executor sees the graph as a reader of the file would
     for r in records:
         assert check_record(r) == [], (r["question"], check_record(r))
-        assert len(r["options"]) == num_options and len(set(r["options"])) == num_options
+        if r["answer_type"] == "yesno":
+            assert sorted(r["options"]) == ["no", "yes"], r["options"]
+        else:
+            assert len(r["options"]) == num_options and len(set(r["options"])) == num_options
+            if r["answer_type"] != "count":  # counts may appear in times ("0" in "0.4s")
+                assert not re.search(rf"\b{re.escape(r['answer'])}\b", r["question"]), r["question"]  # not trivial
         assert r["options"][r["answer_index"]] == r["answer"]
         program = Program.from_json(r["program"])
         assert program.steps == r["steps"] == len(r["rationale"]) - 1
         assert execute(program, fresh) == r["answer"], r["question"]
         assert trace(program, fresh).nodes == r["path_nodes"]
         assert render_question(program) == r["question"]
-        assert not re.search(rf"\b{re.escape(r['answer'])}\b", r["question"]), r["question"]  # not trivial
+        assert family_of(program) == r["family"]
+        assert 1 <= r["steps"] <= 5
         assert r["rationale"][-1] == f"So the answer is {r['answer']}."
         assert r["family"] in FAMILIES
         if program.query == "event":  # no "what happened after X?" -> "X" (an event text of the path itself)
@@ -113,7 +159,7 @@ def _assert_valid(records, g, num_options=4):
 
 def test_samples_are_valid_and_reexecute(graph, sampled):
     records, stats = sampled
-    assert stats["reason"] is None and stats["samples"] == len(records) == 30
+    assert stats["reason"] is None and stats["samples"] == len(records) == SAMPLES
     _assert_valid(records, graph)
     assert len({r["question"] for r in records}) == len(records)  # deduplicated
     assert len({r["id"] for r in records}) == len(records)
@@ -121,11 +167,12 @@ def test_samples_are_valid_and_reexecute(graph, sampled):
 
 def test_steps_balanced_and_all_families(sampled):
     records, stats = sampled
-    by_steps = {n: sum(r["steps"] == n for r in records) for n in (1, 2, 3)}
-    assert by_steps == {1: 10, 2: 10, 3: 10}, by_steps
-    assert stats["by_steps"] == {"1": 10, "2": 10, "3": 10}
+    by_steps = {n: sum(r["steps"] == n for r in records) for n in range(1, 6)}
+    assert by_steps == {n: 11 for n in range(1, 6)}, by_steps
+    assert stats["by_steps"] == {str(n): 11 for n in range(1, 6)}
     assert set(stats["by_family"]) == set(FAMILIES), stats["by_family"]
-    assert {r["family"] for r in records if r["steps"] >= 2} >= {"cross_clip", "relation", "temporal"}
+    assert len(FAMILIES) >= 8
+    assert {r["family"] for r in records if r["steps"] >= 3} >= {"cross_clip", "relation", "temporal", "verify"}
 
 
 def test_rationale_is_grounded(graph, sampled):
@@ -134,7 +181,10 @@ def test_rationale_is_grounded(graph, sampled):
     names = set(ix.desc.values())
     for r in records:
         for sentence in r["rationale"][:-1]:
-            # each hop's sentence names a real object of the graph, and a time or a scene
+            # each hop's sentence names a real object of the graph, and a time or a scene (a comparison's
+            # sentence compares the times or values of the two paths' ends, named in the sentences before)
+            if r["family"] == "comparison" and sentence == r["rationale"][-2]:
+                continue
             assert any(f"the {n}" in sentence.lower() for n in names), sentence
             assert re.search(r"\d\.\ds|scene \d", sentence), sentence
 
@@ -143,8 +193,9 @@ def test_option_types(graph, sampled):
     records, _ = sampled
     descs = set(GraphIndex(graph).desc.values())
     for r in records:
-        query = json.loads(r["program"])["query"]
-        vocab = {"color": set(COLOR_NAMES), "shape": set(SHAPES) | set(EXTRA_SHAPES),
+        query = json.loads(r["program"])["query"] if r["answer_type"] != "yesno" else "yesno"
+        vocab = {"yesno": {"yes", "no"}, "count": {str(n) for n in range(10)}, "color": set(COLOR_NAMES),
+                 "shape": set(SHAPES) | set(EXTRA_SHAPES),
                  "direction": set(schema.DIRECTIONS)}.get(query)
         if vocab is not None:
             assert set(r["options"]) <= vocab, r["options"]
@@ -165,6 +216,7 @@ def test_options_are_shuffled_and_compositional(graph, sampled):
 def test_time_span_is_the_clips_touched(graph, sampled):
     records, _ = sampled
     spans = {0: (0.0, 3.8), 1: (4.0, 7.8)}
+    records = [r for r in records if r["family"] != "comparison"]  # two paths: checked below
     seen = set()
     for r in records:
         clips = {graph.nodes[n]["clip"] for n in r["path_nodes"]}
@@ -173,12 +225,16 @@ def test_time_span_is_the_clips_touched(graph, sampled):
         if r["family"] == "cross_clip":
             assert (r["start"], r["end"]) == (0.0, 7.8), r["question"]
     assert seen >= {(0.0, 3.8), (4.0, 7.8), (0.0, 7.8)}
+    for r in sampled[0]:
+        if r["family"] == "comparison":
+            clips = {graph.nodes[n]["clip"] for n in r["path_nodes"]}
+            assert (r["start"], r["end"]) == (min(spans[c][0] for c in clips), max(spans[c][1] for c in clips))
 
 
 def test_deterministic(graph, sampled):
-    again = sample_qra(schema.loads(schema.dumps(graph)), QraConfig(samples_per_video=30), seed=7)
+    again = sample_qra(_reload(graph), QraConfig(samples_per_video=SAMPLES), seed=7)
     assert again == sampled
-    other, _ = sample_qra(graph, QraConfig(samples_per_video=30), seed=8)
+    other, _ = sample_qra(graph, QraConfig(samples_per_video=SAMPLES), seed=8)
     assert [r["question"] for r in other] != [r["question"] for r in sampled[0]]
     assert {r["seed"] for r in other} == {8}
 
@@ -204,7 +260,8 @@ def _obj(color, category, clip=None):
     return Anchor("object", {"color": color, "category": category, "clip": clip})
 
 
-def test_executor_on_known_programs(graph):
+def test_executor_on_known_programs(graph1):
+    graph = graph1
     red0, blue0 = _obj("red", "circle", 0), _obj("blue", "square", 0)
     enter = Anchor("event", {"kind": "enter", "participants": [], "time": 1.0})
     collide = Anchor("event", {"kind": "collide", "participants": ["blue square", "red circle"], "time": 2.0})
@@ -243,7 +300,8 @@ def test_executor_on_known_programs(graph):
     (Program(_obj("red", "circle", 0), (Hop("teleport"),), "object"), "bad_program"),
     (Program(_obj("red", "circle", 0), (Hop("motion", {"time": 1.0}),), "color"), "bad_program"),
 ])
-def test_executor_rejects(graph, program, reason):
+def test_executor_rejects(graph1, program, reason):
+    graph = graph1
     with pytest.raises(ExecutionError) as err:
         execute(program, graph)
     assert err.value.reason == reason

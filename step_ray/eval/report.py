@@ -15,9 +15,10 @@ def _acc(result: dict, group: str, key: str) -> tuple[float | None, int]:
 
 
 def chance(result: dict) -> float:
-    """Accuracy of guessing: one over the number of options (read off the scored predictions)."""
-    preds = result.get("predictions") or []
-    return 1.0 / len(preds[0]["scores"]) if preds and preds[0].get("scores") else 0.25
+    """Accuracy of guessing: the mean over questions of one over their number of options (yes / no questions
+    have two, the others qra.num_options), read off the scored predictions."""
+    preds = [p for p in result.get("predictions") or [] if p.get("scores")]
+    return sum(1.0 / len(p["scores"]) for p in preds) / len(preds) if preds else 0.25
 
 
 def _pct(x: float | None) -> str:

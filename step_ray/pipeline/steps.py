@@ -109,9 +109,13 @@ def graphs_of_last_run(stsg_dir: str | Path) -> list[str]:
 
 
 def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
-    """STSG files -> ``qra.parquet`` (all samples, with their split) and ``stats.json``."""
+    """STSG files -> ``qra.parquet`` and ``qra.jsonl`` (all samples, with their split), ``stats.json`` and the
+    dataset card ``card.md`` (+ plots). Graphs are sampled on CPU actors; options, answer balancing and splits
+    are drawn corpus-wide afterwards. With ``qra.filter.enabled`` the model-side filter runs last."""
     from step_ray.pipeline.runners import run_stage
-    from step_ray.qra.records import write_parquet
+    from step_ray.qra.card import write_card
+    from step_ray.qra.corpus import finalize
+    from step_ray.qra.records import write_jsonl, write_parquet
     from step_ray.qra.stage import QraStage
     from step_ray.stsg.stage import STSG_SUFFIX
 
@@ -121,25 +125,73 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
             for p in paths]
     results, seconds = run_stage(QraStage, cfg, rows, use_ray=use_ray)
     results.sort(key=lambda r: r["video_id"])
-    records = [rec for r in results if r["status"] == "ok" for rec in json.loads(r["records"])]
-    records.sort(key=lambda rec: (rec["video_id"], rec["id"]))
+    ok = [r for r in results if r["status"] == "ok"]
+    candidates = [rec for r in ok for rec in json.loads(r["records"])]
+    records, corpus = finalize(candidates, cfg.qra, cfg.run.seed)
+    rejected: Counter = Counter()
+    for r in ok:
+        rejected.update(json.loads(r["stats"] or "{}").get("rejected", {}))
     write_parquet(records, out / "qra.parquet")
+    write_jsonl(records, out / "qra.jsonl")
+
     def counts(key: str) -> dict[str, int]:
         return dict(sorted(Counter(str(rec[key]) for rec in records).items()))
 
     summary = {
         "graphs": len(rows),
-        "graphs_failed": sum(r["status"] != "ok" for r in results),
-        "graphs_without_samples": {r["video_id"]: r["reason"] for r in results if r["status"] == "ok" and not r["samples"]},
+        "graphs_failed": len(results) - len(ok),
+        "graphs_without_samples": {r["video_id"]: r["reason"] for r in ok if not r["samples"]},
         "errors": {r["video_id"]: r["error"] for r in results if r["status"] != "ok"},
+        "candidates": corpus["candidates"],
         "samples": len(records),
         "by_steps": counts("steps"),
         "by_family": counts("family"),
         "by_split": counts("split"),
+        "dropped_balance": corpus["dropped_balance"],
+        "dropped_options": corpus["dropped_options"],
+        "answer_shares": corpus["answer_shares"],
+        "rejected": dict(sorted(rejected.items())),
         "seconds": round(seconds, 2),
         "output": str(out / "qra.parquet"),
     }
+    if cfg.qra.filter.enabled and records:
+        summary["filter"] = qra_filter_step(cfg, out / "qra.parquet", out, use_ray=use_ray)
+        summary["samples"] = summary["filter"]["kept"]
+    summary["card"] = str(write_card(_read_qra(out / "qra.parquet"), summary, out))
     write_json(out / "stats.json", summary)
+    return summary
+
+
+def _read_qra(path: Path) -> list[dict]:
+    from step_ray.qra.records import read_parquet
+
+    return read_parquet(path)
+
+
+def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, use_ray: bool = True,
+                    model: str | None = None) -> dict:
+    """The model-side self-consistency filter over a QRA file: asks the model ``qra.filter.asks`` times per
+    sample, writes ``qra.parquet`` / ``qra.jsonl`` in ``out_dir`` with ``consistency`` and ``flags`` set (and
+    flagged samples dropped when ``qra.filter.action`` is drop) and ``filter.json``."""
+    from step_ray.qra.filter import apply_filter
+
+    summary = apply_filter(cfg, find_qra(qra), Path(out_dir), use_ray=use_ray, model=model)
+    write_json(Path(out_dir) / "filter.json", summary)
+    return summary
+
+
+def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | None = None,
+                   time_tol: float | None = None) -> dict:
+    """Re-run every sample's program on other graphs (the ground truth) with the independent executor: the
+    share of samples whose answer holds there, overall, by family and by steps; written to ``out_path``."""
+    from step_ray.qra.check import check_against
+
+    from step_ray.qra.paths import TIME_TOL
+
+    # (+1e-6: times are stored as floats; "within 0.5 s" must include 0.5 s)
+    summary = check_against(find_qra(qra), graphs, TIME_TOL if time_tol is None else time_tol + 1e-6)
+    if out_path is not None:
+        write_json(Path(out_path), summary)
     return summary
 
 
@@ -169,7 +221,7 @@ def require_split(qra_path: Path, split: str) -> None:
     splits = pq.read_table(qra_path, columns=["split"])["split"]
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
-                         f"or change qra.val_fraction")
+                         f"or change qra.test_fraction")
 
 
 def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:

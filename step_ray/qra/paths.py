@@ -1,29 +1,42 @@
 """Reasoning paths as small programs over an STSG, and the executor that runs them.
 
 A :class:`Program` is an *anchor* (a node the question names by a unique description), a chain of typed
-*hops* over graph edges, and a *query* that reads the answer off the last entity. The number of hops is the
-question's number of reasoning steps.
+*hops* over graph edges, and a *query* that reads the answer off the last entity. Two optional parts make
+yes / no questions: ``check`` (verify: "is the answer this value?") and ``other`` + a comparison query
+(compare the ends of two paths). The number of reasoning steps is the number of hops, plus the other path's
+hops and one for the comparison itself.
+
+Programs name nodes only the way questions do (colour + shape + scene, event kind + participants + time),
+never by node id, so a program sampled on a predicted graph can be run on the ground-truth graph.
 
 Anchors
-    ``object``  ``{"color", "category", "clip"}``: the object described "colour category"; ``clip`` is None
-                when the description is unique in the whole video, else the clip (scene) it is unique in.
+    ``object``  ``{"color", "category", "clip"}``: the object described "colour category" (colour at first
+                sight); ``clip`` is None when the description is unique in the whole video, else the clip
+                (scene) it is unique in.
     ``event``   ``{"kind", "participants", "time"}``: an event of that kind whose participants include the
                 named ones (descriptions); ``time`` (seconds, 0.1 s precision) may be None.
 
 Hops (``op``: source type -> result type, parameters; the edge type walked)
-    ``relation``    object -> object ``{predicate, time}``: the object that is ``predicate`` the current one at
-                    ``time`` (a ``relation`` edge into the current object whose span holds ``time``).
-    ``participant`` event -> object ``{}``: the participant of the event (``participates_in``), leaving out the
-                    ones the question already names (see :func:`_excluded`).
-    ``event_of``    object -> event ``{kind, time?}``: the event of that kind the object takes part in.
-    ``next_event``  event -> event ``{}``: the first event strictly later in time (``before`` edges).
-    ``prev_event``  event -> event ``{}``: the last event strictly earlier in time (``after`` edges).
-    ``same_as``     object -> object ``{clip}``: the same physical object in another clip (``same_as``).
-    ``motion``      object -> direction ``{time}``: the direction of a ``motion`` self-loop whose span holds
-                    ``time``. Yields a value, not a node, so it can only be the last hop.
+    ``relation``      object -> object ``{predicate, time}``: the object that is ``predicate`` the current one
+                      at ``time`` (a ``relation`` edge into the current object whose span holds ``time``).
+    ``participant``   event -> object ``{}``: the participant of the event (``participates_in``), leaving out
+                      the ones the question already names (see :func:`_excluded`).
+    ``event_of``      object -> event ``{kind, time?}``: the event of that kind the object takes part in.
+    ``next_event``    event -> event ``{}``: the first event strictly later in time (``before`` edges).
+    ``prev_event``    event -> event ``{}``: the last event strictly earlier in time (``after`` edges).
+    ``next_own``      event -> event ``{}``: the *actor's* next event (the actor is the last object the path
+                      visited): "what did X do right after ...".
+    ``same_as``       object -> object ``{clip}``: the same physical object in another clip (``same_as``).
+    ``motion``        object -> direction ``{time}``: the direction of a ``motion`` self-loop at ``time``.
+    ``changed_to``    object -> color ``{attribute, time?}``: the value an ``attr_change`` self-loop turns the
+                      attribute into (stsg/2).
+    ``count_events``  object -> count ``{kind}``: how many events of that kind the object takes part in.
+    ``count_related`` object -> count ``{predicate, time}``: how many objects are ``predicate`` it at ``time``.
 
-Queries: ``object`` (description), ``color``, ``shape`` on objects; ``event`` (description) on events;
-``direction`` on directions.
+Value hops (direction, color, count) end a path. Queries: ``object`` (description), ``color``, ``shape`` on
+objects (``color`` only for objects whose colour never changes); ``event`` (description) and ``action`` (what
+the actor did) on events; the value itself on values; ``earlier`` (events), ``same_color`` / ``same_shape``
+(objects) compare two paths.
 
 The executor (:func:`execute`, :func:`trace`) reads only the program and the graph, never how the program was
 sampled. A program *denotes* an answer only if every step resolves to exactly one entity (a referring
@@ -37,7 +50,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import networkx as nx
 
@@ -48,16 +61,24 @@ TIME_DECIMALS = 1
 TIME_TOL = 0.05 + 1e-6
 
 NODE_TYPES = ("object", "event")
+VALUE_TYPES = ("direction", "color", "count")
 #: Which queries read an answer off which entity type.
 QUERIES: dict[str, tuple[str, ...]] = {
     "object": ("object", "color", "shape"),
-    "event": ("event",),
+    "event": ("event", "action"),
     "direction": ("direction",),
+    "color": ("color",),
+    "count": ("count",),
 }
+#: Comparison queries: the entity type both paths must end at.
+COMPARE: dict[str, str] = {"earlier": "event", "same_color": "object", "same_shape": "object"}
 #: The type of answer each query gives (what the options are drawn from).
-ANSWER_TYPE = {"object": "object", "color": "color", "shape": "shape", "event": "event", "direction": "direction"}
+ANSWER_TYPE = {"object": "object", "color": "color", "shape": "shape", "event": "event", "direction": "direction",
+               "count": "count", "action": "action"}
+YESNO = ("yes", "no")
 
-EVENT_VERBS = {"enter": "entered the scene", "leave": "left the scene", "collide": "collided"}
+EVENT_VERBS = {"enter": "entered the scene", "leave": "left the scene", "collide": "collided",
+               "start_moving": "started moving", "stop_moving": "stopped moving", "change": "changed"}
 
 
 class ExecutionError(ValueError):
@@ -99,18 +120,27 @@ class Program:
     anchor: Anchor
     hops: tuple[Hop, ...]
     query: str
+    #: verify: the answer is "yes" iff the query's value equals ``check``.
+    check: Optional[str] = None
+    #: comparison (``query`` in :data:`COMPARE`): the second path; its own ``query`` is the same.
+    other: Optional["Program"] = None
 
     @property
     def steps(self) -> int:
-        """Reasoning steps = edges walked = hops."""
-        return len(self.hops)
+        """Reasoning steps = edges walked (both paths of a comparison) + 1 for the comparison itself."""
+        return len(self.hops) + (self.other.steps + 1 if self.other is not None else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "anchor": {"type": self.anchor.type, **self.anchor.params},
             "hops": [{"op": h.op, **h.params} for h in self.hops],
             "query": self.query,
         }
+        if self.check is not None:
+            out["check"] = self.check
+        if self.other is not None:
+            out["other"] = self.other.to_dict()
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal programs give equal strings (ids hash it)."""
@@ -125,8 +155,10 @@ class Program:
             for h in data["hops"]:
                 h = dict(h)
                 hops.append(Hop(h.pop("op"), h))
-            return cls(anchor, tuple(hops), data["query"])
-        except (KeyError, TypeError) as err:
+            other = cls.from_dict(data["other"]) if data.get("other") is not None else None
+            check = data.get("check")
+            return cls(anchor, tuple(hops), data["query"], None if check is None else str(check), other)
+        except (KeyError, TypeError, AttributeError) as err:
             raise ExecutionError("bad_program", f"malformed program: {err!r}") from None
 
     @classmethod
@@ -148,27 +180,40 @@ class GraphIndex:
         self.g = g
         self.video_id: str = str(g.graph.get("video_id", ""))
         self.uri: str = str(g.graph.get("uri", ""))
+        self.source: str = str(g.graph.get("source", ""))
         self.duration: float = float(g.graph.get("duration", 0.0) or 0.0)
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for n, d in g.nodes(data=True):
+            by_type[d.get("type", "")].append(n)
         # Sorted node lists: iteration order must not depend on how the graph was assembled (determinism).
-        self.objects: list[str] = sorted(schema.nodes_of(g, "object"))
-        self.events: list[str] = sorted(schema.nodes_of(g, "event"), key=lambda e: (g.nodes[e]["time"], e))
+        self.objects: list[str] = sorted(by_type["object"])
+        self.events: list[str] = sorted(by_type["event"], key=lambda e: (float(g.nodes[e]["time"]), e))
         self.desc: dict[str, str] = {o: schema.describe_object(g, o) for o in self.objects}
         self.out: dict[tuple[str, str], list[tuple[str, dict]]] = defaultdict(list)
         self.inc: dict[tuple[str, str], list[tuple[str, dict]]] = defaultdict(list)
+        self.edges_by_type: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
         for u, v, d in g.edges(data=True):
-            self.out[(u, d.get("type"))].append((v, d))
-            self.inc[(v, d.get("type"))].append((u, d))
+            t = d.get("type")
+            self.out[(u, t)].append((v, d))
+            self.inc[(v, t)].append((u, d))
+            self.edges_by_type[t].append((u, v, d))
         for lst in list(self.out.values()) + list(self.inc.values()):
-            lst.sort(key=lambda x: (x[0], json.dumps(x[1], sort_keys=True, default=str)))
+            lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))  # a fixed order, whatever the file's
         self.clips: dict[int, tuple[float, float]] = {}
-        for c in schema.nodes_of(g, "clip"):
+        for c in by_type["clip"]:
             d = g.nodes[c]
             self.clips[int(d["index"])] = (float(d["start"]), float(d["end"]))
         kfs: dict[int, list[float]] = defaultdict(list)
-        for k in schema.nodes_of(g, "keyframe"):
+        for k in by_type["keyframe"]:
             d = g.nodes[k]
             kfs[int(d["clip"])].append(float(d["time"]))
         self.keyframes: dict[int, list[float]] = {c: sorted(ts) for c, ts in kfs.items()}
+        self._times = {e: float(g.nodes[e]["time"]) for e in self.events}
+        #: Relation edges into each object as (other, predicate, start, end) with float times (the hot path).
+        self.rel_in: dict[str, list[tuple[str, str, float, float]]] = {
+            o: [(y, str(d.get("predicate")), float(d["start"]), float(d["end"])) for y, d in self.inc[(o, "relation")]]
+            for o in self.objects}
+        self._participants = {e: [o for o, _ in self.inc[(e, "participates_in")]] for e in self.events}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
 
@@ -180,26 +225,48 @@ class GraphIndex:
         return None if c is None else int(c)
 
     def color(self, o: str) -> Optional[str]:
+        """The colour at first sight."""
         return self.g.nodes[o].get("attributes", {}).get("color")
+
+    def changes(self, o: str, attribute: Optional[str] = None) -> list[dict]:
+        """The object's ``attr_change`` edges (of one attribute), in time order."""
+        found = [d for _, d in self.out[(o, "attr_change")] if attribute is None or d.get("attribute") == attribute]
+        return sorted(found, key=lambda d: float(d.get("time", 0.0)))
 
     def category(self, o: str) -> str:
         return str(self.g.nodes[o].get("category", ""))
 
     def time(self, e: str) -> float:
-        return float(self.g.nodes[e]["time"])
+        t = self._times.get(e)
+        return float(self.g.nodes[e]["time"]) if t is None else t
 
     def kind(self, e: str) -> str:
         return str(self.g.nodes[e]["kind"])
 
     def participants(self, e: str) -> list[str]:
-        return [o for o, _ in self.inc[(e, "participates_in")]]
+        p = self._participants.get(e)
+        return [o for o, _ in self.inc[(e, "participates_in")]] if p is None else p
+
+    def verb(self, e: str, actor: Optional[str] = None) -> str:
+        """What happened, told from ``actor``'s side: 'entered the scene', 'collided with the blue square',
+        'turned green', 'stopped moving', or an action label."""
+        d = self.g.nodes[e]
+        kind = self.kind(e)
+        if kind == "collide":
+            others = sorted(self.desc.get(o, o) for o in self.participants(e) if o != actor)
+            return f"collided with {' and '.join('the ' + n for n in others)}" if actor and others else "collided"
+        if kind == "change":
+            attr, to = d.get("attribute", "color"), d.get("to")
+            return f"turned {to}" if attr == "color" and to else f"changed {attr} to {to}"
+        if kind == "action":
+            return str(d.get("label") or "acted")
+        return EVENT_VERBS.get(kind, kind.replace("_", " "))
 
     def event_text(self, e: str) -> str:
         """The event as an answer option: 'blue square entered the scene', 'blue square and red circle collided'."""
         names = sorted(self.desc.get(o, o) for o in self.participants(e))
-        kind = self.kind(e)
         who = " and ".join(names) if names else "an object"
-        return f"{who} {EVENT_VERBS.get(kind, kind)}"
+        return f"{who} {self.verb(e)}"
 
     def times_in(self, clip: Optional[int], start: float, end: float) -> list[float]:
         """Keyframe times of a clip inside ``[start, end]`` as questions state them; ``start`` if none."""
@@ -207,11 +274,43 @@ class GraphIndex:
         return sorted({round_time(t) for t in ts}) or [round_time(start)]
 
 
-def _holds(d: dict, t: float) -> bool:
-    return float(d["start"]) - TIME_TOL <= t <= float(d["end"]) + TIME_TOL
+def _holds(d: dict, t: float, tol: float = TIME_TOL) -> bool:
+    return float(d["start"]) - tol <= t <= float(d["end"]) + tol
+
+
+def _nearest(items: list, dt: Any, tol: float) -> list:
+    """The items within ``tol`` of a stated time (``dt(item)``: the distance); beyond the questions' own 0.1 s
+    precision only the nearest ones: a looser tolerance (checking against another graph) finds the event
+    meant, not every event near it."""
+    close = [x for x in items if dt(x) <= tol]
+    if tol > TIME_TOL and len(close) > 1:
+        best = min(dt(x) for x in close)
+        close = [x for x in close if dt(x) - best <= TIME_TOL]
+    return close
+
+
+def _strict_first(found: Any, tol: float) -> list:
+    """What holds at the stated time itself, else (a looser tolerance) what holds within ``tol`` of it."""
+    exact = found(TIME_TOL)
+    return exact if exact or tol <= TIME_TOL else found(tol)
 
 
 # --------------------------------------------------------------------------------------------- hop operations
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a hop may know of the path before it: the objects the question already names for this event
+    (``participant``), and the actor (the last object the path visited; ``next_own``)."""
+
+    excluded: frozenset = frozenset()
+    actor: Optional[str] = None
+    #: How far a stated time may be from the graph's: an event's time, or the span of a relation / motion
+    #: (checking against another graph: see :func:`trace`'s ``time_tol``).
+    time_tol: float = TIME_TOL
+
+
+NO_CTX = Ctx()
 
 
 class Op:
@@ -221,12 +320,12 @@ class Op:
 
     name: ClassVar[str]
     src: ClassVar[str]  # "object" | "event"
-    dst: ClassVar[str]  # "object" | "event" | "direction"
+    dst: ClassVar[str]  # "object" | "event" | a value type
 
-    def apply(self, ix: GraphIndex, node: str, params: dict[str, Any], excluded: set[str]) -> list[str]:
+    def apply(self, ix: GraphIndex, node: str, params: dict[str, Any], ctx: Ctx) -> list[str]:
         raise NotImplementedError
 
-    def moves(self, ix: GraphIndex, node: str) -> list[dict[str, Any]]:
+    def moves(self, ix: GraphIndex, node: str, ctx: Ctx) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def relaxed(self, ix: GraphIndex, params: dict[str, Any]) -> list[str]:
@@ -244,12 +343,14 @@ def register(op: Op) -> Op:
 class RelationOp(Op):
     name, src, dst = "relation", "object", "object"
 
-    def apply(self, ix, node, params, excluded):
+    def apply(self, ix, node, params, ctx):
         p, t = params["predicate"], float(params["time"])
         # An edge y -> node with predicate p means "y is p node": the hop answers "what is p node at t?".
-        return sorted({y for y, d in ix.inc[(node, "relation")] if d.get("predicate") == p and _holds(d, t) and y != node})
+        rel = [(y, s, e) for y, q, s, e in ix.rel_in.get(node, ()) if q == p and y != node]
+        return _strict_first(lambda tol: sorted({y for y, s, e in rel if s - tol <= t <= e + tol}),
+                             ctx.time_tol if ctx is not None else TIME_TOL)
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         seen = set()
         for y, d in ix.inc[(node, "relation")]:
             for t in ix.times_in(ix.clip_of(node), float(d["start"]), float(d["end"])):
@@ -257,16 +358,16 @@ class RelationOp(Op):
         return [{"predicate": p, "time": t} for p, t in sorted(seen)]
 
     def relaxed(self, ix, params):
-        return sorted({u for u, _, d in schema.edges_of(ix.g, "relation") if d.get("predicate") == params["predicate"]})
+        return sorted({u for u, _, d in ix.edges_by_type["relation"] if d.get("predicate") == params["predicate"]})
 
 
 class ParticipantOp(Op):
     name, src, dst = "participant", "event", "object"
 
-    def apply(self, ix, node, params, excluded):
-        return sorted({o for o in ix.participants(node) if o not in excluded})
+    def apply(self, ix, node, params, ctx):
+        return sorted({o for o in ix.participants(node) if o not in ctx.excluded})
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         return [{}]
 
     def relaxed(self, ix, params):
@@ -276,12 +377,12 @@ class ParticipantOp(Op):
 class EventOfOp(Op):
     name, src, dst = "event_of", "object", "event"
 
-    def apply(self, ix, node, params, excluded):
+    def apply(self, ix, node, params, ctx):
         kind, t = params["kind"], params.get("time")
-        return sorted({e for e, _ in ix.out[(node, "participates_in")]
-                       if ix.kind(e) == kind and (t is None or abs(ix.time(e) - float(t)) <= TIME_TOL)})
+        found = sorted({e for e, _ in ix.out[(node, "participates_in")] if ix.kind(e) == kind})
+        return found if t is None else _nearest(found, lambda e: abs(ix.time(e) - float(t)), ctx.time_tol)
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         out = []
         for e, _ in ix.out[(node, "participates_in")]:
             out.append({"kind": ix.kind(e)})
@@ -301,7 +402,7 @@ class _AdjacentEventOp(Op):
     edge: ClassVar[str]
     sign: ClassVar[int]  # +1: later, -1: earlier
 
-    def apply(self, ix, node, params, excluded):
+    def apply(self, ix, node, params, ctx):
         t0 = ix.time(node)
         seen, frontier = {node}, [node]
         while frontier:
@@ -320,7 +421,7 @@ class _AdjacentEventOp(Op):
             frontier = nxt
         return []
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         return [{}] if ix.out[(node, self.edge)] else []
 
     def relaxed(self, ix, params):
@@ -335,18 +436,51 @@ class PrevEventOp(_AdjacentEventOp):
     name, edge, sign = "prev_event", "after", -1
 
 
+class NextOwnOp(Op):
+    """The actor's first event strictly later than the current one (ties: ambiguous). Needs an actor: the path
+    must have visited an object (``... -> X -event_of-> e -next_own-> e'``: what X did right after e)."""
+
+    name, src, dst = "next_own", "event", "event"
+
+    def apply(self, ix, node, params, ctx):
+        if ctx.actor is None:
+            return []
+        t0 = ix.time(node)
+        later = [e for e, _ in ix.out[(ctx.actor, "participates_in")] if ix.time(e) - t0 > TIME_TOL]
+        if not later:
+            return []
+        t1 = min(ix.time(e) for e in later)
+        return sorted(e for e in later if abs(ix.time(e) - t1) <= TIME_TOL)
+
+    def moves(self, ix, node, ctx):
+        return [{}] if ctx.actor is not None and node in {e for e, _ in ix.out[(ctx.actor, "participates_in")]} else []
+
+    def relaxed(self, ix, params):
+        return list(ix.events)
+
+
 class SameAsOp(Op):
     name, src, dst = "same_as", "object", "object"
 
-    def apply(self, ix, node, params, excluded):
+    def apply(self, ix, node, params, ctx):
         c = int(params["clip"])
         return sorted({y for y, _ in ix.out[(node, "same_as")] if y != node and ix.clip_of(y) == c})
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         return _unique_params([{"clip": ix.clip_of(y)} for y, _ in ix.out[(node, "same_as")]])
 
     def relaxed(self, ix, params):
-        return sorted({v for _, v, _ in schema.edges_of(ix.g, "same_as") if ix.clip_of(v) == int(params["clip"])})
+        return sorted({v for _, v, _ in ix.edges_by_type["same_as"] if ix.clip_of(v) == int(params["clip"])})
+
+
+def _inner_times(s: float, e: float, most: int) -> list[float]:
+    """Up to ``most`` times (0.1 s grid) spread inside ``[s, e]``, avoiding the ends where a neighbouring
+    segment may also hold."""
+    grid = [round_time(s + i / 10 ** TIME_DECIMALS) for i in range(int(round((e - s) * 10 ** TIME_DECIMALS)) + 1)]
+    grid = [t for t in grid if s - TIME_TOL <= t <= e + TIME_TOL] or [round_time((s + e) / 2)]
+    inner = grid[1:-1] or grid
+    step = max(1, len(inner) // most)
+    return inner[::step][:most]
 
 
 class MotionOp(Op):
@@ -354,40 +488,101 @@ class MotionOp(Op):
     #: Probe at most this many times per motion segment (spread over it) when proposing parameters.
     max_times = 5
 
-    def apply(self, ix, node, params, excluded):
+    def apply(self, ix, node, params, ctx):
         t = float(params["time"])
-        return sorted({str(d["direction"]) for _, d in ix.out[(node, "motion")] if _holds(d, t)})
+        return _strict_first(lambda tol: sorted({str(d["direction"]) for _, d in ix.out[(node, "motion")]
+                                                 if _holds(d, t, tol)}), ctx.time_tol)
 
-    def moves(self, ix, node):
+    def moves(self, ix, node, ctx):
         times = set()
         for _, d in ix.out[(node, "motion")]:
-            s, e = float(d["start"]), float(d["end"])
-            grid = [round_time(s + i / 10 ** TIME_DECIMALS) for i in range(int(round((e - s) * 10 ** TIME_DECIMALS)) + 1)]
-            grid = [t for t in grid if s - TIME_TOL <= t <= e + TIME_TOL] or [round_time((s + e) / 2)]
-            # Prefer inner times: at a segment's ends the next segment may also hold (ambiguous direction).
-            inner = grid[1:-1] or grid
-            step = max(1, len(inner) // self.max_times)
-            times.update(inner[::step][: self.max_times])
+            times.update(_inner_times(float(d["start"]), float(d["end"]), self.max_times))
         return [{"time": t} for t in sorted(times)]
 
     def relaxed(self, ix, params):
-        return sorted({str(d["direction"]) for _, _, d in schema.edges_of(ix.g, "motion")})
+        return sorted({str(d["direction"]) for _, _, d in ix.edges_by_type["motion"]})
+
+
+class ChangedToOp(Op):
+    """The value an attribute changes to (``attr_change`` self-loops, stsg/2). Without ``time`` the object
+    must change that attribute to one value only."""
+
+    name, src, dst = "changed_to", "object", "color"
+
+    def apply(self, ix, node, params, ctx):
+        t = params.get("time")
+        edges = ix.changes(node, params["attribute"])
+        if t is not None:
+            edges = _nearest(edges, lambda d: abs(round_time(float(d["time"])) - float(t)), ctx.time_tol)
+        return sorted({str(d["to"]) for d in edges})
+
+    def moves(self, ix, node, ctx):
+        out = []
+        for d in ix.changes(node):
+            out.append({"attribute": d.get("attribute")})
+            out.append({"attribute": d.get("attribute"), "time": round_time(float(d["time"]))})
+        return _unique_params(out)
+
+    def relaxed(self, ix, params):
+        return sorted({str(d["to"]) for _, _, d in ix.edges_by_type["attr_change"]
+                       if d.get("attribute") == params["attribute"]})
+
+
+class CountEventsOp(Op):
+    """How many events of a kind the object takes part in (within its scene: object nodes are per clip)."""
+
+    name, src, dst = "count_events", "object", "count"
+
+    def apply(self, ix, node, params, ctx):
+        return [str(sum(1 for e, _ in ix.out[(node, "participates_in")] if ix.kind(e) == params["kind"]))]
+
+    def moves(self, ix, node, ctx):
+        return _unique_params([{"kind": ix.kind(e)} for e, _ in ix.out[(node, "participates_in")]])
+
+    def relaxed(self, ix, params):
+        return [str(sum(1 for e, _ in ix.out[(o, "participates_in")] if ix.kind(e) == params["kind"]))
+                for o in ix.objects]
+
+
+class CountRelatedOp(Op):
+    """How many objects are ``predicate`` the current one at ``time`` (0 included)."""
+
+    name, src, dst = "count_related", "object", "count"
+
+    def apply(self, ix, node, params, ctx):
+        return [str(len(RelationOp.apply(OPS["relation"], ix, node, params, ctx)))]
+
+    def moves(self, ix, node, ctx):
+        # Keyframe times of the object's life, for the predicates it stands in at some time: a count of 0 is
+        # then a real contrast ("none right now"), and zeros do not swamp the family (every object has none
+        # of most predicates most of the time).
+        d = ix.g.nodes[node]
+        first, last = float(d.get("first", 0.0)), float(d.get("last", 0.0))
+        times = ix.times_in(ix.clip_of(node), first, last)
+        preds = sorted({q for _, q, _, _ in ix.rel_in.get(node, ())})
+        return [{"predicate": p, "time": t} for p in preds for t in times]
+
+    def relaxed(self, ix, params):
+        return [str(n) for n in range(0, 4)]
 
 
 def _unique_params(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keyed = {json.dumps(p, sort_keys=True): p for p in items}
+    """Distinct parameter dicts in a fixed order (parameter values are str / int / float, one type per key)."""
+    keyed = {tuple(sorted(p.items())): p for p in items}
     return [keyed[k] for k in sorted(keyed)]
 
 
-for _op in (RelationOp(), ParticipantOp(), EventOfOp(), NextEventOp(), PrevEventOp(), SameAsOp(), MotionOp()):
+for _op in (RelationOp(), ParticipantOp(), EventOfOp(), NextEventOp(), PrevEventOp(), NextOwnOp(), SameAsOp(),
+            MotionOp(), ChangedToOp(), CountEventsOp(), CountRelatedOp()):
     register(_op)
 
 
 # --------------------------------------------------------------------------------------------- anchors
 
 
-def resolve_anchor(ix: GraphIndex, anchor: Anchor) -> tuple[list[str], set[str]]:
-    """The nodes an anchor describes, and the objects it names besides (an event's named participants)."""
+def resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float = TIME_TOL) -> tuple[list[str], set[str]]:
+    """The nodes an anchor describes, and the objects it names besides (an event's named participants); an
+    event's stated time matches within ``time_tol``."""
     p = anchor.params
     if anchor.type == "object":
         clip = p.get("clip")
@@ -398,15 +593,17 @@ def resolve_anchor(ix: GraphIndex, anchor: Anchor) -> tuple[list[str], set[str]]
     if anchor.type == "event":
         t = p.get("time")
         named = list(p.get("participants", []))
-        found, mentioned = [], set()
+        found, picked = [], {}
         for e in ix.events:
-            if ix.kind(e) != p.get("kind") or (t is not None and abs(ix.time(e) - float(t)) > TIME_TOL):
+            if ix.kind(e) != p.get("kind"):
                 continue
             matched = _match_names(ix, ix.participants(e), named)
             if matched is not None:
                 found.append(e)
-                mentioned |= matched
-        return found, mentioned
+                picked[e] = matched
+        if t is not None:
+            found = _nearest(found, lambda e: abs(ix.time(e) - float(t)), time_tol)
+        return found, set().union(*(picked[e] for e in found)) if found else set()
     raise ExecutionError("bad_program", f"unknown anchor type {anchor.type!r}")
 
 
@@ -444,29 +641,40 @@ class Step:
     params: dict[str, Any]
     src: str
     dst: str
+    actor: Optional[str] = None
 
 
 @dataclass
 class Trace:
-    """What a program denotes on a graph: the anchor node, each step, the answer; or why it denotes nothing."""
+    """What a program denotes on a graph: the anchor node, each step, the answer; or why it denotes nothing.
+    ``value`` is the query's value on the final entity (the open answer of a verify question); for a
+    comparison, ``other`` is the second path's trace."""
 
     anchor: Optional[str] = None
     named: set[str] = field(default_factory=set)
     steps: list[Step] = field(default_factory=list)
+    value: Optional[str] = None
     answer: Optional[str] = None
+    other: Optional["Trace"] = None
     error: Optional[str] = None
     detail: str = ""
 
     @property
     def nodes(self) -> list[str]:
-        """The path's nodes in order: the anchor and every node a hop reached (value hops add none)."""
+        """The path's nodes in order: the anchor and every node a hop reached (value hops add none); a
+        comparison's second path follows the first."""
         out = [self.anchor] if self.anchor else []
-        return out + [s.dst for s in self.steps if OPS[s.op].dst in NODE_TYPES]
+        out += [s.dst for s in self.steps if OPS[s.op].dst in NODE_TYPES]
+        return out + (self.other.nodes if self.other is not None else [])
+
+    @property
+    def final(self) -> Optional[str]:
+        """The entity the path ends at (a node, or a value)."""
+        return self.steps[-1].dst if self.steps else self.anchor
 
 
-def check_program(program: Program) -> None:
-    """Types line up: each hop starts from what the previous one gave; only the last hop may give a value; the
-    query reads the final type. Raises ``ExecutionError('bad_program')``."""
+def final_type(program: Program) -> str:
+    """The entity type a program's path ends at (raises ``bad_program`` if the hops do not line up)."""
     if program.anchor.type not in NODE_TYPES:
         raise ExecutionError("bad_program", f"unknown anchor type {program.anchor.type!r}")
     cur = program.anchor.type
@@ -477,46 +685,62 @@ def check_program(program: Program) -> None:
         if op.src != cur:
             raise ExecutionError("bad_program", f"hop {i} ({h.op}) needs a {op.src}, has a {cur}")
         cur = op.dst
+    return cur
+
+
+def check_program(program: Program) -> None:
+    """Types line up: each hop starts from what the previous one gave; only the last hop may give a value; the
+    query reads the final type; a comparison has a second path ending at the same type. Raises
+    ``ExecutionError('bad_program')``."""
+    cur = final_type(program)
+    if program.query in COMPARE:
+        if program.other is None or program.check is not None:
+            raise ExecutionError("bad_program", f"comparison {program.query!r} needs a second path and no check")
+        if cur != COMPARE[program.query] or final_type(program.other) != cur or program.other.other is not None:
+            raise ExecutionError("bad_program", f"{program.query!r} compares two paths ending at a {COMPARE[program.query]}")
+        return
+    if program.other is not None:
+        raise ExecutionError("bad_program", f"query {program.query!r} takes no second path")
     if program.query not in QUERIES.get(cur, ()):
         raise ExecutionError("bad_program", f"query {program.query!r} cannot read a {cur}")
 
 
-def _excluded(program: Program, i: int, trace: Trace) -> set[str]:
+def _excluded(program: Program, i: int, trace: Trace) -> frozenset:
     """Objects a ``participant`` hop leaves out: exactly those the question names for that event — the anchor
     event's named participants (first hop), or the object whose event an ``event_of`` hop just took
     ("which object collided with X")."""
     if i == 0:
-        return set(trace.named)
+        return frozenset(trace.named)
     if program.hops[i - 1].op == "event_of":
-        return {trace.steps[i - 1].src}
-    return set()
+        return frozenset({trace.steps[i - 1].src})
+    return frozenset()
 
 
-def project(ix: GraphIndex, entity: str, query: str) -> Optional[str]:
-    """Read the answer off the final entity."""
+def project(ix: GraphIndex, entity: str, query: str, etype: str, actor: Optional[str] = None) -> Optional[str]:
+    """Read the answer off the final entity (of type ``etype``)."""
+    if etype in VALUE_TYPES:
+        return entity
     if query == "object":
         return ix.desc.get(entity)
     if query == "color":
-        return ix.color(entity)
-    if query == "shape":
+        # "What colour is X" has one answer only if X's colour never changes (stsg/2 attr_change).
+        return None if ix.changes(entity, "color") else ix.color(entity)
+    if query in ("shape", "same_shape"):
         return ix.category(entity) or None
+    if query == "same_color":
+        return None if ix.changes(entity, "color") else ix.color(entity)
     if query == "event":
         return ix.event_text(entity)
-    if query == "direction":
-        return entity
+    if query == "action":
+        return ix.verb(entity, actor) if actor is not None and actor in ix.participants(entity) else None
+    if query == "earlier":
+        return f"{ix.time(entity):.3f}"
     return None
 
 
-def trace(program: Program, graph: nx.MultiDiGraph | GraphIndex) -> Trace:
-    """Run ``program``; never raises for programs that merely denote nothing (see ``Trace.error``)."""
-    ix = graph if isinstance(graph, GraphIndex) else GraphIndex(graph)
+def _walk(program: Program, ix: GraphIndex, time_tol: float) -> Trace:
     tr = Trace()
-    try:
-        check_program(program)
-        found, named = resolve_anchor(ix, program.anchor)
-    except ExecutionError as err:
-        tr.error, tr.detail = err.reason, str(err)
-        return tr
+    found, named = resolve_anchor(ix, program.anchor, time_tol)
     if len(found) != 1:
         tr.error = "no_anchor" if not found else "ambiguous_anchor"
         tr.detail = f"anchor matches {found}"
@@ -524,10 +748,12 @@ def trace(program: Program, graph: nx.MultiDiGraph | GraphIndex) -> Trace:
     tr.anchor, tr.named = found[0], named
     visited = {found[0]}
     cur = found[0]
+    actor = cur if ix.type_of(cur) == "object" else None
     for i, hop in enumerate(program.hops):
         op = OPS[hop.op]
+        ctx = Ctx(_excluded(program, i, tr) if hop.op == "participant" else frozenset(), actor, time_tol)
         try:
-            res = op.apply(ix, cur, hop.params, _excluded(program, i, tr) if hop.op == "participant" else set())
+            res = op.apply(ix, cur, hop.params, ctx)
         except (KeyError, TypeError, ValueError) as err:
             tr.error, tr.detail = "bad_program", f"hop {i} ({hop.op}): bad parameters {hop.params}: {err!r}"
             return tr
@@ -541,11 +767,52 @@ def trace(program: Program, graph: nx.MultiDiGraph | GraphIndex) -> Trace:
                 tr.error, tr.detail = "cyclic", f"hop {i} ({hop.op}) returns to {nxt}"
                 return tr
             visited.add(nxt)
-        tr.steps.append(Step(hop.op, dict(hop.params), cur, nxt))
+        tr.steps.append(Step(hop.op, dict(hop.params), cur, nxt, actor))
+        if op.dst == "object":
+            actor = nxt
         cur = nxt
-    tr.answer = project(ix, cur, program.query)
-    if tr.answer is None:
-        tr.error, tr.detail = "no_answer", f"{program.query} of {cur} is unknown"
+    tr.value = project(ix, cur, program.query, final_type(program), actor)
+    if tr.value is None:
+        tr.error, tr.detail = "no_answer", f"{program.query} of {cur} is unknown or not constant"
+    return tr
+
+
+def trace(program: Program, graph: nx.MultiDiGraph | GraphIndex, time_tol: float = TIME_TOL) -> Trace:
+    """Run ``program``; never raises for programs that merely denote nothing (see ``Trace.error``).
+
+    ``time_tol``: how far (s) a stated time may be from the graph's (an event's time; the span of a relation
+    or a motion). The default matches the 0.1 s precision of questions; checking a program sampled on a
+    predicted graph against the ground truth may allow more: perception times an event by the frames it
+    samples, and relations are known at its own keyframes."""
+    ix = graph if isinstance(graph, GraphIndex) else GraphIndex(graph)
+    try:
+        check_program(program)
+    except ExecutionError as err:
+        return Trace(error=err.reason, detail=str(err))
+    tr = _walk(program, ix, time_tol)
+    if tr.error is not None:
+        return tr
+    if program.other is not None:
+        other = _walk(program.other, ix, time_tol)
+        first_nodes = set(tr.nodes)
+        tr.other = other
+        if other.error is not None:
+            tr.error, tr.detail = other.error, f"second path: {other.detail}"
+            return tr
+        if first_nodes & set(other.nodes):
+            tr.error, tr.detail = "cyclic", "the two compared paths meet"
+            return tr
+        assert tr.value is not None and other.value is not None
+        if program.query == "earlier":
+            ta, tb = float(tr.value), float(other.value)
+            if abs(ta - tb) <= TIME_TOL:
+                tr.error, tr.detail = "no_answer", "the two events are simultaneous"
+                return tr
+            tr.answer = "yes" if ta < tb else "no"
+        else:
+            tr.answer = "yes" if tr.value == other.value else "no"
+        return tr
+    tr.answer = tr.value if program.check is None else ("yes" if tr.value == program.check else "no")
     return tr
 
 

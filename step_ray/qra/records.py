@@ -1,6 +1,10 @@
-"""The QRA sample record (a data contract: the trainer and the evaluator read it) and its Parquet I/O.
+"""The QRA sample record (a data contract: the trainer and the evaluator read it) and its Parquet / JSONL I/O.
 
-Version ``qra/1``, stored in the Parquet schema metadata. One row per question:
+Version ``qra/2``, stored in the Parquet schema metadata; ``docs/qra_schema.md`` documents it. One row per
+question. The first sixteen fields are those of ``qra/1`` with the same names and meaning (the trainer and the
+evaluator read them); ``qra/2`` adds ``open_answer``, ``answer_type``, ``graph_source``, ``flags``,
+``consistency`` and the split ``val``. :func:`read_parquet` accepts ``qra/1`` files (the added fields get
+their defaults).
 
 ==============  ==============  ===========================================================================
 field           type            meaning
@@ -10,22 +14,28 @@ video_id        str             the video
 video_uri       str             where the video is (the graph's ``uri``)
 start, end      float           seconds: the span of the clip(s) the path touches (frames are sampled here)
 question        str             the question
-options         list[str]       ``num_options`` distinct options, shuffled
+options         list[str]       ``num_options`` distinct options, shuffled (yes / no questions: the two)
 answer          str             the answer; equals ``options[answer_index]``
 answer_index    int             index of the answer in ``options``
 rationale       list[str]       one sentence per reasoning step, then the conclusion
-steps           int             reasoning steps (edges walked) = ``len(rationale) - 1``
+steps           int             reasoning steps = ``len(rationale) - 1``
 family          str             question family (:mod:`step_ray.qra.families`)
 program         str             the program as canonical JSON (:class:`step_ray.qra.paths.Program`)
 path_nodes      list[str]       the STSG node ids the path visits, in order
 seed            int             the sampling seed
-split           str             "train" or "test", by a stable hash of the video id (no video in both)
+split           str             "train", "val" or "test", by a stable hash of the video id (no video in two)
+open_answer     str             the answer without options (yes / no: with the fact it rests on)
+answer_type     str             object, color, shape, direction, event, action, count or yesno
+graph_source    str             the graph's ``source``: ground_truth or perception
+flags           list[str]       set by the model-side filter (``inconsistent``, ``model_disagrees``)
+consistency     float or null   the filter's agreement share over its n asks (null: not filtered)
 ==============  ==============  ===========================================================================
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +44,9 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-QRA_SCHEMA_VERSION = "qra/1"
+QRA_SCHEMA_VERSION = "qra/2"
+#: Versions :func:`read_parquet` reads (older ones get the added fields' defaults).
+READABLE_VERSIONS = ("qra/1", "qra/2")
 
 QRA_SCHEMA = pa.schema(
     [
@@ -54,11 +66,20 @@ QRA_SCHEMA = pa.schema(
         pa.field("path_nodes", pa.list_(pa.string()), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
+        pa.field("open_answer", pa.string(), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=False),
+        pa.field("graph_source", pa.string(), nullable=False),
+        pa.field("flags", pa.list_(pa.string()), nullable=False),
+        pa.field("consistency", pa.float64(), nullable=True),
     ],
     metadata={"qra_schema_version": QRA_SCHEMA_VERSION},
 )
 FIELDS: tuple[str, ...] = tuple(QRA_SCHEMA.names)
-SPLITS = ("train", "test")
+#: The fields of ``qra/1``: the trainer and the evaluator read these; a record must have them.
+CORE_FIELDS: tuple[str, ...] = FIELDS[:16]
+SPLITS = ("train", "val", "test")
+#: Private key of a candidate record: its option pools, dropped when the options are drawn.
+POOLS = "_pools"
 
 
 class QraFormatError(ValueError):
@@ -70,22 +91,36 @@ def record_id(video_id: str, program_json: str, seed: int) -> str:
     return hashlib.sha1(f"{video_id}\x1f{program_json}\x1f{seed}".encode()).hexdigest()[:16]
 
 
-def split_of(video_id: str, val_fraction: float) -> str:
-    """'test' for a stable ``val_fraction`` share of video ids, else 'train'. Depends on the id alone, so every
-    sample of a video lands in the same split in every run and round."""
+def split_of(video_id: str, test_fraction: float, val_fraction: float = 0.0) -> str:
+    """'test' for a stable ``test_fraction`` share of video ids, 'val' for the next ``val_fraction``, else
+    'train'. Depends on the id alone, so every sample of a video lands in the same split in every run and
+    round, and a video's test membership does not change with ``val_fraction``."""
     h = int(hashlib.sha1(f"split\x1f{video_id}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
-    return "test" if h < val_fraction else "train"
+    if h < test_fraction:
+        return "test"
+    return "val" if h < test_fraction + val_fraction else "train"
+
+
+def with_defaults(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record with the ``qra/2`` fields it lacks filled in (``qra/1`` files, hand-made rows)."""
+    out = dict(rec)
+    out.setdefault("open_answer", str(rec.get("answer", "")))
+    out.setdefault("answer_type", "")
+    out.setdefault("graph_source", "")
+    out.setdefault("flags", [])
+    out.setdefault("consistency", None)
+    return out
 
 
 def check_record(rec: dict[str, Any]) -> list[str]:
     """Problems with a record (empty list: it follows the contract)."""
-    problems = [f"missing field {f!r}" for f in FIELDS if f not in rec]
+    problems = [f"missing field {f!r}" for f in CORE_FIELDS if f not in rec]
     problems += [f"unknown field {f!r}" for f in rec if f not in FIELDS]
     if problems:
         return problems
     opts = rec["options"]
-    if len(set(opts)) != len(opts):
-        problems.append("options are not distinct")
+    if len(set(opts)) != len(opts) or len(opts) < 2:
+        problems.append("options are not two or more distinct values")
     if not (isinstance(rec["answer_index"], int) and 0 <= rec["answer_index"] < len(opts)):
         problems.append(f"answer_index {rec['answer_index']!r} out of range")
     elif opts[rec["answer_index"]] != rec["answer"]:
@@ -102,7 +137,7 @@ def check_record(rec: dict[str, Any]) -> list[str]:
 def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     """Records -> a table with :data:`QRA_SCHEMA`, rows sorted by (video_id, id) so that equal sets of records
     give equal files whatever order they were produced in (Ray Data does not keep order)."""
-    rows = sorted(records, key=lambda r: (r["video_id"], r["id"]))
+    rows = sorted((with_defaults(r) for r in records), key=lambda r: (r["video_id"], r["id"]))
     for r in rows:
         problems = check_record(r)
         if problems:
@@ -110,16 +145,14 @@ def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QRA_SCHEMA)
 
 
-def write_parquet(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write records atomically (a temp file in the same directory, then a rename): a reader never sees a
-    half-written file, and an interrupted run leaves the old file or none."""
-    path = Path(path)
+def _atomic(path: Path, write: Any) -> Path:
+    """Write through a temp file in the same directory, then rename: a reader never sees a half-written file,
+    and an interrupted run leaves the old file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = to_table(records)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -127,13 +160,27 @@ def write_parquet(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def write_parquet(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write records atomically as Parquet (schema :data:`QRA_SCHEMA`)."""
+    table = to_table(records)
+    return _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """The same rows as :func:`write_parquet`, one JSON object a line (sorted keys), written atomically."""
+    rows = to_table(records).to_pylist()
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def read_parquet(path: str | Path) -> list[dict[str, Any]]:
     """Records of a QRA Parquet file (or directory of files), in file order."""
     table = pq.read_table(path)
-    missing = [f for f in FIELDS if f not in table.column_names]
+    missing = [f for f in CORE_FIELDS if f not in table.column_names]
     if missing:
         raise QraFormatError(f"{path}: not a QRA file (missing {', '.join(missing)})")
     version = (table.schema.metadata or {}).get(b"qra_schema_version", b"").decode()
-    if version and version != QRA_SCHEMA_VERSION:
-        raise QraFormatError(f"{path}: QRA schema {version!r}, this reader knows {QRA_SCHEMA_VERSION!r}")
-    return table.select(list(FIELDS)).to_pylist()
+    if version and version not in READABLE_VERSIONS:
+        raise QraFormatError(f"{path}: QRA schema {version!r}, this reader knows {', '.join(READABLE_VERSIONS)}")
+    present = [f for f in FIELDS if f in table.column_names]
+    return [with_defaults(r) for r in table.select(present).to_pylist()]

@@ -1,26 +1,29 @@
-"""Per-graph QRA sampling: random typed walks on the STSG -> programs -> executor check -> rendered records.
+"""Per-graph QRA sampling: random typed walks on the STSG -> programs -> executor check -> rendered samples.
 
-For each number of steps ``n`` in ``min_steps..max_steps`` the sampler aims at an equal share of
-``samples_per_video`` and cycles through the families that can have ``n`` steps, so that neither the short
-questions (far more numerous in any graph) nor one family crowd out the rest. One attempt:
+For each number of steps ``n`` in ``min_steps..max_steps`` the sampler aims at that step count's share of
+``samples_per_video`` (``qra.step_weights``) and draws the family of each attempt by ``qra.family_weights``
+among the families that can have ``n`` steps, so that neither the short questions (far more numerous in any
+graph) nor one family crowd out the rest. One attempt:
 
 1. walk: pick an anchor (an object with a unique description, or an event) and ``n`` hops, each chosen
    among the hops whose result is unique from the current node and not yet visited; the last hop is one of
-   the family's;
+   the family's (verify: then a value to check, the true one half of the time; comparison: two walks);
 2. write the walk as a :class:`~step_ray.qra.paths.Program` (the anchor as the question will name it);
 3. run the program with the executor, which knows nothing of the walk: it must denote exactly one answer
    along the same nodes (uniqueness, no cycle);
-4. render; drop it if the answer is named in the question (trivial) or the question was already asked;
-5. draw the options.
+4. render; drop it if the answer is named in the question (trivial), the question was already asked, or a
+   near-duplicate of it (same words but for the times and numbers, same answer) was;
+5. keep the option pools; the options themselves are drawn corpus-wide (:mod:`step_ray.qra.corpus`).
 
 Every rejection is counted by reason in the stats. All randomness comes from one ``random.Random`` seeded by
 the video id and ``seed``, and every candidate list is sorted first, so a graph and a seed always give the
-same records.
+same samples.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from typing import Any, Optional
 
@@ -28,11 +31,14 @@ import networkx as nx
 
 from step_ray.config import QraConfig
 from step_ray.qra import records as R
-from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, Family, family_of
+from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, VERIFY_QUERIES, Family, family_of
 from step_ray.qra.paths import (
-    NODE_TYPES, OPS, QUERIES, Anchor, GraphIndex, Hop, Program, object_anchor, resolve_anchor, round_time, trace,
+    COMPARE, NODE_TYPES, OPS, QUERIES, Anchor, Ctx, GraphIndex, Hop, Program, object_anchor, resolve_anchor,
+    round_time, trace,
 )
-from step_ray.qra.render import is_trivial, make_options, render_question, render_rationale
+from step_ray.qra.render import (
+    answer_type, is_trivial, open_answer, option_pools, render_question, render_rationale, vocabulary,
+)
 
 #: Attempts allowed per wanted sample of a step count before the sampler settles for fewer.
 ATTEMPTS_PER_SAMPLE = 25
@@ -42,14 +48,29 @@ FAMILY_PATIENCE = 30
 EVENT_TIME_P = 0.5
 
 #: Edge types a question can walk; a graph with none of them has nothing to ask about.
-_REASONING_EDGES = ("relation", "motion", "participates_in", "same_as", "before", "after")
+_REASONING_EDGES = ("relation", "motion", "participates_in", "same_as", "before", "after", "attr_change")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?s?")
+
+Walk = tuple[str, Optional[set[str]], list[Hop], list[str], str]
 
 
 def step_targets(cfg: QraConfig) -> dict[int, int]:
-    """Samples wanted per step count: ``samples_per_video`` split evenly, the remainder to the fewest steps."""
+    """Samples wanted per step count: ``samples_per_video`` split by ``step_weights`` (even if empty), by
+    largest remainder; ties go to the fewest steps."""
     counts = list(range(cfg.min_steps, cfg.max_steps + 1))
-    base, extra = divmod(cfg.samples_per_video, len(counts))
-    return {n: base + (1 if i < extra else 0) for i, n in enumerate(counts)}
+    weights = list(cfg.step_weights) or [1.0] * len(counts)
+    total = sum(weights)
+    exact = [cfg.samples_per_video * w / total for w in weights]
+    out = [int(x) for x in exact]
+    rest = cfg.samples_per_video - sum(out)
+    for i in sorted(range(len(counts)), key=lambda i: (-(exact[i] - out[i]), i))[:rest]:
+        out[i] += 1
+    return dict(zip(counts, out))
+
+
+def near_duplicate_key(question: str, answer: str) -> str:
+    """Questions equal but for their times and numbers, with the same answer, are near-duplicates."""
+    return _NUMBER.sub("#", question.lower()) + "\x1f" + answer
 
 
 def _degenerate(ix: GraphIndex) -> Optional[str]:
@@ -57,15 +78,342 @@ def _degenerate(ix: GraphIndex) -> Optional[str]:
         return "no_objects"
     if len(ix.objects) == 1:
         return "single_object"
-    if not any(ix.out[(u, t)] for u in ix.g.nodes for t in _REASONING_EDGES):
+    if not any(ix.edges_by_type[t] for t in _REASONING_EDGES):
         return "no_edges"
     return None
 
 
-def sample_qra(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """QRA records of one graph and stats: ``{"video_id", "samples", "targets", "by_steps", "by_family",
-    "rejected" (reason -> count), "attempts", "reason"}`` (``reason`` says why there are no samples, else None;
-    step counts are string keys so the stats are JSON as they are)."""
+def family_weight(cfg: QraConfig, name: str) -> float:
+    return float(getattr(cfg.family_weights, name, 1.0))
+
+
+def _eligible(cfg: QraConfig, n: int) -> list[str]:
+    out = []
+    for f in FAMILIES.values():
+        if f.min_steps > n or family_weight(cfg, f.name) <= 0:
+            continue
+        out.append(f.name)
+    return sorted(out)
+
+
+class Plan:
+    """A walk's remaining hops, interned (one object per distinct plan and final types, graph-independent), so
+    the memo keys of the walks hash by identity and the per-plan facts are computed once."""
+
+    __slots__ = ("ops", "finals", "head", "tail", "empty", "uses_actor", "head_participant", "head_to_node",
+                 "next_own_next")
+
+    def __init__(self, ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]):
+        self.ops, self.finals, self.empty = ops, finals, not ops
+        self.head = tuple((name, OPS[name]) for name in ops[0]) if ops else ()
+        self.tail: Optional[Plan] = plan_of(ops[1:], finals) if ops else None
+        self.uses_actor = any("next_own" in o for o in ops)
+        self.head_participant = bool(ops) and "participant" in ops[0]
+        self.head_to_node = bool(ops) and any(OPS[n].dst in NODE_TYPES for n in ops[0])
+        self.next_own_next = len(ops) > 1 and "next_own" in ops[1]
+
+
+_PLANS: dict[tuple, Plan] = {}
+
+
+def plan_of(ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]) -> Plan:
+    key = (ops, finals)
+    p = _PLANS.get(key)
+    if p is None:
+        p = _PLANS[key] = Plan(ops, finals)
+    return p
+
+
+class _Sampler:
+    """The state of sampling one graph: its index, the RNG, the named anchors and what was asked already."""
+
+    def __init__(self, ix: GraphIndex, cfg: QraConfig, seed: int):
+        self.ix, self.cfg, self.seed = ix, cfg, seed
+        self.rng = random.Random(f"qra\x1f{ix.video_id}\x1f{seed}")
+        self.rejected: Counter = Counter()
+        self.anchors: dict[str, Anchor] = {}
+        for o in ix.objects:
+            a = object_anchor(ix, o)
+            if a is None:  # looks like another object of its clip: never named as an anchor
+                self.rejected["ambiguous_anchor"] += 1
+            else:
+                self.anchors[o] = a
+        self.anchor_nodes = sorted(self.anchors)
+        self.questions: set[str] = set()
+        self.near: set[str] = set()
+        self.cands_memo: dict[tuple, list] = {}
+        self.feasible_memo: dict[tuple, bool] = {}
+        self.moves_memo: dict[tuple, list] = {}
+        self.starts_memo: dict[tuple, list] = {}
+
+    # ------------------------------------------------------------------------------------------- walking
+
+    def _cands(self, name: str, cur: str, actor: Optional[str], first: bool, prev_src: Optional[str]
+               ) -> list[tuple[dict, str, Optional[set[str]]]]:
+        """The moves of hop ``name`` from ``cur`` whose result is unique: (params, result, the participants the
+        question names when it is a first ``participant`` hop). Memoised per graph."""
+        key = (name, cur, actor if name == "next_own" else None, first, prev_src)
+        found = self.cands_memo.get(key)
+        if found is not None:
+            return found
+        ix, op, found = self.ix, OPS[name], []
+        for params in op.moves(ix, cur, Ctx(frozenset(), actor)):
+            if name == "participant" and first:
+                # The question names the event's other participants; the answer is the one it leaves out.
+                people = ix.participants(cur)
+                for y in people:
+                    others = set(people) - {y}
+                    if op.apply(ix, cur, params, Ctx(frozenset(others), actor)) == [y]:
+                        found.append((params, y, others))
+                continue
+            excluded = frozenset({prev_src}) if name == "participant" and prev_src is not None else frozenset()
+            res = op.apply(ix, cur, params, Ctx(excluded, actor))
+            if len(res) == 1:
+                found.append((params, res[0], None))
+        self.cands_memo[key] = found
+        return found
+
+    def _feasible(self, p: Optional["Plan"], first: bool, node: str, ntype: str, actor: Optional[str],
+                  prev_src: Optional[str] = None, back: Optional[str] = None) -> bool:
+        """Can a walk that is at ``node`` (of type ``ntype``) with the hops of plan ``p`` still to go end at one
+        of its final types? An upper bound: it rules out stepping straight back to ``back`` but not longer
+        cycles (the walk itself avoids every visited node). Memoised per graph on the remaining plan, so walks
+        of different families and lengths share their common tails; the actor and the object an ``event_of``
+        hop came from are part of the key only where a later hop can use them."""
+        if p is None:
+            return False
+        if p.empty:
+            return ntype in p.finals
+        key = (p, first, node, actor if p.uses_actor else None, prev_src if p.head_participant else None,
+               back if p.head_to_node else None)
+        ok = self.feasible_memo.get(key)
+        if ok is None:
+            ok = False
+            for name, op in p.head:
+                if op.src != ntype or (name == "event_of" and first and not p.next_own_next):
+                    continue
+                for _, dst, _ in self._cands(name, node, actor, first, prev_src if name == "participant" else None):
+                    if dst != node and dst != back and self._feasible(p.tail, False, dst, op.dst,
+                                                                      dst if op.dst == "object" else actor,
+                                                                      node if name == "event_of" else None, node):
+                        ok = True
+                        break
+                if ok:
+                    break
+            self.feasible_memo[key] = ok
+        return ok
+
+    def _moves(self, p: "Plan", first: bool, cur: str, cur_type: str, actor: Optional[str], prev_src: Optional[str]
+               ) -> list[tuple[str, list[tuple[dict, str, Optional[set[str]]]]]]:
+        """The feasible moves of the next hop (the head of ``p``) from ``cur``, per op, sorted by op name;
+        memoised per graph (the walk only filters out the nodes it has visited)."""
+        key = (p, first, cur, actor if p.uses_actor else None, prev_src)
+        found = self.moves_memo.get(key)
+        if found is not None:
+            return found
+        out: dict[str, list] = {}
+        for name, op in p.head:
+            if op.src != cur_type or (name == "event_of" and first and not p.next_own_next):
+                continue
+            for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
+                if self._feasible(p.tail, False, dst, op.dst, dst if op.dst == "object" else actor,
+                                  cur if name == "event_of" else None, cur):
+                    out.setdefault(name, []).append((params, dst, others))
+        found = self.moves_memo[key] = sorted(out.items())
+        return found
+
+    def walk(self, plan: tuple[tuple[str, ...], ...], final_types: tuple[str, ...]) -> tuple[Optional[Walk], str]:
+        """A random walk of ``len(plan)`` hops, hop ``i`` one of the ops ``plan[i]``, ending at one of
+        ``final_types``: (anchor node, the anchor event's participants to name if not all, hops, visited nodes,
+        final type), or None and why (``infeasible``: no anchor of this graph starts such a walk). Every
+        choice is among moves from which the walk can still be completed (as far as :meth:`_feasible` sees)."""
+        ix, rng, n = self.ix, self.rng, len(plan)
+        root = plan_of(plan, final_types)
+        starts = self.starts_memo.get(root)
+        if starts is None:
+            first = set(final_types) if n == 0 else {OPS[o].src for o in plan[0]}
+            pool = ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
+                   ([("event", e) for e in ix.events] if "event" in first else [])
+            starts = [(t, x) for t, x in pool if self._feasible(root, True, x, t, x if t == "object" else None)]
+            self.starts_memo[root] = starts
+        if not starts:
+            return None, "infeasible"
+        cur_type, cur = rng.choice(starts)
+        anchor_node, named, visited, hops = cur, None, [cur], []
+        actor = cur if cur_type == "object" else None
+        prev_src: Optional[str] = None
+        p = root
+        for i in range(n):
+            moves = self._moves(p, i == 0, cur, cur_type, actor, prev_src)
+            p = p.tail
+            cands = {}
+            for name, lst in moves:
+                keep = [m for m in lst if m[1] not in visited] if OPS[name].dst in NODE_TYPES else lst
+                if keep and not (i == 1 and hops[0].op == "event_of" and name != "next_own"):
+                    cands[name] = keep  # (a first event_of hop is there only for the next_own after it)
+            if not cands:  # every continuation revisits a node (the executor's own "dead_end": finds nothing)
+                return None, "no_walk"
+            name = rng.choice(sorted(cands))
+            params, dst, others = rng.choice(cands[name])
+            if others is not None:
+                named = others
+            hops.append(Hop(name, params))
+            prev_src = cur if name == "event_of" else None
+            cur, cur_type = dst, OPS[name].dst
+            if cur_type in NODE_TYPES:
+                visited.append(dst)
+            if cur_type == "object":
+                actor = dst
+        if hops and hops[0].op == "event_of" and (len(hops) < 2 or hops[1].op != "next_own"):
+            return None, "redundant_hop"  # "the entrance of the X" is an anchor, not a step
+        return (anchor_node, named, hops, visited, cur_type), ""
+
+    def anchor_of(self, node: str, named: Optional[set[str]]) -> Optional[Anchor]:
+        if self.ix.type_of(node) == "object":
+            return self.anchors.get(node)
+        return self._event_anchor(node, named)
+
+    def _event_anchor(self, e: str, named: Optional[set[str]]) -> Optional[Anchor]:
+        """Kind + the participants to name + (if needed for uniqueness, or by chance) the time."""
+        ix = self.ix
+        people = ix.participants(e) if named is None else sorted(named)
+        base = {"kind": ix.kind(e), "participants": sorted(ix.desc[o] for o in people)}
+        variants = [None, round_time(ix.time(e))]
+        if self.rng.random() < EVENT_TIME_P:
+            variants.reverse()
+        for t in variants:
+            a = Anchor("event", {**base, "time": t})
+            if resolve_anchor(ix, a)[0] == [e]:
+                return a
+        return None
+
+    # ------------------------------------------------------------------------------------------- programs
+
+    def program(self, fam: Family, n: int) -> tuple[Optional[tuple[Program, list[str]]], str]:
+        """A program of family ``fam`` with ``n`` steps and the nodes its walk visited, or None and why."""
+        if fam.form == "compare":
+            return self._compare(n)
+        same_pos = self.rng.randrange(n - 1) if fam.needs_same_as else None
+        plan = tuple(fam.final_ops if i == n - 1 else ("same_as",) if i == same_pos else INTERMEDIATE_OPS
+                     for i in range(n))
+        finals = tuple(sorted({OPS[o].dst for o in fam.final_ops}))
+        walk, why = self.walk(plan, finals)
+        if walk is None:
+            return None, why
+        node, named, hops, visited, ftype = walk
+        queries = [q for q in fam.queries if q in QUERIES[ftype]]
+        if not queries:
+            return None, "no_query"
+        anchor = self.anchor_of(node, named)
+        if anchor is None:
+            return None, "ambiguous_anchor"
+        query = self.rng.choice(queries)
+        if fam.form == "verify":
+            return self._verify(Program(anchor, tuple(hops), query), visited)
+        return (Program(anchor, tuple(hops), query), visited), ""
+
+    def _verify(self, base: Program, visited: list[str]) -> tuple[Optional[tuple[Program, list[str]]], str]:
+        """Check the true value half of the time, else a compositional distractor (or a random value)."""
+        tr = trace(base, self.ix)
+        if tr.error is not None or tr.value is None:
+            return None, tr.error or "no_answer"
+        if self.rng.random() < 0.5:
+            check = tr.value
+        else:
+            pools = option_pools(self.ix, base, tr)
+            wrong = [v for v in pools["compositional"] if v != tr.value]
+            if not wrong:
+                wrong = [v for pool in vocabulary(self.ix, answer_type(base)) for v in pool if v != tr.value]
+            if not wrong:
+                return None, "too_few_options"
+            check = self.rng.choice(wrong)
+        return (Program(base.anchor, base.hops, base.query, check=check), visited), ""
+
+    def _compare(self, n: int) -> tuple[Optional[tuple[Program, list[str]]], str]:
+        """Two walks of ``n - 1`` hops in all, ending at two events (earlier) or two objects reached by at least
+        one hop each (same colour / shape: a named object would give its colour away)."""
+        ops = [q for q in sorted(COMPARE) if q == "earlier" or n >= 3]
+        query = self.rng.choice(ops)
+        etype = COMPARE[query]
+        lo = 0 if query == "earlier" else 1
+        if n - 1 - lo < lo:
+            return None, "no_walk"
+        n1 = self.rng.randint(lo, n - 1 - lo)
+        parts = []
+        for k in (n1, n - 1 - n1):
+            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,))
+            if walk is None:
+                return None, why
+            node, named, hops, visited, _ = walk
+            anchor = self.anchor_of(node, named)
+            if anchor is None:
+                return None, "ambiguous_anchor"
+            parts.append((Program(anchor, tuple(hops), query), visited))
+        (a, va), (b, vb) = parts
+        return (Program(a.anchor, a.hops, query, other=b), va + vb), ""
+
+    # ------------------------------------------------------------------------------------------- one attempt
+
+    def attempt(self, fam: Family, n: int) -> tuple[Optional[dict[str, Any]], str]:
+        ix = self.ix
+        made, why = self.program(fam, n)
+        if made is None:
+            return None, why
+        program, visited = made
+        tr = trace(program, ix)  # the executor re-derives everything from the program text's meaning
+        if tr.error is not None:
+            return None, tr.error
+        if tr.nodes != visited:
+            return None, "executor_mismatch"
+        if family_of(program) != fam.name or program.steps != n:
+            return None, "wrong_shape"
+        question = render_question(program)
+        atype = answer_type(program)
+        assert tr.answer is not None
+        if atype not in ("yesno", "count") and is_trivial(question, tr.answer):
+            return None, "trivial"
+        # Event answers carry no time: "the two circles collided" after "the collision of the two circles" reads
+        # as the question's own event, even when it is a second collision. Such answers are left out.
+        if program.query == "event" and tr.answer in {ix.event_text(x) for x in tr.nodes[:-1] if ix.type_of(x) == "event"}:
+            return None, "trivial"
+        if question in self.questions:
+            return None, "duplicate"
+        near = near_duplicate_key(question, tr.answer)
+        if near in self.near:
+            return None, "near_duplicate"
+        program_json = program.to_json()
+        clips = sorted({c for x in tr.nodes if (c := ix.clip_of(x)) is not None and c in ix.clips})
+        start = min((ix.clips[c][0] for c in clips), default=0.0)
+        end = max((ix.clips[c][1] for c in clips), default=ix.duration)
+        self.questions.add(question)
+        self.near.add(near)
+        rec = {
+            "id": R.record_id(ix.video_id, program_json, self.seed),
+            "video_id": ix.video_id,
+            "video_uri": ix.uri,
+            "start": float(start),
+            "end": float(end),
+            "question": question,
+            "answer": tr.answer,
+            "open_answer": open_answer(tr, program),
+            "answer_type": atype,
+            "rationale": render_rationale(ix, tr, program),
+            "steps": program.steps,
+            "family": fam.name,
+            "program": program_json,
+            "path_nodes": tr.nodes,
+            "seed": int(self.seed),
+            "graph_source": ix.source,
+            R.POOLS: option_pools(ix, program, tr),
+        }
+        return rec, ""
+
+
+def sample_graph(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Candidate samples of one graph (no options or split yet: :func:`step_ray.qra.corpus.finalize` draws
+    those corpus-wide) and stats: ``{"video_id", "samples", "targets", "by_steps", "by_family", "rejected"
+    (reason -> count), "attempts", "reason"}`` (``reason`` says why there are no samples, else None; step
+    counts are string keys so the stats are JSON as they are)."""
     ix = GraphIndex(graph)
     targets = step_targets(cfg)
     stats: dict[str, Any] = {"video_id": ix.video_id, "samples": 0, "targets": {str(n): t for n, t in targets.items()},
@@ -73,176 +421,49 @@ def sample_qra(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[list[
     stats["reason"] = _degenerate(ix)
     if stats["reason"]:
         return [], stats
-
-    rng = random.Random(f"qra\x1f{ix.video_id}\x1f{seed}")
-    rejected: Counter = Counter()
-    anchors: dict[str, Anchor] = {}
-    for o in ix.objects:
-        a = object_anchor(ix, o)
-        if a is None:  # looks like another object of its clip: never named as an anchor
-            rejected["ambiguous_anchor"] += 1
-        else:
-            anchors[o] = a
-    split = R.split_of(ix.video_id, cfg.val_fraction)
-    questions: set[str] = set()
+    s = _Sampler(ix, cfg, seed)
     out: list[dict[str, Any]] = []
-
+    weights = {f: family_weight(cfg, f) for f in FAMILIES}
+    made_by: Counter = Counter()
     for n, target in targets.items():
-        active = sorted(f.name for f in FAMILIES.values() if f.min_steps <= n)
-        rng.shuffle(active)
-        fails = Counter()
-        made = attempts = turn = 0
+        active = _eligible(cfg, n)
+        fails: Counter = Counter()
+        made = attempts = 0
         while made < target and attempts < ATTEMPTS_PER_SAMPLE * target and active:
-            name = active[turn % len(active)]
+            # A family's chance falls with the samples it already has in this graph: the easy ones (a graph
+            # has many cross-clip paths) do not crowd out the rest, and the weights still set the mix.
+            name = s.rng.choices(active, weights=[weights[a] / (1 + made_by[a]) for a in active])[0]
             attempts += 1
-            rec, why = _attempt(ix, FAMILIES[name], n, rng, anchors, questions, cfg, seed, split)
+            rec, why = s.attempt(FAMILIES[name], n)
             if rec is None:
-                rejected[why] += 1
+                s.rejected[why] += 1
                 fails[name] += 1
-                if fails[name] >= FAMILY_PATIENCE:
-                    active.remove(name)  # the next family moves into this turn's slot
-                    continue
+                # No anchor starts this family's walk at all (e.g. no attribute change in a stsg/1 graph): the
+                # family leaves at once, unless its walks vary in shape (the same_as position, the split of a
+                # comparison) and another shape may still fit.
+                fixed = not FAMILIES[name].needs_same_as and FAMILIES[name].form != "compare"
+                if fails[name] >= FAMILY_PATIENCE or (why == "infeasible" and fixed):
+                    active.remove(name)
             else:
                 fails[name] = 0
-                questions.add(rec["question"])
                 out.append(rec)
                 made += 1
-            turn += 1
+                made_by[name] += 1
         stats["attempts"] += attempts
-
     stats["samples"] = len(out)
     stats["by_steps"] = {str(k): v for k, v in sorted(Counter(r["steps"] for r in out).items())}
     stats["by_family"] = dict(sorted(Counter(r["family"] for r in out).items()))
-    stats["rejected"] = dict(sorted(rejected.items()))
+    stats["rejected"] = dict(sorted(s.rejected.items()))
     if not out:
         stats["reason"] = "no_valid_path"
     return out, stats
 
 
-# --------------------------------------------------------------------------------------------- one attempt
+def sample_qra(graph: nx.MultiDiGraph, cfg: QraConfig, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Finished QRA records of one graph (options drawn with this graph as the corpus, split by its video id;
+    no answer balancing, which is a corpus-wide step) and the sampling stats."""
+    from step_ray.qra.corpus import finalize
 
-
-def _allowed(fam: Family, n: int, i: int, same_pos: Optional[int]) -> tuple[str, ...]:
-    if i == n - 1:
-        return fam.final_ops
-    if i == same_pos:
-        return ("same_as",)
-    return INTERMEDIATE_OPS
-
-
-def _walk(ix: GraphIndex, fam: Family, n: int, rng: random.Random, anchors: dict[str, Anchor]
-          ) -> tuple[Optional[tuple[str, Optional[set[str]], list[Hop], list[str], str]], str]:
-    """A random walk of ``n`` hops shaped by the family: (anchor node, the anchor event's participants to
-    name if not all, hops, visited nodes, final type), or None and why."""
-    same_pos = rng.randrange(n - 1) if fam.needs_same_as else None
-    first = {OPS[o].src for o in _allowed(fam, n, 0, same_pos)}
-    kinds = [t for t in ("object", "event") if t in first and (anchors if t == "object" else ix.events)]
-    if not kinds:
-        return None, "no_anchor"
-    cur_type = rng.choice(kinds)
-    cur = rng.choice(sorted(anchors)) if cur_type == "object" else rng.choice(ix.events)
-    anchor_node, named, visited, hops = cur, None, [cur], []
-    for i in range(n):
-        need = {OPS[o].src for o in _allowed(fam, n, i + 1, same_pos)} if i < n - 1 else None
-        cands: dict[str, list[tuple[dict, str, Optional[set[str]]]]] = {}
-        for name in _allowed(fam, n, i, same_pos):
-            op = OPS[name]
-            if op.src != cur_type or (need is not None and op.dst not in need):
-                continue
-            # From a named object, its event is better said as an event anchor ("the entrance of the blue
-            # square", 0 hops); an event_of first hop would count a step for the same question.
-            if name == "event_of" and i == 0:
-                continue
-            for params in op.moves(ix, cur):
-                if name == "participant" and i == 0:
-                    # The question names the event's other participants; the answer is the one it leaves out.
-                    for y in ix.participants(cur):
-                        others = set(ix.participants(cur)) - {y}
-                        if op.apply(ix, cur, params, others) == [y] and y not in visited:
-                            cands.setdefault(name, []).append((params, y, others))
-                    continue
-                excluded = {visited[i - 1]} if name == "participant" and hops and hops[-1].op == "event_of" else set()
-                res = op.apply(ix, cur, params, excluded)
-                if len(res) == 1 and not (op.dst in NODE_TYPES and res[0] in visited):
-                    cands.setdefault(name, []).append((params, res[0], None))
-        if not cands:  # (the executor's own "dead_end" means a program's hop finds nothing)
-            return None, "no_walk"
-        name = rng.choice(sorted(cands))
-        params, dst, others = rng.choice(cands[name])
-        if others is not None:
-            named = others
-        hops.append(Hop(name, params))
-        cur, cur_type = dst, OPS[name].dst
-        if cur_type in NODE_TYPES:
-            visited.append(dst)
-    return (anchor_node, named, hops, visited, cur_type), ""
-
-
-def _event_anchor(ix: GraphIndex, e: str, named: Optional[set[str]], rng: random.Random) -> Optional[Anchor]:
-    """Kind + the participants to name + (if needed for uniqueness, or by chance) the time."""
-    people = ix.participants(e) if named is None else sorted(named)
-    base = {"kind": ix.kind(e), "participants": sorted(ix.desc[o] for o in people)}
-    variants = [None, round_time(ix.time(e))]
-    if rng.random() < EVENT_TIME_P:
-        variants.reverse()
-    for t in variants:
-        a = Anchor("event", {**base, "time": t})
-        if resolve_anchor(ix, a)[0] == [e]:
-            return a
-    return None
-
-
-def _attempt(ix: GraphIndex, fam: Family, n: int, rng: random.Random, anchors: dict[str, Anchor],
-             questions: set[str], cfg: QraConfig, seed: int, split: str) -> tuple[Optional[dict[str, Any]], str]:
-    walk, why = _walk(ix, fam, n, rng, anchors)
-    if walk is None:
-        return None, why
-    node, named, hops, visited, final_type = walk
-    queries = [q for q in fam.queries if q in QUERIES[final_type]]
-    if not queries:
-        return None, "no_query"
-    anchor = anchors[node] if ix.type_of(node) == "object" else _event_anchor(ix, node, named, rng)
-    if anchor is None:
-        return None, "ambiguous_anchor"
-    program = Program(anchor, tuple(hops), rng.choice(queries))
-    tr = trace(program, ix)  # the executor re-derives everything from the program text's meaning
-    if tr.error is not None:
-        return None, tr.error
-    if tr.nodes != visited:
-        return None, "executor_mismatch"
-    question = render_question(program)
-    if is_trivial(question, tr.answer):
-        return None, "trivial"
-    # Event answers carry no time: "the two circles collided" after "the collision of the two circles" reads as
-    # the question's own event, even when it is a second collision. Such answers are left out.
-    if program.query == "event" and tr.answer in {ix.event_text(x) for x in tr.nodes[:-1] if ix.type_of(x) == "event"}:
-        return None, "trivial"
-    if question in questions:
-        return None, "duplicate"
-    drawn = make_options(ix, program, tr.answer, cfg.num_options, rng)
-    if drawn is None:
-        return None, "too_few_options"
-    options, answer_index = drawn
-    program_json = program.to_json()
-    clips = sorted({c for x in tr.nodes if (c := ix.clip_of(x)) is not None and c in ix.clips})
-    start = min((ix.clips[c][0] for c in clips), default=0.0)
-    end = max((ix.clips[c][1] for c in clips), default=ix.duration)
-    rec = {
-        "id": R.record_id(ix.video_id, program_json, seed),
-        "video_id": ix.video_id,
-        "video_uri": ix.uri,
-        "start": float(start),
-        "end": float(end),
-        "question": question,
-        "options": options,
-        "answer": tr.answer,
-        "answer_index": answer_index,
-        "rationale": render_rationale(ix, tr),
-        "steps": program.steps,
-        "family": family_of(program),
-        "program": program_json,
-        "path_nodes": tr.nodes,
-        "seed": int(seed),
-        "split": split,
-    }
-    return rec, ""
+    candidates, stats = sample_graph(graph, cfg, seed)
+    records, _ = finalize(candidates, cfg, seed, balance=False)
+    return records, stats

@@ -1,0 +1,142 @@
+"""STEP's model-side filter: keep the QRA samples the Video-LLM answers consistently.
+
+Each sample is put to the model ``qra.filter.asks`` times, each time with its options in another order (a
+permutation seeded by the sample id and ``run.seed``), and scored the way the evaluation scores questions
+(option likelihood after the answer prompt: :func:`step_ray.eval.scoring.score_questions`, frames from
+:func:`step_ray.train.frames.read_frames`, the model from :func:`step_ray.eval.evaluate.load_for_eval`). The
+option picked most often is the model's answer; ``consistency`` is the share of asks that picked it. A
+sample below ``qra.filter.min_agreement`` is flagged ``inconsistent``; with ``require_correct`` also
+``model_disagrees`` when the consistent pick is not the graph's answer; ``action: drop`` removes flagged
+samples. A sample whose video cannot be decoded is flagged ``unreadable_video`` (never dropped for that).
+
+The filter is its own stage with its own actor pool (``qra.filter.pool``: give it ``num_gpus`` on a GPU
+cluster), run by ``step-ray qra-filter`` or at the end of ``step-ray qra`` when ``qra.filter.enabled``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from step_ray.config import PoolConfig, StepRayConfig
+from step_ray.pipeline.stage import Row, error_row
+
+#: Record fields the filter needs (the row it ships to the actor).
+_FIELDS = ("id", "video_uri", "start", "end", "question", "options", "answer", "answer_index")
+
+
+def permutations(rec_id: str, n_options: int, asks: int, seed: int) -> list[list[int]]:
+    """``asks`` orders of the options (the first is the stored order), seeded by the sample."""
+    rng = random.Random(f"filter\x1f{rec_id}\x1f{seed}")
+    out = [list(range(n_options))]
+    for _ in range(asks - 1):
+        perm = list(range(n_options))
+        rng.shuffle(perm)
+        out.append(perm)
+    return out[:asks]
+
+
+def verdict(picks: list[int], answer_index: int, min_agreement: float, require_correct: bool
+            ) -> tuple[float, int, list[str]]:
+    """(consistency, the consistent pick, flags) from the option index picked at each ask."""
+    counts = Counter(picks)
+    top = max(counts.values())
+    pick = min(i for i, c in counts.items() if c == top)
+    consistency = top / len(picks)
+    flags = []
+    if consistency < min_agreement:
+        flags.append("inconsistent")
+    if require_correct and pick != answer_index:
+        flags.append("model_disagrees")
+    return consistency, pick, flags
+
+
+class QraFilterStage:
+    name: ClassVar[str] = "qra-filter"
+    columns: ClassVar[tuple[str, ...]] = ("id", "status", "error", "consistency", "pick", "flags")
+
+    def __init__(self, cfg: StepRayConfig, model: Optional[str] = None):
+        self.cfg = cfg
+        self.source = model if model is not None else cfg.qra.filter.model
+        self.model: Any = None
+        self.processor: Any = None
+
+    def pool(self) -> PoolConfig:
+        return self.cfg.qra.filter.pool
+
+    def setup(self) -> None:
+        import torch
+
+        from step_ray.eval.evaluate import load_for_eval
+
+        torch.manual_seed(self.cfg.run.seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.processor, _ = load_for_eval(self.cfg, self.source, device=device)
+
+    def process(self, row: Row) -> Row:
+        import numpy as np
+
+        from step_ray.eval.scoring import score_questions
+        from step_ray.train.frames import FrameDecodeError, read_frames
+
+        rec = json.loads(row["record"])
+        base = {"id": rec["id"]}
+        fcfg, mcfg = self.cfg.qra.filter, self.cfg.model
+        try:
+            frames = read_frames(str(rec["video_uri"]), rec.get("start"), rec.get("end"), mcfg.frames, mcfg.frame_size)
+        except FrameDecodeError as err:
+            return {**base, "status": "ok", "error": f"unreadable video: {err}", "consistency": None, "pick": None,
+                    "flags": json.dumps(["unreadable_video"])}
+        options = list(rec["options"])
+        perms = permutations(rec["id"], len(options), fcfg.asks, self.cfg.run.seed)
+        asked = [dict(rec, options=[options[j] for j in p]) for p in perms]
+        scores = score_questions(self.model, self.processor, mcfg, asked, [frames] * len(asked))
+        picks = [p[int(np.argmax(s))] for p, s in zip(perms, scores)]
+        consistency, pick, flags = verdict(picks, int(rec["answer_index"]), fcfg.min_agreement, fcfg.require_correct)
+        return {**base, "status": "ok", "error": None, "consistency": consistency, "pick": pick,
+                "flags": json.dumps(flags)}
+
+
+def apply_filter(cfg: StepRayConfig, qra_path: Path, out_dir: Path, use_ray: bool = True,
+                 model: Optional[str] = None) -> dict[str, Any]:
+    """Filter the samples of ``qra_path`` into ``out_dir`` (``qra.parquet``, ``qra.jsonl``); the summary."""
+    from step_ray.pipeline.runners import run_stage
+    from step_ray.qra.records import read_parquet, write_jsonl, write_parquet
+
+    records = read_parquet(qra_path)
+    rows = [{"id": r["id"], "record": json.dumps({k: r[k] for k in _FIELDS})} for r in records]
+    results, seconds = run_stage(QraFilterStage, cfg, rows, use_ray=use_ray, model=model)
+    by_id = {r["id"]: r for r in results}
+    kept, flagged, dropped, failed = [], Counter(), 0, 0
+    for rec in records:
+        res = by_id.get(rec["id"])
+        if res is None or res["status"] != "ok":
+            failed += 1
+            rec = dict(rec, flags=sorted(set(rec.get("flags") or []) | {"filter_error"}))
+        else:
+            flags = json.loads(res["flags"])
+            rec = dict(rec, consistency=res["consistency"], flags=sorted(set(rec.get("flags") or []) | set(flags)))
+            flagged.update(flags)
+            if cfg.qra.filter.action == "drop" and (set(flags) - {"unreadable_video"}):
+                dropped += 1
+                continue
+        kept.append(rec)
+    out_dir = Path(out_dir)
+    write_parquet(kept, out_dir / "qra.parquet")
+    write_jsonl(kept, out_dir / "qra.jsonl")
+    scored = [r["consistency"] for r in kept if r.get("consistency") is not None]
+    return {
+        "samples": len(records),
+        "kept": len(kept),
+        "dropped": dropped,
+        "errors": failed,
+        "flags": dict(sorted(flagged.items())),
+        "mean_consistency": round(sum(scored) / len(scored), 4) if scored else None,
+        "asks": cfg.qra.filter.asks,
+        "action": cfg.qra.filter.action,
+        "model": model or cfg.qra.filter.model or f"base:{cfg.model.name_or_path}",
+        "seconds": round(seconds, 2),
+    }
