@@ -129,3 +129,21 @@ def test_enter_time_is_extrapolated_from_a_box_cut_by_the_border():
     g = build_stsg(perceived([track]), load_config().stsg, "perception")
     [enter] = [d for _, d in g.nodes(data=True) if d["type"] == "event" and d["kind"] == "enter"]
     assert abs(enter["time"] - 0.8) < 1e-6
+
+
+def test_same_as_uses_appearance_embeddings_and_colour_names():
+    """Across a cut, the object that looks alike (cosine of appearance embeddings) is linked, not the one of
+    the same class and colour name that looks different; a different colour name never links."""
+    from step_ray.stsg.build import appearance_similarity
+
+    def track(clip, tid, color, look):
+        n = sum(v * v for v in look) ** 0.5
+        return Track(clip, tid, "car", {TIMES[0] + clip: box(50, 50)}, color, appearance=[v / n for v in look])
+
+    a = track(0, 1, "red", [1.0, 0.1, 0.0])
+    alike, unlike, other = track(1, 2, "red", [0.9, 0.2, 0.0]), track(1, 3, "red", [0.0, 0.1, 1.0]), track(1, 4, "blue", [1.0, 0.1, 0.0])
+    assert appearance_similarity(a, alike) > 0.95 and appearance_similarity(a, unlike) < 0.6
+    assert appearance_similarity(a, other) == 0.5
+    clips = [Clip(0, 0.0, 0.0, [0.0], [0.0]), Clip(1, 1.0, 1.0, [1.0], [1.0])]
+    g = build_stsg(perceived([a, unlike, alike, other], clips=clips), load_config().stsg, "perception")
+    assert sorted((u, v) for u, v, _ in schema.edges_of(g, "same_as")) == [("obj:0:1", "obj:1:2"), ("obj:1:2", "obj:0:1")]

@@ -47,6 +47,9 @@ class ClipTracker:
         self.clip, self.names, self.kind, self.source = clip, names, kind, source
         self.tracker = new_tracker(kind)
         self.seen: dict[int, list[tuple[float, tuple, int, str | None, float]]] = defaultdict(list)
+        # Running sums of each identity's appearance histogram, per colour name (a track split on a colour
+        # change gets the sum of its own colour): a fixed size per identity, however long the shot.
+        self.looks: dict[tuple[int, str | None], np.ndarray] = {}
 
     def update(self, frame: np.ndarray, time: float, dets: Detections) -> None:
         out = self.tracker.update(_as_boxes(dets, frame.shape[:2]), frame[..., ::-1])
@@ -55,11 +58,16 @@ class ClipTracker:
             # Keep the detector's box, not the Kalman-smoothed one: relations need where the object *is*.
             self.seen[tid].append((time, tuple(float(v) for v in dets.xyxy[idx]), int(dets.cls[idx]),
                                    dets.colors[idx], float(dets.conf[idx])))
+            hist = appearance_histogram(frame, dets.xyxy[idx])
+            if hist is not None:
+                key = (tid, dets.colors[idx])
+                self.looks[key] = self.looks[key] + hist if key in self.looks else hist
 
     def tracks(self) -> list[Track]:
         tracks = []
         next_id = max(self.seen, default=0) + 1
         for tid in sorted(self.seen):
+            part_id = tid
             for k, part in enumerate(_split_on_color(self.seen[tid])):
                 if k:
                     tid, next_id = next_id, next_id + 1
@@ -68,11 +76,13 @@ class ClipTracker:
                     votes[cls] += conf
                     if color:
                         colors[color] += 1
+                color = colors.most_common(1)[0][0] if colors else None
+                look = self.looks.get((part_id, color))
                 tracks.append(Track(clip=self.clip, track_id=tid, category=self.names[votes.most_common(1)[0][0]],
-                                    boxes={t: box for t, box, *_ in part},
-                                    color=colors.most_common(1)[0][0] if colors else None,
+                                    boxes={t: box for t, box, *_ in part}, color=color,
                                     conf=float(np.mean([p[4] for p in part])),
-                                    source=f"{self.source}+tracker:{self.kind}"))
+                                    source=f"{self.source}+tracker:{self.kind}",
+                                    appearance=None if look is None else _unit(look)))
         return tracks
 
 
@@ -85,6 +95,29 @@ def track_clip(clip: Clip, frames: np.ndarray, times: list[float], detections: l
         if t in wanted:
             tracker.update(frame, t, dets)
     return tracker.tracks()
+
+
+APPEARANCE_BINS = (8, 4, 4)  # hue x saturation x value
+
+
+def appearance_histogram(frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """An HSV histogram of the middle of a box (corners are mostly background): the appearance embedding
+    that cross-clip bridging compares (``same_as``)."""
+    import cv2
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    patch = frame[int(y1 + h / 4): int(y2 - h / 4) + 1, int(x1 + w / 4): int(x2 - w / 4) + 1]
+    if patch.size == 0:
+        return None
+    hsv = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, list(APPEARANCE_BINS), [0, 180, 0, 256, 0, 256]).flatten()
+    return hist / max(float(hist.sum()), 1.0)
+
+
+def _unit(v: np.ndarray) -> list[float]:
+    n = float(np.linalg.norm(v))
+    return [round(float(x) / n, 5) for x in v] if n > 0 else [float(x) for x in v]
 
 
 def _split_on_color(obs: list[tuple]) -> list[list[tuple]]:

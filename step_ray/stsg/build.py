@@ -342,8 +342,19 @@ def _add_semantics(g: nx.MultiDiGraph, sem: Any) -> None:
 
 
 def appearance_similarity(a: Track, b: Track) -> float:
-    """Half for the same class, half for the same colour name."""
-    return 0.5 * (a.category == b.category) + 0.5 * (a.color is not None and a.color == b.color)
+    """Half for the same class, half for looking alike. Looking alike is the cosine of the two tracks'
+    appearance embeddings when both have one (perception), else whether their colour names agree; two known
+    colour names that differ always count as not alike (a named colour is the sharper cue: a red and an orange
+    object have close histograms). The colour compared is the one at the end of ``a`` and at the start of
+    ``b`` (an object may have changed colour inside a clip)."""
+    same_class = 0.5 * (a.category == b.category)
+    end_a = a.changes[-1].after if a.changes else a.color
+    if end_a is not None and b.color is not None and end_a != b.color:
+        return same_class
+    if a.appearance is not None and b.appearance is not None:
+        cos = sum(x * y for x, y in zip(a.appearance, b.appearance))
+        return same_class + 0.5 * max(0.0, min(1.0, cos))
+    return same_class + 0.5 * (end_a is not None and end_a == b.color)
 
 
 def _add_same_as(g: nx.MultiDiGraph, tracks: list[Track], cfg: StsgConfig) -> None:

@@ -18,6 +18,8 @@ Two passes, within a clip:
 
 from __future__ import annotations
 
+import dataclasses
+
 from step_ray.config import StsgConfig
 from step_ray.stsg.tracks import AttrChange, Box, Track, center, gap, size
 
@@ -78,6 +80,12 @@ def _absorb(target: Track, t: Track) -> None:
     for time, box in t.boxes.items():
         target.boxes[time] = _union(target.boxes[time], box) if time in target.boxes else box
     target.conf = (target.conf * n_a + t.conf * n_b) / (n_a + n_b)
+    if target.appearance is not None and t.appearance is not None:  # weighted by frames seen, unit norm again
+        mix = [(x * n_a + y * n_b) for x, y in zip(target.appearance, t.appearance)]
+        norm = sum(v * v for v in mix) ** 0.5 or 1.0
+        target.appearance = [round(v / norm, 5) for v in mix]
+    elif target.appearance is None:
+        target.appearance = t.appearance
 
 
 def merge_fragments(tracks: list[Track], cfg: StsgConfig) -> list[Track]:
@@ -87,8 +95,7 @@ def merge_fragments(tracks: list[Track], cfg: StsgConfig) -> list[Track]:
     for t in sorted(tracks, key=lambda t: (t.clip, t.times[0], t.track_id)):
         target = next((m for m in merged if _joinable(m, t, cfg)), None)
         if target is None:
-            merged.append(Track(t.clip, t.track_id, t.category, dict(t.boxes), t.color, t.conf, t.source, t.identity,
-                                list(t.changes)))
+            merged.append(dataclasses.replace(t, boxes=dict(t.boxes), changes=list(t.changes)))
         else:
             _absorb(target, t)
     interval = _sampling_interval(merged)

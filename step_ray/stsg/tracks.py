@@ -51,6 +51,7 @@ class Track:
     source: str = "tracker"
     identity: Optional[str] = None  # ground truth only: the physical object, shared across clips
     changes: list[AttrChange] = field(default_factory=list)  # ``color`` is the value at first sight
+    appearance: Optional[list[float]] = None  # unit-norm appearance embedding (perception; for same_as)
 
     @property
     def times(self) -> list[float]:
