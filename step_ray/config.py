@@ -294,7 +294,9 @@ class TrainDataConfig:
     max_actors: int = _f(1, "Most decode/encode actors (Ray Data adds actors up to this when training waits).")
     batch_size: int = _f(4, "QRA rows per batch handed to a decode/encode actor.")
     prefetch_batches: int = _f(2, "Micro-batches each training worker prefetches from its shard.")
-    shuffle_buffer: int = _f(4, "Local shuffle buffer, in micro-batches (0: stream order).")
+    shuffle_buffer: int = _f(0, "Local shuffle buffer in the workers, in micro-batches. 0: stream order, which keeps "
+                                "a question's answer and rationale sequences in one micro-batch (the questions "
+                                "themselves are shuffled once on the driver).")
 
     def validate(self, path: str) -> None:
         _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")

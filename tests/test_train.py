@@ -372,7 +372,8 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
 
     pq.write_table(pa.Table.from_pylist(table), qra / "part-0.parquet")
 
-    overrides = ["train.num_workers=2", "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
+    overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
+                 "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
                  "train.checkpoint_every=2", "train.warmup_steps=1", "train.lr=5e-3", "train.keep_checkpoints=2"]
     out = tmp_path / "run"
     first = run_training(load_config(None, overrides + ["train.steps=3"]), str(qra), out, name="t", merged=True)
@@ -381,7 +382,7 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
     assert first["base_dir"] == str(out / "base") and first["seconds_per_step"] > 0
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
     for h in first["history"]:
-        assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s"} <= set(h)
+        assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s", "tokens_per_s"} <= set(h)
         assert h["loss"] == pytest.approx(h["loss_answer"] + h["loss_rationale"], rel=1e-5)
     assert first["skipped_rows"] >= 2  # the missing and the broken video (read again every epoch)
     assert Path(first["checkpoint"]).is_dir()
@@ -424,13 +425,15 @@ def test_ray_train_zero3_lora_grad_accum_exports_a_whole_adapter(ray_session, to
     from step_ray.train.trainer import run_training
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
-    overrides = ["train.num_workers=2", "train.zero_stage=3", "train.batch_size=2", "train.grad_accum=2",
+    overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
+                 "train.zero_stage=3", "train.batch_size=2", "train.grad_accum=2",
                  "train.log_every=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lora.r=4"]
     out = tmp_path / "run3"
     first = run_training(load_config(None, overrides + ["train.steps=2"]), str(toy), out, name="z3")
     assert first["steps"] == 2 and [h["step"] for h in first["history"]] == [1, 2]
-    # Two micro-batches of 2 rows on each of 2 workers per optimizer step.
-    assert first["rows_seen"] == 2 * 2 * 2 * 2
+    # Two micro-batches (of up to 2 questions = 4 sequences) on each of 2 workers per optimizer step.
+    assert first["micro_batches"] == 2 * 2 * 2
+    assert 2 * 2 * 2 < first["samples_seen"] <= 4 * 2 * 2 * 2
     ds_files = {p.name for p in Path(first["checkpoint"], "ds").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= ds_files
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))

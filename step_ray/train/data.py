@@ -131,7 +131,6 @@ def build_sequence(
     if room < 1 or not target_ids:
         return None
     target = torch.tensor(list(target_ids)[:room], dtype=ids.dtype)
-    per_token = list(target_tasks)[:room] if target_tasks is not None else [task] * target.shape[0]
     input_ids = torch.cat([ids, target])
     labels = torch.cat([torch.full_like(ids, IGNORE_INDEX), target])
     seq = {
@@ -139,8 +138,10 @@ def build_sequence(
         "labels": labels,
         "attention_mask": torch.ones_like(input_ids),
         "task": torch.tensor(task, dtype=torch.long),
-        "label_task": torch.cat([torch.full_like(ids, -1), torch.tensor(per_token, dtype=ids.dtype)]),
     }
+    if target_tasks is not None:  # per-token tasks (joint); otherwise the sequence's task covers every token
+        per_token = torch.tensor(list(target_tasks)[:room], dtype=ids.dtype)
+        seq["label_task"] = torch.cat([torch.full_like(ids, -1), per_token])
     if "mm_token_type_ids" in prompt:  # 0 = text: the target is text
         seq["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"][0], torch.zeros_like(target)])
     for key, value in prompt.items():

@@ -327,7 +327,7 @@ def train_loop_per_worker(config: dict) -> None:
             f"the checkpoint was trained on base weights {state['base_fingerprint']}, this base is "
             f"{base_fingerprint}: use a new run name (or the old model) instead of resuming")
     history: list[dict] = list(state.get("history", []))
-    counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped", "samples", "restores")}
+    counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped", "samples", "micro_batches", "restores")}
     counters["restores"] += 1 if state else 0  # a restart after a failure, or a re-run of the same run name
     if rank == 0 and tc.lora.enabled:
         engine.module.print_trainable_parameters()
@@ -404,6 +404,7 @@ def train_loop_per_worker(config: dict) -> None:
         counters["rows"] += int(totals[4].item())
         counters["skipped"] += int(totals[5].item())
         counters["samples"] += int(totals[6].item())
+        counters["micro_batches"] += int(totals[3].item())
         history.append(metrics)
         window.zero_()
         window_start = time.perf_counter()

@@ -21,7 +21,10 @@ One output row per training sequence, in four columns: ``id`` (the QRA row), ``s
 safetensors bytes, empty for a skipped row), ``skip`` (why the row was skipped, empty when used) and ``qra_rows``
 (1 on the first row a QRA row produced, so workers count questions, not sequences). Skipped rows travel on to
 the workers, which count and drop them: every shard then keeps the same length, and the workers stay in
-lockstep (one collective per micro-batch on every rank).
+lockstep (one collective per micro-batch on every rank). A question's answer and rationale sequences are
+neighbours in the stream, so without a local shuffle (``train.data.shuffle_buffer = 0``, the default) a
+micro-batch holds both tasks of the same questions, as in Distilling Step-by-Step; the question order is
+shuffled once, on the driver.
 """
 
 from __future__ import annotations
@@ -122,13 +125,16 @@ def sequences_per_row(cfg: StepRayConfig) -> int:
     return 2 if tc.loss_format == "multitask" and tc.rationale_weight > 0 else 1
 
 
-def split_table(qra_path: str | Path, split: str = "train") -> Any:
-    """The ``split`` rows of the QRA table (a file or a directory of Parquet parts) as one Arrow table."""
+def split_table(qra_path: str | Path, split: str = "train", seed: Optional[int] = None) -> Any:
+    """The ``split`` rows of the QRA table (a file or a directory of Parquet parts) as one Arrow table, in a
+    ``seed``-shuffled order (questions of one video are otherwise neighbours, and would share micro-batches)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    dataset = pads.dataset(str(qra_path), format="parquet")
-    return dataset.to_table(filter=pc.field("split") == split)
+    table = pads.dataset(str(qra_path), format="parquet").to_table(filter=pc.field("split") == split)
+    if seed is not None and table.num_rows > 1:
+        table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+    return table
 
 
 def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train") -> Any:
@@ -136,7 +142,7 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train")
     import ray.data
 
     dc = cfg.train.data
-    table = split_table(qra_path, split)
+    table = split_table(qra_path, split, seed=cfg.run.seed)
     # Several blocks, so more than one actor can work and the workers' shards fill evenly. Sliced here, not
     # with repartition(): that is an all-to-all operator whose tasks would need CPUs of their own.
     blocks = max(1, min(table.num_rows, 4 * dc.max_actors * cfg.train.num_workers))

@@ -262,6 +262,7 @@ def run_training(
         "history": history,
         "rows_seen": state.get("rows", 0),
         "samples_seen": state.get("samples", 0),
+        "micro_batches": state.get("micro_batches", 0),
         "restores": state.get("restores", 0),
         "samples_per_s": _mean_after_first(history, "samples_per_s"),
         "tokens_per_s": _mean_after_first(history, "tokens_per_s"),
