@@ -61,7 +61,8 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     killed = None
     deadline = time.time() + 300
     while thread.is_alive() and time.time() < deadline:
-        if storage.is_dir() and any(p.name.startswith("checkpoint_") for p in storage.iterdir()):
+        # Two checkpoint folders: the first is committed (reported) while the second is being written.
+        if storage.is_dir() and sum(p.name.startswith("checkpoint_") for p in storage.iterdir()) >= 2:
             pids = _train_worker_pids()
             if pids:
                 killed = pids[-1]
@@ -77,8 +78,10 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     assert summary["steps"] == 8 and summary["restores"] >= 1
     steps = [h["step"] for h in summary["history"]]
     assert steps == list(range(1, 9))  # restored history + the steps after the restart, each once
-    kept = [p for p in storage.iterdir() if p.name.startswith("checkpoint_")]
-    assert 1 <= len(kept) <= 2  # keep the last N
+    kept = [p for p in storage.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
+    # Keep the last N (2); the folder the killed attempt was writing was never reported, so Ray Train does not
+    # manage (or delete) it: at most one more.
+    assert Path(summary["checkpoint"]) in kept and 2 <= len(kept) <= 3
 
 
 def test_export_round_trip_adapter_and_merged_logits(ray_session, toy, tmp_path, monkeypatch):
@@ -122,11 +125,15 @@ def test_export_round_trip_adapter_and_merged_logits(ray_session, toy, tmp_path,
 
 
 @pytest.mark.parametrize("family, extra", [
-    ("qwen2_vl", ["train.zero_stage=2"]),
-    ("llava_onevision", ["train.zero_stage=3"]),
+    # Qwen2-VL: the joint format, full fine-tuning (no LoRA), gradient checkpointing, ZeRO-2, accumulation.
+    ("qwen2_vl", ["train.zero_stage=2", "train.loss_format=joint", "train.lora.enabled=false", "train.lr=1e-3",
+                  "train.gradient_checkpointing=true", "train.grad_accum=2"]),
+    # LLaVA-OneVision (SigLIP + Qwen2, a non-Qwen-VL family): multitask, LoRA, ZeRO-3.
+    ("llava_onevision", ["train.zero_stage=3", "train.lora.r=4"]),
 ])
 def test_model_family_tiny_config_trains(ray_session, toy, tmp_path, monkeypatch, family, extra):
-    """Each non-default family's tiny config through two optimizer steps on 2 workers (LoRA), with the export."""
+    """Each non-default family's tiny config through two optimizer steps on 2 workers; both loss terms logged;
+    the export loads with the stock transformers / peft classes."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
@@ -134,34 +141,20 @@ def test_model_family_tiny_config_trains(ray_session, toy, tmp_path, monkeypatch
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
     cfg = load_config(None, BASE + extra + [f"model.family={family}", "train.steps=2", "train.checkpoint_every=2",
-                                            "train.batch_size=2", "train.lora.r=4"])
+                                            "train.batch_size=2"])
     out = tmp_path / family
     summary = run_training(cfg, toy, out, name=family)
     assert summary["steps"] == 2 and summary["family"] == family
-    assert all(np.isfinite(h["loss"]) and h["loss_rationale"] > 0 for h in summary["history"])
-    base = AutoModelForImageTextToText.from_pretrained(out / "base")
-    assert base.config.model_type == family
-    assert isinstance(PeftModel.from_pretrained(base, str(out / "adapter")), PeftModel)
-
-
-def test_joint_format_full_finetune_with_checkpointing(ray_session, toy, tmp_path, monkeypatch):
-    """The joint format, full fine-tuning (no LoRA), gradient checkpointing, ZeRO-2 and gradient accumulation:
-    both loss terms are logged and the exported full model loads with from_pretrained."""
-    from transformers import AutoModelForImageTextToText
-
-    from step_ray.train.trainer import run_training
-
-    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(None, BASE + ["train.loss_format=joint", "train.lora.enabled=false", "train.lr=1e-3",
-                                    "train.gradient_checkpointing=true", "train.grad_accum=2", "train.steps=2",
-                                    "train.checkpoint_every=2", "train.batch_size=2"])
-    out = tmp_path / "full"
-    summary = run_training(cfg, toy, out, name="full")
-    assert summary["steps"] == 2 and summary["loss_format"] == "joint"
-    # 2 workers x 2 micro-batches (of up to 2 sequences, one per question) per step.
-    assert summary["micro_batches"] == 2 * 2 * 2 and 2 * 2 * 2 <= summary["samples_seen"] <= 2 * 2 * 2 * 2
     for h in summary["history"]:
+        assert np.isfinite(h["loss"]) and h["loss_answer"] > 0 and h["loss_rationale"] > 0
         assert h["loss"] == pytest.approx(h["loss_answer"] + h["loss_rationale"], rel=1e-5)
-        assert h["loss_answer"] > 0 and h["loss_rationale"] > 0
-    model = AutoModelForImageTextToText.from_pretrained(Path(summary["model_dir"]))
-    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    accum = cfg.train.grad_accum
+    assert summary["micro_batches"] == 2 * accum * 2  # steps x accumulation x workers
+    if cfg.train.lora.enabled:
+        base = AutoModelForImageTextToText.from_pretrained(out / "base")
+        assert base.config.model_type == family
+        assert isinstance(PeftModel.from_pretrained(base, str(out / "adapter")), PeftModel)
+    else:
+        assert summary["loss_format"] == "joint"
+        model = AutoModelForImageTextToText.from_pretrained(Path(summary["model_dir"]))
+        assert model.config.model_type == family

@@ -93,8 +93,10 @@ def family_of(model_cfg: ModelConfig) -> Family:
 
 
 def language_module_names(model: Any) -> set[str]:
-    """Leaf names (``q_proj``, ``up_proj`` ...) of the language model's projection layers of ``model``."""
+    """Leaf names (``q_proj``, ``up_proj`` ...) of the language model's projection layers of ``model`` (the
+    modules of its attention and MLP blocks that have weights)."""
     import re
 
     pattern = re.compile(r".*language_model\.layers\.\d+\.(self_attn|mlp)\.(\w+)$")
-    return {m.group(2) for name, _ in model.named_modules() if (m := pattern.fullmatch(name))}
+    return {m.group(2) for name, module in model.named_modules()
+            if (m := pattern.fullmatch(name)) and getattr(module, "weight", None) is not None}

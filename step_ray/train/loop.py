@@ -173,8 +173,9 @@ def micro_batches(
     ``batch_size`` stream rows (sequences) become exactly one item, usable or not, so all workers advance
     through their (equal-size, ``equal=True``) shards in lockstep and meet at the same epoch boundaries: Ray
     Data's split coordinator makes every split wait there for the others, and a worker waiting there while
-    another waits in a gradient all-reduce would deadlock. Rows are shuffled within a small buffer, differently
-    every epoch (the row count, and so the batch count, stays the same).
+    another waits in a gradient all-reduce would deadlock. With ``shuffle_batches > 0`` rows are shuffled within a
+    buffer of that many micro-batches, differently every epoch (the row count, and so the batch count, stays the
+    same).
     """
     epoch = 0
     while True:

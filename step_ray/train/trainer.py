@@ -1,8 +1,11 @@
 """Launch a training run on Ray Train (``TorchTrainer`` + DeepSpeed) and export what it produced.
 
 ``run_training`` is called on the driver of an already running Ray (the caller owns ``ray.init`` /
-``ray.shutdown``: one Ray per session). The same ``RunConfig(name, storage_path)`` on a second call resumes the
-run from its latest checkpoint and continues at the saved step.
+``ray.shutdown``: one Ray per session). It first runs :func:`preflight` (incompatible options fail here, naming
+the option, before any worker starts), then fits a ``TorchTrainer`` fed by the Ray Data stream of
+:mod:`step_ray.train.stream`. The same ``RunConfig(name, storage_path)`` on a second call resumes the run from
+its latest checkpoint and continues at the saved step; within a run, ``FailureConfig(max_failures)`` restarts
+the worker group after a worker dies, and every rank restores the latest checkpoint.
 
 Outputs in ``out_dir``:
 
