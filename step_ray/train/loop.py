@@ -341,14 +341,16 @@ def train_loop_per_worker(config: dict) -> None:
     bar = progress_bar(cfg, rank, step)
 
     # Running sums since the last log: loss, answer, rationale, micro-batches, questions, skipped rows,
-    # sequences trained on, tokens (non-padding) trained on.
-    window = torch.zeros(8, dtype=torch.float64)
+    # sequences trained on, tokens (non-padding) trained on, seconds spent waiting for data.
+    window = torch.zeros(9, dtype=torch.float64)
     window_start = time.perf_counter()
     run_start = time.perf_counter()
     start_step = step
     state_mb = None
     while step < tc.steps:
+        waited = time.perf_counter()
         batch, questions, skipped = next(batches)
+        window[8] += time.perf_counter() - waited
         window[4] += questions
         window[5] += skipped
         if not all_ranks_have_data(batch, device):
@@ -398,6 +400,8 @@ def train_loop_per_worker(config: dict) -> None:
             "tokens_per_s": totals[7].item() / elapsed,
             "questions_per_s": (totals[4].item() - totals[5].item()) / elapsed,
             "skipped_rows": counters["skipped"] + int(totals[5].item()),
+            # Share of the wall time the workers waited for the data stream (input-bound when high).
+            "data_wait": totals[8].item() / world / elapsed,
             "peak_rss_mb": memory[0].item(),
             "state_mb": memory[1].item(),
             "restores": counters["restores"],
