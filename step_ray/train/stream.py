@@ -125,16 +125,12 @@ def sequences_per_row(cfg: StepRayConfig) -> int:
     return 2 if tc.loss_format == "multitask" and tc.rationale_weight > 0 else 1
 
 
-def split_table(qra_path: str | Path, split: str = "train", seed: Optional[int] = None) -> Any:
-    """The ``split`` rows of the QRA table (a file or a directory of Parquet parts) as one Arrow table, in a
-    ``seed``-shuffled order (questions of one video are otherwise neighbours, and would share micro-batches)."""
+def split_table(qra_path: str | Path, split: str = "train") -> Any:
+    """The ``split`` rows of the QRA table (a file or a directory of Parquet parts) as one Arrow table."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    table = pads.dataset(str(qra_path), format="parquet").to_table(filter=pc.field("split") == split)
-    if seed is not None and table.num_rows > 1:
-        table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
-    return table
+    return pads.dataset(str(qra_path), format="parquet").to_table(filter=pc.field("split") == split)
 
 
 def passes_needed(cfg: StepRayConfig, rows: int) -> int:
