@@ -128,8 +128,8 @@ def test_export_round_trip_adapter_and_merged_logits(ray_session, toy, tmp_path,
     # Qwen2-VL: the joint format, full fine-tuning (no LoRA), gradient checkpointing, ZeRO-2, accumulation.
     ("qwen2_vl", ["train.zero_stage=2", "train.loss_format=joint", "train.lora.enabled=false", "train.lr=1e-3",
                   "train.gradient_checkpointing=true", "train.grad_accum=2"]),
-    # LLaVA-OneVision (SigLIP + Qwen2, a non-Qwen-VL family): multitask, LoRA, ZeRO-3.
-    ("llava_onevision", ["train.zero_stage=3", "train.lora.r=4"]),
+    # LLaVA-OneVision (SigLIP + Qwen2, a non-Qwen-VL family): multitask, LoRA, ZeRO-3, bf16 on the CPU.
+    ("llava_onevision", ["train.zero_stage=3", "train.lora.r=4", "train.precision=bf16"]),
 ])
 def test_model_family_tiny_config_trains(ray_session, toy, tmp_path, monkeypatch, family, extra):
     """Each non-default family's tiny config through two optimizer steps on 2 workers; both loss terms logged;
