@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=fmt, epilog=EPILOG,
                        help="fine-tune the Video-LLM on QRA (Ray Train + DeepSpeed ZeRO + LoRA)",
                        description="Train with L = L_answer + train.rationale_weight * L_rationale on the train "
-                                   "split. Checkpoints go to DIR/checkpoints; re-running with the same DIR resumes. "
-                                   "The adapter is exported to DIR/adapter.")
+                                   "split (train.loss_format: multitask or joint), on train.num_workers Ray Train "
+                                   "workers under DeepSpeed ZeRO-train.zero_stage, fed by a Ray Data stream that "
+                                   "decodes the frames on CPU actors. Checkpoints go to DIR/checkpoints; "
+                                   "re-running with the same DIR resumes, and a dead worker is replaced "
+                                   "(train.max_failures). The adapter is exported to DIR/adapter (DIR/model "
+                                   "without LoRA). configs/train_*.yaml and configs/gpu_*.yaml are examples.")
     p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     _common(p)

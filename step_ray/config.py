@@ -344,13 +344,20 @@ class ModelConfig:
 
     name_or_path: str = _f(
         "tiny",
-        "'tiny' builds a random-weight tiny Qwen2.5-VL offline (tests, demo); otherwise a local directory or a "
-        "hub id of a Qwen2.5-VL checkpoint (loaded with from_pretrained; nothing is downloaded on machines "
-        "without the network).",
+        "'tiny' builds a random-weight tiny model of model.family offline (tests, demo); otherwise a local "
+        "directory or a hub id of a Qwen2.5-VL, Qwen2-VL or LLaVA-OneVision checkpoint (loaded with "
+        "from_pretrained; nothing is downloaded on machines without the network).",
+    )
+    family: Literal["auto", "qwen2_5_vl", "qwen2_vl", "llava_onevision"] = _f(
+        "auto",
+        "Model family: how prompts, video inputs and LoRA targets are laid out. 'auto' reads model_type from the "
+        "checkpoint's config.json (and means qwen2_5_vl for 'tiny', which builds a tiny model of this family).",
     )
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint. Off unless you trust the source.")
-    frames: int = _f(2, "Video frames given to the model per question.")
-    frame_size: int = _f(112, "Frames are resized to frame_size x frame_size (a multiple of 28).")
+    frames: int = _f(2, "Video frames given to the model per question (the frame cap: frames are sampled evenly "
+                        "over the question's time span).")
+    frame_size: int = _f(112, "Frames are resized to frame_size x frame_size (a multiple of 28): the pixel cap "
+                              "handed to the processor, so no frame exceeds frame_size^2 pixels.")
     max_length: int = _f(768, "Token cap per training sequence.")
     tiny: TinyModelConfig = _f(factory=TinyModelConfig, help="Sizes of the tiny model.")
 
@@ -373,8 +380,11 @@ class LoraConfig:
     dropout: float = _f(0.0, "LoRA dropout.")
     target_modules: list[str] = _f(
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        help="Language-model modules that get adapters (the vision tower stays frozen).",
+        help="Language-model modules that get adapters (the vision tower stays frozen). Checked against the "
+             "model before any worker starts.",
     )
+    train_vision: bool = _f(False, "Also train the vision tower (full fine-tuning only; with LoRA it stays "
+                                   "frozen).")
 
     def validate(self, path: str) -> None:
         _require(self.r >= 1, f"{path}.r", "must be >= 1")
@@ -383,30 +393,81 @@ class LoraConfig:
 
 
 @dataclass
+class TrainDataConfig:
+    """The Ray Data stream that feeds training: QRA Parquet -> decode + encode actors -> the workers' shards."""
+
+    num_cpus: float = _f(0.5, "CPUs per decode/encode actor (decord frames + the model's processor). These are "
+                              "reserved beside the training workers' CPUs: the run fails before it starts when the "
+                              "cluster cannot hold both.")
+    min_actors: int = _f(1, "Fewest decode/encode actors.")
+    max_actors: int = _f(1, "Most decode/encode actors (Ray Data adds actors up to this when training waits).")
+    batch_size: int = _f(4, "QRA rows per batch handed to a decode/encode actor.")
+    prefetch_batches: int = _f(2, "Micro-batches each training worker prefetches from its shard.")
+    shuffle_buffer: int = _f(0, "Local shuffle buffer in the workers, in micro-batches. 0: stream order, which keeps "
+                                "a question's answer and rationale sequences in one micro-batch (the questions "
+                                "themselves are shuffled once on the driver).")
+
+    def validate(self, path: str) -> None:
+        _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")
+        _require(self.min_actors >= 1, f"{path}.min_actors", "must be >= 1")
+        _require(self.max_actors >= self.min_actors, f"{path}.max_actors", "must be >= min_actors")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "must be >= 0")
+        _require(self.shuffle_buffer >= 0, f"{path}.shuffle_buffer", "must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     """Ray Train + DeepSpeed fine-tuning with the answer + rationale loss."""
 
     num_workers: int = _f(2, "Ray Train workers (one process per GPU on a cluster).")
-    use_gpu: bool = _f(False, "One GPU per worker, NCCL and bf16; false runs on CPU with gloo.")
-    cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker.")
+    use_gpu: bool = _f(False, "GPUs for the workers, NCCL; false runs on CPU with gloo.")
+    gpus_per_worker: float = _f(1.0, "GPUs per worker when use_gpu (ScalingConfig resources_per_worker).")
+    cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker (torch uses max(1, int(this)) threads).")
+    accelerator_type: Optional[str] = _f(None, "Ray accelerator type the workers need (e.g. 'A100'), or None.")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage (0, 1, 2 or 3).")
-    precision: Literal["fp32", "bf16"] = _f("fp32", "Training precision (fp16 is not offered: unsupported on CPU).")
+    offload_optimizer: bool = _f(False, "ZeRO-Offload: optimizer states (and the step) on the CPU. Needs "
+                                        "zero_stage >= 1.")
+    offload_params: bool = _f(False, "ZeRO-Infinity style parameter offload to the CPU. Needs zero_stage 3.")
+    deepspeed_config: Optional[str] = _f(
+        None,
+        "Path of your own DeepSpeed JSON, used instead of the generated one. 'auto' values for the batch sizes, "
+        "gradient accumulation, lr, weight decay and bf16 are filled from this section.")
+    precision: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32", "Training precision. bf16 works on GPU and CPU; fp16 only on GPU (DeepSpeed's CPU backend lacks it).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% "
+                                             "more compute).")
     steps: int = _f(200, "Optimizer steps.")
-    batch_size: int = _f(8, "Micro-batch size per worker.")
+    batch_size: int = _f(8, "QRA rows per micro-batch per worker (multitask with lambda > 0: two sequences each).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     lr: float = _f(1e-3, "Peak learning rate (linear warm-up, cosine decay).")
     warmup_steps: int = _f(10, "Warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
+    loss_format: Literal["multitask", "joint"] = _f(
+        "multitask",
+        "'multitask': an [answer] and an [explain] sequence per question (Distilling Step-by-Step); 'joint': one "
+        "sequence whose target is the rationale, then the answer.")
     rationale_weight: float = _f(1.0, "lambda in L = L_answer + lambda * L_rationale; 0 is the answer-only baseline.")
     checkpoint_every: int = _f(50, "Save a checkpoint every N steps (and at the end).")
-    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train.")
-    max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run.")
+    keep_checkpoints: int = _f(2, "Checkpoints kept by Ray Train (the last N).")
+    max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run (each restart resumes "
+                              "from the latest checkpoint).")
     log_every: int = _f(10, "Report metrics every N steps.")
+    progress: bool = _f(True, "Show a progress bar (rank 0) while training.")
     lora: LoraConfig = _f(factory=LoraConfig, help="LoRA settings.")
+    data: TrainDataConfig = _f(factory=TrainDataConfig, help="The Ray Data stream that feeds the workers.")
 
     def validate(self, path: str) -> None:
         _require(self.num_workers >= 1, f"{path}.num_workers", "must be >= 1")
+        _require(self.gpus_per_worker > 0, f"{path}.gpus_per_worker", "must be > 0")
+        _require(self.cpus_per_worker > 0, f"{path}.cpus_per_worker", "must be > 0")
         _require(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "must be one of 0, 1, 2, 3")
+        _require(not self.offload_optimizer or self.zero_stage >= 1, f"{path}.offload_optimizer",
+                 "needs ZeRO: set train.zero_stage to 1, 2 or 3 (stage 0 has no optimizer partition to offload)")
+        _require(not self.offload_params or self.zero_stage == 3, f"{path}.offload_params",
+                 f"needs train.zero_stage=3 (got {self.zero_stage}): only ZeRO-3 partitions the parameters")
+        _require(self.precision != "fp16" or self.use_gpu, f"{path}.precision",
+                 "fp16 needs GPUs (train.use_gpu=true): DeepSpeed's CPU backend has no fp16; use bf16 or fp32")
         _require(self.steps >= 1, f"{path}.steps", "must be >= 1")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")

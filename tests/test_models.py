@@ -124,3 +124,47 @@ def test_non_tiny_name_goes_to_from_pretrained(tmp_path):
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
     ref, _ = tiny.build_tiny(ModelConfig(), seed=3)
     assert torch.equal(model.lm_head.weight, ref.lm_head.weight)
+
+
+@pytest.mark.parametrize("family, model_class, processor_class", [
+    ("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+    ("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
+])
+def test_other_families_build_offline_train_and_reload(tmp_path, family, model_class, processor_class):
+    """Each family's tiny build: a real model class and processor, video tokens where the processor puts them,
+    forward + backward through the vision tower, save and reload with the Auto classes."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from step_ray.models.families import DEFAULT_LORA_TARGETS, FAMILIES, family_of, language_module_names
+
+    cfg = ModelConfig(family=family)
+    fam = family_of(cfg)
+    model, processor = tiny.build_tiny(cfg, seed=0)
+    assert type(model).__name__ == model_class and type(processor).__name__ == processor_class
+    frames = np.random.default_rng(0).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "[answer] What colour?"}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], videos=[frames], return_tensors="pt",
+                       videos_kwargs=fam.video_kwargs(cfg, 0.0, 2.0))
+    video_id = model.config.video_token_id if family == "qwen2_vl" else model.config.video_token_index
+    # Qwen2-VL: 2 frames -> 1 temporal patch of 8x8 merged 2x2 = 16; LLaVA-OV: 2 x (4x4 pooled) + 1 newline.
+    assert int((inputs["input_ids"] == video_id).sum()) == (16 if family == "qwen2_vl" else 33)
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    vision = getattr(model.model, fam.vision_module)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision.parameters())
+    assert language_module_names(model) == set(DEFAULT_LORA_TARGETS)
+    import re
+
+    lora = re.compile(FAMILIES[family].lora_target_regex(list(DEFAULT_LORA_TARGETS)))
+    hits = [n for n, _ in model.named_modules() if lora.fullmatch(n)]
+    assert len(hits) == 4 * 7 and not any(fam.vision_module in n for n in hits)  # never the vision tower
+    directory = tmp_path / family
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    loaded = AutoModelForImageTextToText.from_pretrained(directory)
+    assert type(loaded).__name__ == model_class
+    assert type(AutoProcessor.from_pretrained(directory)).__name__ == processor_class
+    # auto detects the family from the checkpoint's config.json.
+    assert family_of(ModelConfig(name_or_path=str(directory))).name == family

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from step_ray.config import ModelConfig, TrainConfig, load_config
+from step_ray.config import ConfigError, ModelConfig, TrainConfig, load_config
 from step_ray.train.data import (
     IGNORE_INDEX,
     TASK_ANSWER,
+    TASK_JOINT,
     TASK_RATIONALE,
     RowEncoder,
     answer_text,
@@ -30,7 +31,7 @@ from step_ray.train.data import (
     rationale_text,
     rows_from_batch,
 )
-from step_ray.train.deepspeed_config import deepspeed_config, lr_lambda
+from step_ray.train.deepspeed_config import deepspeed_config, fill_auto, lr_lambda
 from step_ray.train.frames import FrameDecodeError, _decode_pyav, read_frames, span_times
 from step_ray.train.loss import step_loss
 from step_ray.train.toy import make_toy_qra
@@ -219,6 +220,64 @@ def test_deepspeed_config_and_schedule():
     assert all(f(s) >= f(s + 1) for s in range(4, 20))
 
 
+def test_deepspeed_offload_precision_and_user_json():
+    ds = deepspeed_config(TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True), use_bf16=True)
+    zero = ds["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["params"]["torch_adam"] is False  # DeepSpeed's CPU Adam steps offloaded states
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert "offload_optimizer" not in deepspeed_config(TrainConfig(zero_stage=2), False)["zero_optimization"]
+    user = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": 0.1}},
+            "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 3}}
+    tc = TrainConfig(batch_size=3, grad_accum=4, lr=2e-4, num_workers=2)
+    filled = deepspeed_config(tc, use_bf16=False, user=user)
+    assert filled["train_micro_batch_size_per_gpu"] == 3 and filled["gradient_accumulation_steps"] == 4
+    assert filled["train_batch_size"] == 24 and filled["optimizer"]["params"] == {"lr": 2e-4, "weight_decay": 0.1}
+    assert filled["bf16"]["enabled"] is False and filled["zero_optimization"] == {"stage": 3}
+    assert user["optimizer"]["params"]["lr"] == "auto"  # the user's dict is not modified
+    assert fill_auto({"train_micro_batch_size_per_gpu": 7}, tc, False, False)["train_micro_batch_size_per_gpu"] == 7
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["train.precision=fp16"], "train.precision"),
+    (["train.offload_optimizer=true", "train.zero_stage=0"], "train.offload_optimizer"),
+    (["train.offload_params=true", "train.zero_stage=2"], "train.offload_params"),
+    (["train.loss_format=both"], "train.loss_format"),
+    (["train.data.max_actors=0"], "train.data.max_actors"),
+])
+def test_incompatible_training_options_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert err.value.field_path == field and str(err.value).startswith(field)
+
+
+def test_preflight_rejects_bad_options_before_any_worker(toy, tmp_path, monkeypatch):
+    """LoRA targets the model lacks, a broken DeepSpeed JSON, more CPUs than Ray has: caught on the driver."""
+    from step_ray.train.stream import check_resources
+    from step_ray.train.trainer import check_lora_targets
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    check_lora_targets(load_config(None, []))  # the default targets exist
+    with pytest.raises(ConfigError, match=r"^train\.lora\.target_modules: qkv_proj not in the language model"):
+        check_lora_targets(load_config(None, ["train.lora.target_modules=[q_proj, qkv_proj]"]))
+    for family in ("qwen2_vl", "llava_onevision"):
+        check_lora_targets(load_config(None, [f"model.family={family}"]))
+    with pytest.raises(ConfigError, match=r"^train\.cpus_per_worker: 2 workers x 1.0 CPUs"):
+        check_resources(load_config(None, []), {"CPU": 2.0})
+    check_resources(load_config(None, ["train.cpus_per_worker=0.5"]), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"^train\.gpus_per_worker"):
+        check_resources(load_config(None, ["train.use_gpu=true", "train.cpus_per_worker=0.5"]), {"CPU": 8, "GPU": 1})
+    from step_ray.train.deepspeed_config import load_user_config
+
+    bad = tmp_path / "ds.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"^train\.deepspeed_config: .* is not valid JSON"):
+        load_user_config(str(bad))
+    with pytest.raises(ConfigError, match=r"^train\.deepspeed_config: no such file"):
+        load_user_config(str(tmp_path / "none.json"))
+
+
 def test_lora_targets_only_the_language_model(processor):
     import re
 
@@ -229,6 +288,63 @@ def test_lora_targets_only_the_language_model(processor):
     pattern = re.compile(lora_target_regex(TrainConfig().lora.target_modules))
     hits = [n for n, _ in model.named_modules() if pattern.fullmatch(n)]
     assert len(hits) == 4 * 7 and all("language_model" in n for n in hits)
+
+
+# ------------------------------------------------------------------------------------------------ joint format
+
+
+def test_per_token_tasks_split_one_sequence_into_both_terms():
+    """joint: the rationale and the answer tokens of one sequence go to their own terms, each its own mean."""
+    logits = torch.randn(1, 6, 4, requires_grad=True)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, 0, 1]])
+    token_task = torch.tensor([[-1, TASK_RATIONALE, TASK_RATIONALE, TASK_RATIONALE, TASK_ANSWER, TASK_ANSWER]])
+    lg = logits.tolist()[0]
+    rationale = sum(_ce(lg[t], labels[0, t + 1].item()) for t in range(0, 3)) / 3
+    answer = sum(_ce(lg[t], labels[0, t + 1].item()) for t in range(3, 5)) / 2
+    out = step_loss(logits, labels, token_task, rationale_weight=2.0)
+    assert out.answer.item() == pytest.approx(answer, rel=1e-5)
+    assert out.rationale.item() == pytest.approx(rationale, rel=1e-5)
+    assert out.loss.item() == pytest.approx(answer + 2.0 * rationale, rel=1e-5)
+    assert (out.answer_tokens, out.rationale_tokens) == (2, 3)
+
+
+def test_joint_format_builds_one_sequence_rationale_then_answer(toy_rows, processor):
+    row = [r for r in toy_rows if r["split"] == "train"][1]
+    encoder = RowEncoder(processor, ModelConfig(), rationale_weight=1.0, loss_format="joint")
+    batch = encoder([row])
+    tok = processor.tokenizer
+    assert batch["task"].tolist() == [TASK_JOINT]
+    labels, tasks = batch["labels"][0], batch["label_task"][0]
+    target = labels[labels != IGNORE_INDEX]
+    text = tok.decode(target)
+    assert text.startswith(rationale_text(row)) and text.endswith(f"Answer: {answer_text(row)}<|im_end|>")
+    # Every target token has a task: the rationale ones first, then the answer ones (answer + end of turn).
+    target_tasks = tasks[labels != IGNORE_INDEX].tolist()
+    n_answer = len(tok(" " + answer_text(row), add_special_tokens=False)["input_ids"]) + 1
+    assert target_tasks == [TASK_RATIONALE] * (len(target_tasks) - n_answer) + [TASK_ANSWER] * n_answer
+    assert (tasks[labels == IGNORE_INDEX] == -1).all()
+    assert "[explain]" in tok.decode(batch["input_ids"][0])
+    # lambda = 0 in the joint format: the answer conditioned on the rationale, the rationale unsupervised.
+    logits = torch.randn(1, labels.shape[0], len(tok))
+    out = step_loss(logits, batch["labels"], batch["label_task"], 0.0)
+    assert out.rationale_tokens > 0 and out.loss.item() == pytest.approx(out.answer.item())
+
+
+def test_joint_target_cuts_the_rationale_never_the_answer(toy_rows, processor):
+    row = dict(toy_rows[0], rationale=["word " * 400])
+    seq = RowEncoder(processor, ModelConfig(max_length=128), 1.0, "joint").sequences(row)[0]
+    assert seq["input_ids"].shape[0] == 128
+    tail = processor.tokenizer.decode(seq["input_ids"][-4:])
+    assert tail.endswith(answer_text(row) + "<|im_end|>")
+
+
+def test_sequences_survive_the_stream_encoding(toy_rows, processor):
+    from step_ray.train.data import pack_sequence, unpack_sequence
+
+    seqs = RowEncoder(processor, ModelConfig(), 1.0).sequences(toy_rows[0])
+    back = [unpack_sequence(pack_sequence(s)) for s in seqs]
+    a, b = collate(seqs, 0), collate(back, 0)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------------------------ Ray
@@ -256,7 +372,8 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
 
     pq.write_table(pa.Table.from_pylist(table), qra / "part-0.parquet")
 
-    overrides = ["train.num_workers=2", "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
+    overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
+                 "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
                  "train.checkpoint_every=2", "train.warmup_steps=1", "train.lr=5e-3", "train.keep_checkpoints=2"]
     out = tmp_path / "run"
     first = run_training(load_config(None, overrides + ["train.steps=3"]), str(qra), out, name="t", merged=True)
@@ -265,7 +382,7 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
     assert first["base_dir"] == str(out / "base") and first["seconds_per_step"] > 0
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
     for h in first["history"]:
-        assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s"} <= set(h)
+        assert {"loss", "loss_answer", "loss_rationale", "lr", "samples_per_s", "tokens_per_s"} <= set(h)
         assert h["loss"] == pytest.approx(h["loss_answer"] + h["loss_rationale"], rel=1e-5)
     assert first["skipped_rows"] >= 2  # the missing and the broken video (read again every epoch)
     assert Path(first["checkpoint"]).is_dir()
@@ -308,13 +425,15 @@ def test_ray_train_zero3_lora_grad_accum_exports_a_whole_adapter(ray_session, to
     from step_ray.train.trainer import run_training
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
-    overrides = ["train.num_workers=2", "train.zero_stage=3", "train.batch_size=2", "train.grad_accum=2",
+    overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
+                 "train.zero_stage=3", "train.batch_size=2", "train.grad_accum=2",
                  "train.log_every=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lora.r=4"]
     out = tmp_path / "run3"
     first = run_training(load_config(None, overrides + ["train.steps=2"]), str(toy), out, name="z3")
     assert first["steps"] == 2 and [h["step"] for h in first["history"]] == [1, 2]
-    # Two micro-batches of 2 rows on each of 2 workers per optimizer step.
-    assert first["rows_seen"] == 2 * 2 * 2 * 2
+    # Two micro-batches (of up to 2 questions = 4 sequences) on each of 2 workers per optimizer step.
+    assert first["micro_batches"] == 2 * 2 * 2
+    assert 2 * 2 * 2 < first["samples_seen"] <= 4 * 2 * 2 * 2
     ds_files = {p.name for p in Path(first["checkpoint"], "ds").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= ds_files
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))

@@ -1,7 +1,7 @@
 """Load the Video-LLM and its processor from the config: the tiny offline build or a real checkpoint.
 
-``model.name_or_path == 'tiny'`` builds the random-weight tiny Qwen2.5-VL of :mod:`step_ray.models.tiny`
-once per (sizes, frame size, seed, transformers version), saves it under a cache directory and loads it
+``model.name_or_path == 'tiny'`` builds the random-weight tiny model (of ``model.family``) of
+:mod:`step_ray.models.tiny` once per (family, sizes, frame size, seed, transformers version), saves it under a cache directory and loads it
 back from there with ``from_pretrained``: the base model a run trains, the base it exports next to its
 adapter and the base the evaluation scores are then the same weights and the same tokenizer, whichever
 process (driver, train worker, eval) asks first.
@@ -42,6 +42,7 @@ def tiny_key(model_cfg: ModelConfig, seed: int) -> str:
     from step_ray.models import tiny
 
     payload = {
+        "family": tiny.tiny_family(model_cfg),
         "tiny": asdict(model_cfg.tiny),
         "frame_size": model_cfg.frame_size,
         "seed": seed,

@@ -1,13 +1,16 @@
-"""A random-weight tiny Qwen2.5-VL that builds offline: tokenizer, processor and model.
+"""Random-weight tiny Video-LLMs that build offline: tokenizer, processor and model, one per model family.
 
-Nothing can be downloaded here, so tests and the demo build a real ``Qwen2_5_VLForConditionalGeneration`` from
-a small config, with
+Nothing can be downloaded here, so tests and the demo build a real ``Qwen2_5_VLForConditionalGeneration``
+(or ``Qwen2VLForConditionalGeneration``, or ``LlavaOnevisionForConditionalGeneration``) from a small config, with
 
 * a byte-level BPE tokenizer trained (deterministically) on a small embedded English text that covers the
   question / rationale vocabulary of the synthetic world, wrapped as transformers' ``Qwen2Tokenizer`` (the
   fast, ``tokenizers``-backed class) with Qwen's special tokens and Qwen2.5-VL's chat template;
-* the real ``Qwen2_5_VLProcessor`` with the real image and video processors, their pixel budget set so a
-  ``frame_size`` x ``frame_size`` frame is not resized.
+* the real ``Qwen2_5_VLProcessor`` / ``Qwen2VLProcessor`` / ``LlavaOnevisionProcessor`` with the family's real
+  image and video processors, sized so a ``frame_size`` x ``frame_size`` frame is not resized.
+
+LLaVA-OneVision gets the same tokenizer plus its ``<image>`` / ``<video>`` placeholder tokens and a chat template
+of the same (ChatML) shape, so prompts and targets are built the same way for every family.
 
 The pieces are saved with ``save_pretrained`` so that a base model and a model trained from it share the
 same weights and tokenizer: see :func:`step_ray.models.loading.load_model_and_processor`.
@@ -132,7 +135,8 @@ def training_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024) -> Any:
+def build_tokenizer(vocab_size: int = 1024, extra_special: tuple[str, ...] = (),
+                    chat_template: str = CHAT_TEMPLATE) -> Any:
     """Train a byte-level BPE on :func:`training_corpus` and wrap it as transformers' ``Qwen2Tokenizer``.
 
     The trainer sees a fixed corpus in a fixed order and runs single-threaded for the merge counts, so the
@@ -174,15 +178,18 @@ def build_tokenizer(vocab_size: int = 1024) -> Any:
     )
     # Qwen's special tokens come after the BPE vocabulary, as in the real checkpoints.
     tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]}
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
+                                       for t in SPECIAL_TOKENS + tuple(extra_special)]}
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
-def build_processor(tokenizer: Any, frame_size: int) -> Any:
-    """The real ``Qwen2_5_VLProcessor`` around ``tokenizer``; its pixel budget keeps a ``frame_size`` square."""
-    from transformers import Qwen2_5_VLProcessor
+def build_processor(tokenizer: Any, frame_size: int, family: str = "qwen2_5_vl") -> Any:
+    """The family's real processor around ``tokenizer``; its pixel budget keeps a ``frame_size`` square."""
+    if family == "llava_onevision":
+        return build_llava_onevision_processor(tokenizer, frame_size)
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -190,7 +197,8 @@ def build_processor(tokenizer: Any, frame_size: int) -> Any:
     image_processor = Qwen2VLImageProcessor(size=dict(size))
     # cap_pixels_per_frame=False: the frames are already sized; no per-frame cap (and no deprecation warning).
     video_processor = Qwen2VLVideoProcessor(size=dict(size), cap_pixels_per_frame=False)
-    return Qwen2_5_VLProcessor(
+    cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    return cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
@@ -214,14 +222,21 @@ def mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def build_config(tiny: TinyModelConfig, tokenizer: Any) -> Any:
-    """A ``Qwen2_5_VLConfig`` of the tiny sizes whose token ids match ``tokenizer``."""
-    from transformers import Qwen2_5_VLConfig
+LLAVA_SPECIAL_TOKENS: tuple[str, ...] = ("<image>", "<video>")
 
+# LLaVA-OneVision's tiny chat template: ChatML like Qwen's, with its ``<image>`` / ``<video>`` placeholders.
+LLAVA_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
+    "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
+
+
+def _text_config(tiny: TinyModelConfig, tokenizer: Any, mrope: bool) -> dict[str, Any]:
+    """The tiny Qwen2 text decoder shared by every family (M-RoPE sections only for the Qwen-VL families)."""
     head_dim = tiny.hidden_size // tiny.num_heads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vision_heads = max(1, tiny.vision_hidden_size // 16)
-    text_config = {
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
+    if mrope:
+        rope["mrope_section"] = mrope_section(head_dim)
+    return {
         "vocab_size": len(tokenizer),
         "hidden_size": tiny.hidden_size,
         "intermediate_size": tiny.hidden_size * 2,
@@ -229,7 +244,7 @@ def build_config(tiny: TinyModelConfig, tokenizer: Any) -> Any:
         "num_attention_heads": tiny.num_heads,
         "num_key_value_heads": tiny.num_heads,
         "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim)},
+        "rope_parameters": rope,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -239,6 +254,55 @@ def build_config(tiny: TinyModelConfig, tokenizer: Any) -> Any:
         # random tiny model stalls at a token CE of ~4.5 (measured); at 1/sqrt(width) it learns the toy tasks.
         "initializer_range": tiny.hidden_size ** -0.5,
     }
+
+
+def build_config(tiny: TinyModelConfig, tokenizer: Any, family: str = "qwen2_5_vl", frame_size: int = 112) -> Any:
+    """The tiny config of ``family`` whose token ids match ``tokenizer`` (``frame_size``: SigLIP's fixed image
+    size, LLaVA-OneVision only)."""
+    from transformers import LlavaOnevisionConfig, Qwen2_5_VLConfig, Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vision_heads = max(1, tiny.vision_hidden_size // 16)
+    if family == "llava_onevision":
+        return LlavaOnevisionConfig(
+            text_config={"model_type": "qwen2", **_text_config(tiny, tokenizer, mrope=False)},
+            vision_config={
+                "model_type": "siglip_vision_model",
+                "hidden_size": tiny.vision_hidden_size,
+                "intermediate_size": tiny.vision_hidden_size * 2,
+                "num_hidden_layers": tiny.vision_depth,
+                "num_attention_heads": vision_heads,
+                "image_size": frame_size,
+                "patch_size": 14,
+            },
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+            image_grid_pinpoints=[[frame_size, frame_size]],
+            tie_word_embeddings=False,
+        )
+    common = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+    }
+    text_config = _text_config(tiny, tokenizer, mrope=True)
+    if family == "qwen2_vl":
+        vision_config = {
+            "depth": tiny.vision_depth,
+            "embed_dim": tiny.vision_hidden_size,
+            "hidden_size": tiny.hidden_size,  # the merger projects straight into the text hidden size
+            "mlp_ratio": 2,
+            "num_heads": vision_heads,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "initializer_range": tiny.vision_hidden_size ** -0.5,
+        }
+        return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **common)
     vision_config = {
         "depth": tiny.vision_depth,
         "hidden_size": tiny.vision_hidden_size,
@@ -253,28 +317,53 @@ def build_config(tiny: TinyModelConfig, tokenizer: Any) -> Any:
         "tokens_per_second": 2,
         "initializer_range": tiny.vision_hidden_size ** -0.5,
     }
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+    return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **common)
+
+
+def build_llava_onevision_processor(tokenizer: Any, frame_size: int) -> Any:
+    """The real ``LlavaOnevisionProcessor``: frames resized to ``frame_size`` squares, 14-pixel patches."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    size = {"height": frame_size, "width": frame_size}
+    patches = (frame_size // 14) ** 2
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[frame_size, frame_size]]),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=patches,
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_CHAT_TEMPLATE,
     )
 
 
-def build_tiny(model_cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
-    """(model, processor): a random-weight tiny Qwen2.5-VL in fp32; the same ``seed`` gives the same weights."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+MODEL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
 
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer, model_cfg.frame_size)
-    config = build_config(model_cfg.tiny, tokenizer)
+
+def tiny_family(model_cfg: ModelConfig) -> str:
+    """The family the tiny build uses: ``model.family``, with 'auto' meaning Qwen2.5-VL."""
+    return "qwen2_5_vl" if model_cfg.family == "auto" else model_cfg.family
+
+
+def build_tiny(model_cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor): a random-weight tiny model of ``model.family`` in fp32; the same ``seed`` gives the
+    same weights."""
+    import transformers
+
+    family = tiny_family(model_cfg)
+    if family == "llava_onevision":
+        tokenizer = build_tokenizer(extra_special=LLAVA_SPECIAL_TOKENS, chat_template=LLAVA_CHAT_TEMPLATE)
+    else:
+        tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer, model_cfg.frame_size, family)
+    config = build_config(model_cfg.tiny, tokenizer, family, model_cfg.frame_size)
     # A private generator state: building the model must not disturb (or depend on) the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = getattr(transformers, MODEL_CLASSES[family])(config)
     model.eval()
     return model, processor
 

@@ -1,15 +1,23 @@
-"""QRA rows -> model inputs with labels: the multitask (Distilling Step-by-Step) training format.
+"""QRA rows -> model inputs with labels, in one of two training formats.
 
-Each QRA row gives up to two sequences over the same video frames:
+``multitask`` (Distilling Step-by-Step): up to two sequences per QRA row over the same video frames,
 
 * ``[answer] question + options``  -> target: the answer text          (task ``answer``)
 * ``[explain] question + options`` -> target: the rationale sentences  (task ``rationale``)
 
+``joint``: one sequence per row, ``[explain] question + options`` -> target: the rationale, then
+``Answer: <answer>``; its rationale tokens belong to the rationale term of the loss, its answer tokens to the
+answer term (every target token carries its task, see :mod:`step_ray.train.loss`).
+
 The prompt is the model's own chat template (user turn = the video + the text, then the assistant header), the
-target is appended token by token and closed with ``<|im_end|>``; labels are -100 everywhere except the target
-tokens. With ``rationale_weight == 0`` the rationale sequences are not built at all (the answer-only baseline
-costs no compute for a term it ignores). Every sequence carries its video, so every micro-batch has visual input
-(ZeRO-3 hangs on mixed text / video batches, see DESIGN).
+target is appended token by token and closed with the end-of-turn token; labels are -100 everywhere except the
+target tokens. With ``rationale_weight == 0`` the multitask rationale sequences are not built at all (the
+answer-only baseline costs no compute for a term it ignores). Every sequence carries its video, so every
+micro-batch has visual input (ZeRO-3 hangs on mixed text / video batches, see DESIGN).
+
+Sequences travel from the Ray Data encode stage to the training workers as ``safetensors`` bytes
+(:func:`pack_sequence` / :func:`unpack_sequence`): one binary column holds any family's tensors, whatever their
+shapes, and nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 TASK_ANSWER = 0
 TASK_RATIONALE = 1
-TASK_NAMES = ("answer", "rationale")
-TASK_TAGS = ("[answer]", "[explain]")
+TASK_JOINT = 2  # a sequence whose target is the rationale, then the answer (``joint`` format)
+TASK_NAMES = ("answer", "rationale", "joint")
+TASK_TAGS = ("[answer]", "[explain]", "[explain]")
+JOINT_ANSWER_MARK = "\nAnswer:"
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # per-token processor outputs
 OPTION_LETTERS = "ABCDEFGH"
 
 
@@ -88,17 +99,11 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 
 def video_kwargs(model_cfg: ModelConfig, start: Optional[float], end: Optional[float]) -> dict:
-    """Processor kwargs for our pre-sampled frames: no resampling, a pixel budget that keeps the frame size,
-    and the span's effective frame rate (it sets the temporal spacing of Qwen2.5-VL's 3-D positions)."""
-    from transformers.video_utils import VideoMetadata
+    """Processor kwargs for our pre-sampled frames (the model family decides; see
+    :meth:`step_ray.models.families.Family.video_kwargs`)."""
+    from step_ray.models.families import family_of
 
-    n = model_cfg.frames
-    span = (end - start) if (start is not None and end is not None and end > start) else float(n)
-    return {
-        "do_sample_frames": False,
-        "size": {"shortest_edge": 56 * 56, "longest_edge": model_cfg.frame_size * model_cfg.frame_size},
-        "video_metadata": [VideoMetadata(total_num_frames=n, fps=n / span)],
-    }
+    return family_of(model_cfg).video_kwargs(model_cfg, start, end)
 
 
 def encode_prompt(processor: Any, text: str, frames: np.ndarray, vkw: dict) -> dict[str, torch.Tensor]:
@@ -112,11 +117,14 @@ def build_sequence(
     target_ids: Sequence[int],
     task: int,
     max_length: int,
+    target_tasks: Optional[Sequence[int]] = None,
 ) -> Optional[dict[str, Any]]:
     """One training sequence: prompt ids + target ids, labels only on the target.
 
-    The target is cut to fit ``max_length`` (the prompt never is: cutting it could split the video tokens);
-    returns None when not even one target token fits.
+    ``target_tasks`` gives each target token its loss term (default: all ``task``). The target is cut to fit
+    ``max_length`` (the prompt never is: cutting it could split the video tokens); returns None when not even
+    one target token fits. Every non-token output of the processor (pixels, grids, frame timings) is kept
+    as it is, so any model family's visual inputs pass through.
     """
     ids = prompt["input_ids"][0]
     room = max_length - ids.shape[0]
@@ -129,15 +137,33 @@ def build_sequence(
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": torch.ones_like(input_ids),
-        "task": task,
-        "pixel_values_videos": prompt["pixel_values_videos"],
-        "video_grid_thw": prompt["video_grid_thw"],
+        "task": torch.tensor(task, dtype=torch.long),
     }
+    if target_tasks is not None:  # per-token tasks (joint); otherwise the sequence's task covers every token
+        per_token = torch.tensor(list(target_tasks)[:room], dtype=ids.dtype)
+        seq["label_task"] = torch.cat([torch.full_like(ids, -1), per_token])
     if "mm_token_type_ids" in prompt:  # 0 = text: the target is text
         seq["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"][0], torch.zeros_like(target)])
-    if "second_per_grid_ts" in prompt:
-        seq["second_per_grid_ts"] = torch.as_tensor(prompt["second_per_grid_ts"], dtype=torch.float32).reshape(-1)
+    for key, value in prompt.items():
+        if key not in TOKEN_KEYS:
+            seq[key] = torch.as_tensor(value)
+    if "second_per_grid_ts" in seq:
+        seq["second_per_grid_ts"] = seq["second_per_grid_ts"].to(torch.float32).reshape(-1)
     return seq
+
+
+def joint_target(tok: Any, row: Mapping[str, Any], eot: int, room: int) -> Optional[tuple[list[int], list[int]]]:
+    """(target ids, per-token tasks) of the ``joint`` format: rationale + ``Answer:`` then the answer.
+
+    When the target must be cut to ``room`` tokens the rationale loses its end, never the answer; None when
+    not even the answer fits.
+    """
+    answer = tok(" " + answer_text(row), add_special_tokens=False)["input_ids"] + [eot]
+    rationale = tok(rationale_text(row) + JOINT_ANSWER_MARK, add_special_tokens=False)["input_ids"]
+    if len(answer) > room:
+        return None
+    rationale = rationale[: room - len(answer)]
+    return rationale + answer, [TASK_RATIONALE] * len(rationale) + [TASK_ANSWER] * len(answer)
 
 
 def row_sequences(
@@ -146,11 +172,21 @@ def row_sequences(
     processor: Any,
     model_cfg: ModelConfig,
     rationale_weight: float,
+    loss_format: str = "multitask",
 ) -> list[dict[str, Any]]:
-    """The training sequences of one QRA row: the answer one, and the rationale one when ``λ > 0``."""
+    """The training sequences of one QRA row: ``multitask``: the answer one, and the rationale one when
+    ``λ > 0``; ``joint``: one sequence with both targets."""
     tok = processor.tokenizer
     eot = end_of_turn_id(tok)
     vkw = video_kwargs(model_cfg, row.get("start"), row.get("end"))
+    if loss_format == "joint":
+        prompt = encode_prompt(processor, prompt_text(processor, TASK_JOINT, row["question"], row["options"]),
+                               frames, vkw)
+        target = joint_target(tok, row, eot, model_cfg.max_length - prompt["input_ids"].shape[1])
+        if target is None:
+            return []
+        seq = build_sequence(prompt, target[0], TASK_JOINT, model_cfg.max_length, target_tasks=target[1])
+        return [seq] if seq is not None else []
     tasks = [(TASK_ANSWER, answer_text(row))]
     if rationale_weight > 0:
         rationale = rationale_text(row)
@@ -167,7 +203,8 @@ def row_sequences(
 
 
 def collate(sequences: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence; videos are concatenated in sequence order (Qwen's layout)."""
+    """Right-pad the per-token tensors to the longest sequence; every other (visual) tensor is concatenated
+    along its first dimension in sequence order (Qwen's flat patches and LLaVA's per-video frames alike)."""
     if not sequences:
         raise ValueError("collate: no sequences")
     longest = max(s["input_ids"].shape[0] for s in sequences)
@@ -183,15 +220,31 @@ def collate(sequences: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, to
         "input_ids": pad("input_ids", pad_id),
         "labels": pad("labels", IGNORE_INDEX),
         "attention_mask": pad("attention_mask", 0),
-        "task": torch.tensor([int(s["task"]) for s in sequences], dtype=torch.long),
-        "pixel_values_videos": torch.cat([s["pixel_values_videos"] for s in sequences]),
-        "video_grid_thw": torch.cat([s["video_grid_thw"] for s in sequences]),
+        "task": torch.stack([torch.as_tensor(s["task"], dtype=torch.long).reshape(()) for s in sequences]),
     }
+    if all("label_task" in s for s in sequences):
+        batch["label_task"] = pad("label_task", -1)
     if all("mm_token_type_ids" in s for s in sequences):
         batch["mm_token_type_ids"] = pad("mm_token_type_ids", 0)
-    if all("second_per_grid_ts" in s for s in sequences):
-        batch["second_per_grid_ts"] = torch.cat([s["second_per_grid_ts"] for s in sequences])
+    skip = set(batch) | {"label_task", "mm_token_type_ids"}
+    for key in sequences[0]:
+        if key not in skip and all(key in s for s in sequences):
+            batch[key] = torch.cat([torch.as_tensor(s[key]) for s in sequences])
     return batch
+
+
+def pack_sequence(seq: Mapping[str, Any]) -> bytes:
+    """One sequence as ``safetensors`` bytes (a Ray Data binary cell)."""
+    from safetensors.torch import save
+
+    return save({k: torch.as_tensor(v).contiguous() for k, v in seq.items()})
+
+
+def unpack_sequence(data: bytes) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_sequence`."""
+    from safetensors.torch import load
+
+    return load(bytes(data))
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -222,21 +275,24 @@ def rows_from_batch(batch: Any) -> list[dict[str, Any]]:
 
 
 class RowEncoder:
-    """QRA rows -> one collated micro-batch (frames decoded here, on the worker that trains on them).
+    """QRA rows -> training sequences (frames decoded here, in the Ray Data encode actor).
 
     A row whose video is missing or undecodable, or whose prompt is longer than ``model.max_length``, is
     skipped and counted in :attr:`stats` with its reason; it never stops training.
     """
 
-    def __init__(self, processor: Any, model_cfg: ModelConfig, rationale_weight: float):
+    def __init__(self, processor: Any, model_cfg: ModelConfig, rationale_weight: float,
+                 loss_format: str = "multitask"):
         self.processor = processor
         self.model_cfg = model_cfg
         self.rationale_weight = rationale_weight
+        self.loss_format = loss_format
         self.pad_id = int(processor.tokenizer.pad_token_id or 0)
         self.stats = EncodeStats()
         self._warned: set = set()
 
-    def sequences(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def encode(self, row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
+        """(sequences of ``row``, None) or ([], the reason it was skipped)."""
         self.stats.rows += 1
         try:
             frames = read_frames(
@@ -248,11 +304,15 @@ class RowEncoder:
                 self._warned.add(row.get("id"))
                 logger.warning("skipping QRA row %s: %s", row.get("id"), err)
             self.stats.skip("video")
-            return []
-        seqs = row_sequences(row, frames, self.processor, self.model_cfg, self.rationale_weight)
+            return [], "video"
+        seqs = row_sequences(row, frames, self.processor, self.model_cfg, self.rationale_weight, self.loss_format)
         if not seqs:
             self.stats.skip("too_long")
-        return seqs
+            return [], "too_long"
+        return seqs, None
+
+    def sequences(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self.encode(row)[0]
 
     def __call__(self, rows: Iterable[Mapping[str, Any]]) -> Optional[dict[str, torch.Tensor]]:
         """The collated micro-batch of ``rows``, or None when no row of it could be used."""

@@ -3,17 +3,16 @@
 Read it top to bottom, like a torchtune recipe:
 
 1. ``setup_environment``  - DeepSpeed's accelerator, threads, the device, the process group.
-2. ``build_model``        - the base Video-LLM, vision tower frozen, LoRA on the language model.
-3. ``build_engine``       - DeepSpeed ZeRO (stage from the config) with AdamW and warm-up + cosine.
-4. ``restore``            - resume from the run's latest Ray Train checkpoint, if there is one.
-5. the loop               - micro-batches from this worker's Ray Data shard -> loss -> backward -> step;
-                            metrics every ``log_every`` steps, a checkpoint every ``checkpoint_every``.
-
-Frames are decoded here, on the training worker, rather than in a Ray Data ``map_batches`` stage before the
-trainer: a question needs only ``model.frames`` (2) small frames, decoding them costs a few milliseconds next
-to a training step, and a separate decode stage would need CPU slots of its own beside the training workers
-(on a 2-core machine the workers hold them all, and the stage would starve). The dataset that reaches the
-trainer is the materialised train split of the QRA table (compact text rows), so the shards need no CPU either.
+2. ``build_model``        - the base Video-LLM, vision tower frozen, LoRA on the language model (or full
+                            fine-tuning), gradient checkpointing when asked.
+3. ``build_engine``       - DeepSpeed ZeRO (stage, offload, precision from the config, or the user's JSON) with
+                            AdamW and warm-up + cosine.
+4. ``restore``            - resume from the run's latest Ray Train checkpoint, if there is one (a re-run with the
+                            same run name, or Ray Train restarting the worker group after a worker died).
+5. the loop               - micro-batches from this worker's Ray Data shard (``iter_torch_batches``; frames are
+                            decoded and encoded by the data stream's CPU actors, see :mod:`step_ray.train.stream`)
+                            -> loss -> backward -> step; metrics every ``log_every`` steps, a checkpoint every
+                            ``checkpoint_every``; a progress bar on rank 0.
 """
 
 from __future__ import annotations
@@ -79,21 +78,25 @@ def setup_environment(cfg: StepRayConfig) -> tuple[torch.device, int, int]:
 
 
 def lora_target_regex(target_modules: list[str]) -> str:
-    """A peft ``target_modules`` regex that matches only the language model's projections.
+    """A peft ``target_modules`` regex that matches only the language model's projections (every supported
+    family names them alike; see :meth:`step_ray.models.families.Family.lora_target_regex`)."""
+    from step_ray.models.families import FAMILIES
 
-    Qwen2.5-VL's vision blocks also have ``gate_proj``/``up_proj``/``down_proj``; a plain name list would put
-    adapters on the (frozen) vision tower too.
-    """
-    names = "|".join(sorted(set(target_modules)))
-    return rf".*language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
+    return FAMILIES["qwen2_5_vl"].lora_target_regex(target_modules)
 
 
 def build_model(cfg: StepRayConfig, device: torch.device) -> tuple[Any, Any]:
     """(model, processor): the base in fp32, everything frozen but LoRA (or the whole language model)."""
+    from step_ray.models.families import family_of
     from step_ray.models.loading import load_model_and_processor
 
+    family = family_of(cfg.model)
     model, processor = load_model_and_processor(cfg.model, device=device, dtype=torch.float32, seed=cfg.run.seed)
     model.requires_grad_(False)
+    if cfg.train.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and under ZeRO-3's parameter hooks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     lora = cfg.train.lora
     # Same seed on every rank: the LoRA A matrices must start identical on all data-parallel replicas.
     torch.manual_seed(cfg.run.seed)
@@ -104,20 +107,22 @@ def build_model(cfg: StepRayConfig, device: torch.device) -> tuple[Any, Any]:
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora_target_regex(lora.target_modules),
+            target_modules=family.lora_target_regex(lora.target_modules),
             bias="none",
         )
         model = get_peft_model(model, peft_cfg)
     else:
+        vision = f".{family.vision_module}."
         for name, param in model.named_parameters():
-            if "language_model" in name or name.startswith("lm_head"):
+            if "language_model" in name or name.startswith("lm_head") or (lora.train_vision and vision in name):
                 param.requires_grad_(True)
     model.train()
     return model, processor
 
 
-def build_engine(cfg: StepRayConfig, model: Any, use_bf16: bool) -> Any:
-    """The DeepSpeed engine (optimizer and LR schedule inside)."""
+def build_engine(cfg: StepRayConfig, model: Any, use_bf16: bool, use_fp16: bool = False,
+                 user_ds: Optional[dict] = None) -> Any:
+    """The DeepSpeed engine (optimizer and LR schedule inside); ``user_ds``: the user's DeepSpeed JSON."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -128,7 +133,7 @@ def build_engine(cfg: StepRayConfig, model: Any, use_bf16: bool) -> Any:
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=params,
-        config=deepspeed_config(cfg.train, use_bf16=use_bf16),
+        config=deepspeed_config(cfg.train, use_bf16=use_bf16, use_fp16=use_fp16, user=user_ds),
         lr_scheduler=lambda optimizer: LambdaLR(optimizer, schedule),
     )
     return engine
@@ -161,25 +166,26 @@ def restore(engine: Any) -> dict[str, Any]:
 
 
 def micro_batches(
-    shard: Any, encoder: Any, batch_size: int, seed: int
-) -> Iterator[Optional[dict[str, torch.Tensor]]]:
-    """Endless micro-batches from this worker's shard (epoch after epoch); None for a batch with no usable row.
+    shard: Any, collate: Any, batch_size: int, prefetch: int, shuffle_batches: int, seed: int
+) -> Iterator[tuple[Optional[dict[str, torch.Tensor]], int, int]]:
+    """Endless ``(micro-batch or None, questions, skipped rows)`` from this worker's shard, epoch after epoch.
 
-    One raw batch of rows becomes exactly one item, usable or not, so all workers advance through their
-    (equal-size, ``equal=True``) shards in lockstep and meet at the same epoch boundaries: Ray Data's split
-    coordinator makes every split wait there for the others, and a worker waiting there while another waits in
-    a gradient all-reduce would deadlock. Rows are shuffled within a small buffer, differently every epoch
-    (the row count, and so the batch count, stays the same).
+    ``batch_size`` stream rows (sequences) become exactly one item, usable or not, so all workers advance
+    through their (equal-size, ``equal=True``) shards in lockstep and meet at the same epoch boundaries: Ray
+    Data's split coordinator makes every split wait there for the others, and a worker waiting there while
+    another waits in a gradient all-reduce would deadlock. With ``shuffle_batches > 0`` rows are shuffled within a
+    buffer of that many micro-batches, differently every epoch (the row count, and so the batch count, stays the
+    same).
     """
-    from step_ray.train.data import rows_from_batch
-
     epoch = 0
     while True:
         produced = 0
-        for raw in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=False,
-                                      local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch):
+        for item in shard.iter_torch_batches(
+            batch_size=batch_size, collate_fn=collate, drop_last=False, prefetch_batches=prefetch,
+            local_shuffle_buffer_size=(shuffle_batches * batch_size) or None, local_shuffle_seed=seed + epoch,
+        ):
             produced += 1
-            yield encoder(rows_from_batch(raw))
+            yield item
         epoch += 1
         if produced == 0:
             raise RuntimeError("this worker's data shard is empty: the train split has fewer rows than workers")
@@ -243,8 +249,58 @@ def save_checkpoint(
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+def cast_visual(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Pixel inputs in the model's dtype (bf16 / fp16 engines); token ids and grids stay as they are."""
+    return {k: (v.to(dtype) if k.startswith("pixel_values") else v) for k, v in batch.items()}
+
+
+def local_state_mb(engine: Any) -> float:
+    """MiB of model and optimizer state held by this rank: its parameters (its partition under ZeRO-3), the
+    optimizer's fp32 master copies and Adam moments (its partition under ZeRO-1/2/3). The figure ZeRO shrinks;
+    peak RSS also holds the libraries, activations and the frozen base."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if torch.is_tensor(t) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+
+    for p in engine.module.parameters():
+        add(p.ds_tensor if hasattr(p, "ds_tensor") else p)
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for group in getattr(optimizer, "param_groups", []):
+        for p in group["params"]:
+            add(p)
+    for state in getattr(optimizer, "state", {}).values():
+        for t in state.values():
+            add(t)
+    return total / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def progress_bar(cfg: StepRayConfig, rank: int, step: int) -> Any:
+    """Rank 0's progress bar (``ray.experimental.tqdm_ray``: drawn by the driver, not interleaved logs)."""
+    if rank != 0 or not cfg.train.progress:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=cfg.train.steps, desc="train", unit="step")
+    if step:
+        bar.update(step)  # a resumed run starts where its checkpoint left off
+    return bar
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train worker function. ``config``: ``{"cfg": to_dict(StepRayConfig)}``."""
+    """The Ray Train worker function. ``config``: ``{"cfg": to_dict(StepRayConfig), "ds": user DeepSpeed JSON
+    or None}``."""
     cfg = from_dict(config["cfg"])
     tc = cfg.train
     device, rank, world = setup_environment(cfg)
@@ -252,14 +308,16 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from step_ray.train.data import RowEncoder
     from step_ray.train.loss import step_loss
+    from step_ray.train.stream import ShardCollate, sequences_per_row
 
-    use_bf16 = tc.precision == "bf16" and device.type == "cuda"
+    use_bf16 = tc.precision == "bf16"  # DeepSpeed's CPU backend runs bf16 too
+    use_fp16 = tc.precision == "fp16" and device.type == "cuda"
+    half = torch.bfloat16 if use_bf16 else torch.float16 if use_fp16 else None
     model, processor = build_model(cfg, device)
     # Before DeepSpeed: ZeRO-3 partitions the parameters in place.
     base_fingerprint = model_fingerprint(model) if cfg.model.name_or_path == "tiny" else None
-    engine = build_engine(cfg, model, use_bf16)
+    engine = build_engine(cfg, model, use_bf16, use_fp16, config.get("ds"))
     state = restore(engine)
     step = int(engine.global_steps)  # restored with the checkpoint; 0 on a fresh start
     if state and int(state.get("step", step)) != step:
@@ -270,30 +328,40 @@ def train_loop_per_worker(config: dict) -> None:
             f"the checkpoint was trained on base weights {state['base_fingerprint']}, this base is "
             f"{base_fingerprint}: use a new run name (or the old model) instead of resuming")
     history: list[dict] = list(state.get("history", []))
-    counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped")}
+    counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped", "samples", "micro_batches", "restores")}
+    counters["restores"] += 1 if state else 0  # a restart after a failure, or a re-run of the same run name
     if rank == 0 and tc.lora.enabled:
         engine.module.print_trainable_parameters()
 
-    encoder = RowEncoder(processor, cfg.model, tc.rationale_weight)
-    batches = micro_batches(ray.train.get_dataset_shard("train"), encoder, tc.batch_size,
+    batch_rows = tc.batch_size * sequences_per_row(cfg)
+    batches = micro_batches(ray.train.get_dataset_shard("train"), ShardCollate(int(processor.tokenizer.pad_token_id
+                                                                                   or 0)),
+                            batch_rows, tc.data.prefetch_batches, tc.data.shuffle_buffer,
                             seed=cfg.run.seed * 100_003 + rank * 1009 + step)
+    bar = progress_bar(cfg, rank, step)
 
-    # Running sums since the last log: loss, answer, rationale, micro-batches, rows seen, rows skipped.
-    window = torch.zeros(6, dtype=torch.float64)
+    # Running sums since the last log: loss, answer, rationale, micro-batches, questions, skipped rows,
+    # sequences trained on, tokens (non-padding) trained on, seconds spent waiting for data.
+    window = torch.zeros(9, dtype=torch.float64)
     window_start = time.perf_counter()
     run_start = time.perf_counter()
     start_step = step
+    state_mb = None
     while step < tc.steps:
-        rows_before, skipped_before = encoder.stats.rows, encoder.stats.skipped
-        batch = next(batches)
-        window[4] += encoder.stats.rows - rows_before
-        window[5] += encoder.stats.skipped - skipped_before
+        waited = time.perf_counter()
+        batch, questions, skipped = next(batches)
+        window[8] += time.perf_counter() - waited
+        window[4] += questions
+        window[5] += skipped
         if not all_ranks_have_data(batch, device):
             continue
         batch = {k: v.to(device) for k, v in batch.items()}
-        task, labels = batch.pop("task"), batch.pop("labels")
-        if use_bf16:
-            batch["pixel_values_videos"] = batch["pixel_values_videos"].to(torch.bfloat16)
+        labels = batch.pop("labels")
+        task = batch.pop("label_task", None)
+        seq_task = batch.pop("task")
+        task = seq_task if task is None else task
+        if half is not None:
+            batch = cast_visual(batch, half)
         logits = engine(**batch, use_cache=False).logits
         out = step_loss(logits, labels, task, tc.rationale_weight)
         engine.backward(out.loss)
@@ -301,9 +369,15 @@ def train_loop_per_worker(config: dict) -> None:
         engine.step()  # an optimizer step (and an LR step) only at the accumulation boundary
         window[:4] += torch.tensor([out.loss.item(), out.answer.item(), out.rationale.item(), 1.0],
                                    dtype=torch.float64)
+        window[6] += labels.shape[0]
+        window[7] += float(batch["attention_mask"].sum())
         if not boundary:
             continue
         step = int(engine.global_steps)
+        if state_mb is None:
+            state_mb = local_state_mb(engine)  # after the first step: the optimizer states exist now
+        if bar is not None:
+            bar.update(1)
 
         log_now = step % tc.log_every == 0 or step == tc.steps
         ckpt_now = step % tc.checkpoint_every == 0 or step == tc.steps
@@ -312,24 +386,37 @@ def train_loop_per_worker(config: dict) -> None:
         totals = window.to(device)  # nccl reduces device tensors only; gloo takes CPU ones
         dist.all_reduce(totals)  # sums over ranks
         totals = totals.cpu()
-        elapsed = time.perf_counter() - window_start
+        elapsed = max(time.perf_counter() - window_start, 1e-9)
         n = max(totals[3].item(), 1.0)
+        memory = torch.tensor([peak_rss_mb(), state_mb], dtype=torch.float64, device=device)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)  # the largest worker's figures
         metrics = {
             "step": step,
             "loss": totals[0].item() / n,
             "loss_answer": totals[1].item() / n,
             "loss_rationale": totals[2].item() / n,
             "lr": float(engine.get_lr()[0]),
-            "samples_per_s": (totals[4].item() - totals[5].item()) / max(elapsed, 1e-9),
+            "samples_per_s": totals[6].item() / elapsed,
+            "tokens_per_s": totals[7].item() / elapsed,
+            "questions_per_s": (totals[4].item() - totals[5].item()) / elapsed,
             "skipped_rows": counters["skipped"] + int(totals[5].item()),
+            # Share of the wall time the workers waited for the data stream (input-bound when high).
+            "data_wait": totals[8].item() / world / elapsed,
+            "peak_rss_mb": memory[0].item(),
+            "state_mb": memory[1].item(),
+            "restores": counters["restores"],
         }
         counters["rows"] += int(totals[4].item())
         counters["skipped"] += int(totals[5].item())
+        counters["samples"] += int(totals[6].item())
+        counters["micro_batches"] += int(totals[3].item())
         history.append(metrics)
         window.zero_()
         window_start = time.perf_counter()
         if rank == 0:
             logger.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items() if k != "step"})
+            if bar is not None:
+                bar.set_description(f"train loss {metrics['loss']:.3f} {metrics['samples_per_s']:.1f} samples/s")
         if ckpt_now:
             state = {"step": step, "history": history, **counters, "world_size": world,
                      "seconds": time.perf_counter() - run_start, "start_step": start_step,
@@ -337,6 +424,8 @@ def train_loop_per_worker(config: dict) -> None:
             save_checkpoint(engine, cfg, processor, state, metrics, rank)
         else:
             ray.train.report(metrics)
+    if bar is not None:
+        bar.close()
 
 
 def model_fingerprint(module: Any) -> str:

@@ -2,7 +2,9 @@
 
 Each term is the mean token cross-entropy over *its own* target tokens (the answer tokens of the answer
 sequences, the rationale tokens of the rationale sequences), not a mean over all target tokens of the batch:
-a rationale is many times longer than an answer and would otherwise drown it.
+a rationale is many times longer than an answer and would otherwise drown it. The task of a target token is
+given per sequence (``multitask``: a sequence is all answer or all rationale) or per token (``joint``: the
+rationale tokens, then the answer tokens of one sequence).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def step_loss(
 ) -> StepLoss:
     """``L_answer + rationale_weight * L_rationale`` for a batch of sequences tagged by ``task``.
 
-    A term whose task has no target token in the batch is 0 (and contributes no gradient).
+    ``task``: shape ``(B,)`` (one task per sequence) or ``(B, T)`` like ``labels`` (one per token). A term
+    whose task has no target token in the batch is 0 (and contributes no gradient).
     """
     nll, mask = token_nll(logits, labels)
-    per_task = task.view(-1, 1).to(mask.device)
+    task = task.to(mask.device)
+    per_task = task.view(-1, 1) if task.dim() == 1 else task[:, 1:]  # per token: shifted like the labels
 
     def term(which: int) -> tuple[torch.Tensor, int]:
         m = mask & (per_task == which)

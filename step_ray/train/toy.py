@@ -88,3 +88,11 @@ def make_toy_qra(directory: str | Path, videos: int = 8, seed: int = 0, test_eve
     path = directory / "qra.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+if __name__ == "__main__":  # python -m step_ray.train.toy DIR [VIDEOS]: the QRA set the tiny configs train on
+    import sys
+
+    target = make_toy_qra(sys.argv[1] if len(sys.argv) > 1 else "runs/toy",
+                          videos=int(sys.argv[2]) if len(sys.argv) > 2 else 16)
+    print(target)

@@ -1,8 +1,11 @@
 """Launch a training run on Ray Train (``TorchTrainer`` + DeepSpeed) and export what it produced.
 
 ``run_training`` is called on the driver of an already running Ray (the caller owns ``ray.init`` /
-``ray.shutdown``: one Ray per session). The same ``RunConfig(name, storage_path)`` on a second call resumes the
-run from its latest checkpoint and continues at the saved step.
+``ray.shutdown``: one Ray per session). It first runs :func:`preflight` (incompatible options fail here, naming
+the option, before any worker starts), then fits a ``TorchTrainer`` fed by the Ray Data stream of
+:mod:`step_ray.train.stream`. The same ``RunConfig(name, storage_path)`` on a second call resumes the run from
+its latest checkpoint and continues at the saved step; within a run, ``FailureConfig(max_failures)`` restarts
+the worker group after a worker dies, and every rank restores the latest checkpoint.
 
 Outputs in ``out_dir``:
 
@@ -32,20 +35,62 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_NAME = "step-ray-train"
 
 
-def train_dataset(qra_path: str | Path, num_workers: int) -> Any:
-    """The train split of the QRA table as a materialised Ray Dataset.
+def preflight(cfg: StepRayConfig, qra_path: str | Path) -> Optional[dict]:
+    """Everything that can be checked before a worker starts; the user's DeepSpeed JSON (or None).
 
-    Materialised on the driver before the trainer starts: QRA rows are compact text, and a dataset that is
-    already in the object store needs no CPU slots to be split among the workers (when the workers hold every
-    CPU, as on a small machine, lazy read tasks would wait forever).
+    Raises :class:`~step_ray.config.ConfigError` naming the option: an unknown model family, LoRA targets the
+    model lacks, an unreadable DeepSpeed JSON, more CPUs/GPUs than a fixed-size Ray has, fewer train rows
+    than workers. (fp16 on CPU and offload without ZeRO are caught by the config's own validation.)
     """
-    import ray.data
+    import ray
 
-    ds = ray.data.read_parquet(str(qra_path)).filter(expr="split == 'train'").materialize()
-    rows = ds.count()
-    if rows < num_workers:
-        raise ValueError(f"{qra_path}: {rows} train rows, fewer than train.num_workers={num_workers}")
-    return ds
+    from step_ray.models.families import family_of
+    from step_ray.train.deepspeed_config import load_user_config
+    from step_ray.train.stream import check_resources, train_rows
+
+    family_of(cfg.model)
+    if cfg.train.lora.enabled:
+        check_lora_targets(cfg)
+    user_ds = load_user_config(cfg.train.deepspeed_config) if cfg.train.deepspeed_config else None
+    if not cluster_autoscales(cfg):
+        check_resources(cfg, ray.cluster_resources())
+    rows = train_rows(qra_path)
+    if rows < cfg.train.num_workers:
+        raise ValueError(f"{qra_path}: {rows} train rows, fewer than train.num_workers={cfg.train.num_workers}")
+    return user_ds
+
+
+def cluster_autoscales(cfg: StepRayConfig) -> bool:
+    """Whether this driver joined a cluster (which may add nodes) rather than an embedded, fixed-size Ray."""
+    return bool(os.environ.get("RAY_ADDRESS")) or cfg.ray.address not in (None, "local")
+
+
+def check_lora_targets(cfg: StepRayConfig) -> None:
+    """Fail (naming ``train.lora.target_modules``) when a LoRA target is not a projection of the model's
+    language model. The model is built on the meta device: no weights are read or allocated."""
+    from step_ray.config import ConfigError
+    from step_ray.models.families import language_module_names
+
+    skeleton = model_skeleton(cfg)
+    have = language_module_names(skeleton)
+    missing = sorted(set(cfg.train.lora.target_modules) - have)
+    if missing:
+        raise ConfigError("train.lora.target_modules",
+                          f"{', '.join(missing)} not in the language model of {cfg.model.name_or_path!r} "
+                          f"(it has: {', '.join(sorted(have))})")
+
+
+def model_skeleton(cfg: StepRayConfig) -> Any:
+    """The model's module tree on the meta device (from the tiny config or the checkpoint's config.json)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from step_ray.models.loading import TINY, ensure_tiny
+
+    source = str(ensure_tiny(cfg.model, cfg.run.seed)) if cfg.model.name_or_path == TINY else cfg.model.name_or_path
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
 
 
 def worker_env(cfg: StepRayConfig) -> dict[str, str]:
@@ -67,18 +112,21 @@ def worker_env(cfg: StepRayConfig) -> dict[str, str]:
     return env
 
 
-def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str) -> Any:
+def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str,
+                  user_ds: Optional[dict] = None) -> Any:
     """The ``TorchTrainer`` of this run (not started)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg)},
+        train_loop_config={"cfg": to_dict(cfg), "ds": user_ds},
         # Ray Train sets up the process group (gloo without GPUs, nccl with), which DeepSpeed then adopts.
         scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
+            accelerator_type=tc.accelerator_type,
         ),
         run_config=RunConfig(
             name=name,
@@ -177,9 +225,11 @@ def run_training(
 
         ensure_tiny(cfg.model, cfg.run.seed)  # build once here, not concurrently in every worker
 
+    from step_ray.train.stream import build_stream
+
+    user_ds = preflight(cfg, qra_path)
     started = time.perf_counter()
-    dataset = train_dataset(qra_path, cfg.train.num_workers)
-    result = build_trainer(cfg, dataset, name, storage).fit()
+    result = build_trainer(cfg, build_stream(cfg, qra_path), name, storage, user_ds).fit()
     wall = time.perf_counter() - started
     if result.error is not None:
         raise result.error
@@ -201,6 +251,8 @@ def run_training(
     if merged and cfg.train.lora.enabled and base is not None:
         merged_dir = export_merged(base, weights, out / "merged")
 
+    from step_ray.models.families import family_of
+
     history = state.get("history", [])
     last = history[-1] if history else {}
     steps_run = int(state["step"]) - int(state.get("start_step", 0))
@@ -212,6 +264,13 @@ def run_training(
         "final_loss_rationale": last.get("loss_rationale"),
         "history": history,
         "rows_seen": state.get("rows", 0),
+        "samples_seen": state.get("samples", 0),
+        "micro_batches": state.get("micro_batches", 0),
+        "restores": state.get("restores", 0),
+        "samples_per_s": _mean_after_first(history, "samples_per_s"),
+        "tokens_per_s": _mean_after_first(history, "tokens_per_s"),
+        "peak_rss_mb": max((h.get("peak_rss_mb", 0) for h in history), default=None),
+        "state_mb": last.get("state_mb"),
         "skipped_rows": state.get("skipped", 0),
         "train_seconds": state.get("seconds"),
         "seconds_per_step": (state["seconds"] / steps_run) if steps_run > 0 and state.get("seconds") else None,
@@ -225,7 +284,15 @@ def run_training(
         "merged_dir": str(merged_dir) if merged_dir else None,
         "rationale_weight": cfg.train.rationale_weight,
         "zero_stage": cfg.train.zero_stage,
+        "loss_format": cfg.train.loss_format,
+        "family": family_of(cfg.model).name,
         "num_workers": cfg.train.num_workers,
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _mean_after_first(history: list[dict], key: str) -> Optional[float]:
+    """Mean of a throughput metric over the logged windows, the first (start-up, compilation) left out."""
+    values = [h[key] for h in history[1:] if h.get(key) is not None] or [h[key] for h in history if key in h]
+    return sum(values) / len(values) if values else None
