@@ -214,15 +214,26 @@ class GraphIndex:
             o: [(y, str(d.get("predicate")), float(d["start"]), float(d["end"])) for y, d in self.inc[(o, "relation")]]
             for o in self.objects}
         self._participants = {e: [o for o, _ in self.inc[(e, "participates_in")]] for e in self.events}
+        self._type: dict[str, str] = {}
+        self._clip: dict[str, Optional[int]] = {}
+        self._category: dict[str, str] = {}
+        self._kind: dict[str, str] = {}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
 
     def type_of(self, n: str) -> str:
-        return self.g.nodes[n].get("type", "")
+        t = self._type.get(n)
+        if t is None:
+            t = self._type[n] = self.g.nodes[n].get("type", "")
+        return t
 
     def clip_of(self, n: str) -> Optional[int]:
-        c = self.g.nodes[n].get("clip")
-        return None if c is None else int(c)
+        try:
+            return self._clip[n]  # per-node facts are read many times per sample: cached (the graph is read-only)
+        except KeyError:
+            c = self.g.nodes[n].get("clip")
+            c = self._clip[n] = None if c is None else int(c)
+            return c
 
     def color(self, o: str) -> Optional[str]:
         """The colour at first sight."""
@@ -234,14 +245,20 @@ class GraphIndex:
         return sorted(found, key=lambda d: float(d.get("time", 0.0)))
 
     def category(self, o: str) -> str:
-        return str(self.g.nodes[o].get("category", ""))
+        c = self._category.get(o)
+        if c is None:
+            c = self._category[o] = str(self.g.nodes[o].get("category", ""))
+        return c
 
     def time(self, e: str) -> float:
         t = self._times.get(e)
         return float(self.g.nodes[e]["time"]) if t is None else t
 
     def kind(self, e: str) -> str:
-        return str(self.g.nodes[e]["kind"])
+        k = self._kind.get(e)
+        if k is None:
+            k = self._kind[e] = str(self.g.nodes[e]["kind"])
+        return k
 
     def participants(self, e: str) -> list[str]:
         p = self._participants.get(e)
