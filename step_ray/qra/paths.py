@@ -198,7 +198,11 @@ class GraphIndex:
             self.inc[(v, t)].append((u, d))
             self.edges_by_type[t].append((u, v, d))
         for lst in list(self.out.values()) + list(self.inc.values()):
-            lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))  # a fixed order, whatever the file's
+            # A fixed order, whatever the file's: by neighbour, then (only among parallel edges) by attributes.
+            if len({v for v, _ in lst}) == len(lst):
+                lst.sort(key=lambda x: x[0])
+            else:
+                lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))
         self.clips: dict[int, tuple[float, float]] = {}
         for c in by_type["clip"]:
             d = g.nodes[c]
@@ -599,7 +603,22 @@ for _op in (RelationOp(), ParticipantOp(), EventOfOp(), NextEventOp(), PrevEvent
 
 def resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float = TIME_TOL) -> tuple[list[str], set[str]]:
     """The nodes an anchor describes, and the objects it names besides (an event's named participants); an
-    event's stated time matches within ``time_tol``."""
+    event's stated time matches within ``time_tol``. Memoised in ``ix.memo`` (the sampler and the executor ask
+    for the same anchors again and again; each answer is a scan of the graph's objects or events)."""
+    try:
+        key = (anchor.type, time_tol,
+               tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in anchor.params.items())))
+        hash(key)
+    except TypeError:  # a malformed program's parameters: resolved (and rejected) without the memo
+        return _resolve_anchor(ix, anchor, time_tol)
+    memo = ix.memo.setdefault("anchors", {})
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _resolve_anchor(ix, anchor, time_tol)
+    return list(hit[0]), set(hit[1])
+
+
+def _resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float) -> tuple[list[str], set[str]]:
     p = anchor.params
     if anchor.type == "object":
         clip = p.get("clip")

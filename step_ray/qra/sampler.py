@@ -274,7 +274,7 @@ class _Sampler:
         ``final_types``: (anchor node, the anchor event's participants to name if not all, hops, visited nodes,
         final type), or None and why (``infeasible``: no anchor of this graph starts such a walk). Every
         choice is among moves from which the walk can still be completed (as far as :meth:`_feasible` sees)."""
-        ix, rng, n = self.ix, self.rng, len(plan)
+        ix, rng, n, memo = self.ix, self.rng, len(plan), self.feasible_memo
         root = plan_of(plan, final_types)
         # The anchors not yet known to fail this plan. An anchor is drawn uniformly among them and checked;
         # one that cannot start the walk leaves the list for good. That is a uniform draw among the feasible
@@ -302,8 +302,15 @@ class _Sampler:
             tail = p.tail
 
             def completes(m: tuple, name: str, dst_type: str) -> bool:
-                return self._feasible(tail, False, m[1], dst_type, m[1] if dst_type == "object" else actor,
-                                      cur if name == "event_of" else None, cur)
+                if tail.empty:
+                    return dst_type in tail.finals
+                dst, c_actor = m[1], (m[1] if dst_type == "object" else actor)
+                ok = memo.get((tail, False, dst, c_actor if tail.uses_actor else None,
+                               cur if (name == "event_of" and tail.head_participant) else None,
+                               cur if tail.head_to_node else None))  # _feasible's own key, looked up inline
+                if ok is None:
+                    ok = self._feasible(tail, False, dst, dst_type, c_actor, cur if name == "event_of" else None, cur)
+                return ok
 
             # The ops with a move that is not a visited node and from which the walk can still be completed
             # (the first such move found is enough to know); then one of the op's moves, drawn uniformly
