@@ -198,7 +198,11 @@ class GraphIndex:
             self.inc[(v, t)].append((u, d))
             self.edges_by_type[t].append((u, v, d))
         for lst in list(self.out.values()) + list(self.inc.values()):
-            lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))  # a fixed order, whatever the file's
+            # A fixed order, whatever the file's: by neighbour, then (only among parallel edges) by attributes.
+            if len({v for v, _ in lst}) == len(lst):
+                lst.sort(key=lambda x: x[0])
+            else:
+                lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))
         self.clips: dict[int, tuple[float, float]] = {}
         for c in by_type["clip"]:
             d = g.nodes[c]
@@ -214,15 +218,26 @@ class GraphIndex:
             o: [(y, str(d.get("predicate")), float(d["start"]), float(d["end"])) for y, d in self.inc[(o, "relation")]]
             for o in self.objects}
         self._participants = {e: [o for o, _ in self.inc[(e, "participates_in")]] for e in self.events}
+        self._type: dict[str, str] = {}
+        self._clip: dict[str, Optional[int]] = {}
+        self._category: dict[str, str] = {}
+        self._kind: dict[str, str] = {}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
 
     def type_of(self, n: str) -> str:
-        return self.g.nodes[n].get("type", "")
+        t = self._type.get(n)
+        if t is None:
+            t = self._type[n] = self.g.nodes[n].get("type", "")
+        return t
 
     def clip_of(self, n: str) -> Optional[int]:
-        c = self.g.nodes[n].get("clip")
-        return None if c is None else int(c)
+        try:
+            return self._clip[n]  # per-node facts are read many times per sample: cached (the graph is read-only)
+        except KeyError:
+            c = self.g.nodes[n].get("clip")
+            c = self._clip[n] = None if c is None else int(c)
+            return c
 
     def color(self, o: str) -> Optional[str]:
         """The colour at first sight."""
@@ -234,14 +249,20 @@ class GraphIndex:
         return sorted(found, key=lambda d: float(d.get("time", 0.0)))
 
     def category(self, o: str) -> str:
-        return str(self.g.nodes[o].get("category", ""))
+        c = self._category.get(o)
+        if c is None:
+            c = self._category[o] = str(self.g.nodes[o].get("category", ""))
+        return c
 
     def time(self, e: str) -> float:
         t = self._times.get(e)
         return float(self.g.nodes[e]["time"]) if t is None else t
 
     def kind(self, e: str) -> str:
-        return str(self.g.nodes[e]["kind"])
+        k = self._kind.get(e)
+        if k is None:
+            k = self._kind[e] = str(self.g.nodes[e]["kind"])
+        return k
 
     def participants(self, e: str) -> list[str]:
         p = self._participants.get(e)
@@ -582,7 +603,22 @@ for _op in (RelationOp(), ParticipantOp(), EventOfOp(), NextEventOp(), PrevEvent
 
 def resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float = TIME_TOL) -> tuple[list[str], set[str]]:
     """The nodes an anchor describes, and the objects it names besides (an event's named participants); an
-    event's stated time matches within ``time_tol``."""
+    event's stated time matches within ``time_tol``. Memoised in ``ix.memo`` (the sampler and the executor ask
+    for the same anchors again and again; each answer is a scan of the graph's objects or events)."""
+    try:
+        key = (anchor.type, time_tol,
+               tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in anchor.params.items())))
+        hash(key)
+    except TypeError:  # a malformed program's parameters: resolved (and rejected) without the memo
+        return _resolve_anchor(ix, anchor, time_tol)
+    memo = ix.memo.setdefault("anchors", {})
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _resolve_anchor(ix, anchor, time_tol)
+    return list(hit[0]), set(hit[1])
+
+
+def _resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float) -> tuple[list[str], set[str]]:
     p = anchor.params
     if anchor.type == "object":
         clip = p.get("clip")

@@ -34,7 +34,7 @@ from step_ray.qra import records as R
 from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, VERIFY_QUERIES, Family, family_of
 from step_ray.qra.paths import (
     COMPARE, NODE_TYPES, OPS, QUERIES, Anchor, Ctx, GraphIndex, Hop, Program, object_anchor, resolve_anchor,
-    round_time, trace,
+    TIME_TOL, round_time, trace,
 )
 from step_ray.qra.render import (
     answer_type, is_trivial, open_answer, option_pools, render_question, render_rationale, vocabulary,
@@ -101,7 +101,7 @@ class Plan:
     the memo keys of the walks hash by identity and the per-plan facts are computed once."""
 
     __slots__ = ("ops", "finals", "head", "tail", "empty", "uses_actor", "head_participant", "head_to_node",
-                 "next_own_next")
+                 "next_own_next", "steps")
 
     def __init__(self, ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]):
         self.ops, self.finals, self.empty = ops, finals, not ops
@@ -111,6 +111,12 @@ class Plan:
         self.head_participant = bool(ops) and "participant" in ops[0]
         self.head_to_node = bool(ops) and any(OPS[n].dst in NODE_TYPES for n in ops[0])
         self.next_own_next = len(ops) > 1 and "next_own" in ops[1]
+        #: The head's hops for the feasibility check: (name, source type, result type, result is an object,
+        #: whether the result ends the walk well when it is the last hop, else None).
+        last = len(ops) == 1
+        self.steps = tuple((name, op.src, op.dst, op.dst == "object", (op.dst in finals) if last else None)
+                           for name, op in self.head
+                           if last or op.dst in NODE_TYPES)  # a value mid-walk leads nowhere
 
 
 _PLANS: dict[tuple, Plan] = {}
@@ -143,6 +149,7 @@ class _Sampler:
         self.near: set[str] = set()
         self.cands_memo: dict[tuple, list] = {}
         self.feasible_memo: dict[tuple, bool] = {}
+        self.dsts_memo: dict[tuple, tuple[str, ...]] = {}
         self.moves_memo: dict[tuple, list] = {}
         self.starts_memo: dict[tuple, list] = {}
 
@@ -157,6 +164,8 @@ class _Sampler:
         if found is not None:
             return found
         ix, op, found = self.ix, OPS[name], []
+        ctx: Optional[Ctx] = None
+        by_pred: Optional[dict[str, list[tuple[str, float, float]]]] = None
         for params in op.moves(ix, cur, Ctx(frozenset(), actor)):
             if name == "participant" and first:
                 # The question names the event's other participants; the answer is the one it leaves out.
@@ -166,8 +175,19 @@ class _Sampler:
                     if op.apply(ix, cur, params, Ctx(frozenset(others), actor)) == [y]:
                         found.append((params, y, others))
                 continue
-            excluded = frozenset({prev_src}) if name == "participant" and prev_src is not None else frozenset()
-            res = op.apply(ix, cur, params, Ctx(excluded, actor))
+            if ctx is None:
+                excluded = frozenset({prev_src}) if name == "participant" and prev_src is not None else frozenset()
+                ctx = Ctx(excluded, actor)
+            if name == "relation":  # RelationOp.apply at the default tolerance, the edges grouped once
+                if by_pred is None:
+                    by_pred = {}
+                    for y, q, s0, e0 in ix.rel_in.get(cur, ()):
+                        if y != cur:
+                            by_pred.setdefault(q, []).append((y, s0 - TIME_TOL, e0 + TIME_TOL))
+                t = float(params["time"])
+                res = sorted({y for y, s0, e0 in by_pred.get(params["predicate"], ()) if s0 <= t <= e0})
+            else:
+                res = op.apply(ix, cur, params, ctx)
             if len(res) == 1:
                 found.append((params, res[0], None))
         self.cands_memo[key] = found
@@ -184,42 +204,69 @@ class _Sampler:
             return False
         if p.empty:
             return ntype in p.finals
+        memo = self.feasible_memo
         key = (p, first, node, actor if p.uses_actor else None, prev_src if p.head_participant else None,
                back if p.head_to_node else None)
-        ok = self.feasible_memo.get(key)
-        if ok is None:
-            ok = False
-            for name, op in p.head:
-                if op.src != ntype or (name == "event_of" and first and not p.next_own_next):
-                    continue
-                for _, dst, _ in self._cands(name, node, actor, first, prev_src if name == "participant" else None):
-                    if dst != node and dst != back and self._feasible(p.tail, False, dst, op.dst,
-                                                                      dst if op.dst == "object" else actor,
-                                                                      node if name == "event_of" else None, node):
-                        ok = True
-                        break
-                if ok:
+        ok = memo.get(key)
+        if ok is not None:
+            return ok
+        ok = False
+        tail = p.tail
+        assert tail is not None
+        # The children's memo keys are built here and looked up inline (most are hits): a recursive call per
+        # child cost more than the check itself. Only the distinct destinations of a hop matter here.
+        for name, op_src, op_dst, to_object, ends_ok in p.steps:
+            if op_src != ntype or (name == "event_of" and first and not p.next_own_next):
+                continue
+            if ends_ok is not None:  # the tail is empty: any destination but the way back ends the walk
+                if ends_ok and any(d != node and d != back for d in
+                                   self._dsts(name, node, actor, first, prev_src if name == "participant" else None)):
+                    ok = True
                     break
-            self.feasible_memo[key] = ok
+                continue
+            c_prev = node if (name == "event_of" and tail.head_participant) else None
+            c_back = node if tail.head_to_node else None
+            for dst in self._dsts(name, node, actor, first, prev_src if name == "participant" else None):
+                if dst == node or dst == back:
+                    continue
+                c_actor = (dst if to_object else actor) if tail.uses_actor else None
+                child = memo.get((tail, False, dst, c_actor, c_prev, c_back))
+                if child is None:
+                    child = self._feasible(tail, False, dst, op_dst, dst if to_object else actor,
+                                           node if name == "event_of" else None, node)
+                if child:
+                    ok = True
+                    break
+            if ok:
+                break
+        memo[key] = ok
         return ok
 
+    def _dsts(self, name: str, cur: str, actor: Optional[str], first: bool, prev_src: Optional[str]
+              ) -> tuple[str, ...]:
+        """The distinct results of :meth:`_cands` (all that feasibility needs), memoised per graph."""
+        key = (name, cur, actor if name == "next_own" else None, first, prev_src)
+        found = self.dsts_memo.get(key)
+        if found is None:
+            found = self.dsts_memo[key] = tuple(dict.fromkeys(d for _, d, _ in self._cands(name, cur, actor, first,
+                                                                                              prev_src)))
+        return found
+
     def _moves(self, p: "Plan", first: bool, cur: str, cur_type: str, actor: Optional[str], prev_src: Optional[str]
-               ) -> list[tuple[str, list[tuple[dict, str, Optional[set[str]]]]]]:
-        """The feasible moves of the next hop (the head of ``p``) from ``cur``, per op, sorted by op name;
-        memoised per graph (the walk only filters out the nodes it has visited)."""
+               ) -> list[tuple[str, str, list[tuple[dict, str, Optional[set[str]]]]]]:
+        """The moves of the next hop (the head of ``p``) from ``cur`` whose result is unique, per op sorted by op
+        name: (op, result type, moves); memoised per graph. Feasibility is checked by the walk, lazily."""
         key = (p, first, cur, actor if p.uses_actor else None, prev_src)
         found = self.moves_memo.get(key)
-        if found is not None:
-            return found
-        out: dict[str, list] = {}
-        for name, op in p.head:
-            if op.src != cur_type or (name == "event_of" and first and not p.next_own_next):
-                continue
-            for params, dst, others in self._cands(name, cur, actor, first, prev_src if name == "participant" else None):
-                if self._feasible(p.tail, False, dst, op.dst, dst if op.dst == "object" else actor,
-                                  cur if name == "event_of" else None, cur):
-                    out.setdefault(name, []).append((params, dst, others))
-        found = self.moves_memo[key] = sorted(out.items())
+        if found is None:
+            found = []
+            for name, op in sorted(p.head):
+                if op.src != cur_type or (name == "event_of" and first and not p.next_own_next):
+                    continue
+                lst = self._cands(name, cur, actor, first, prev_src if name == "participant" else None)
+                if lst:
+                    found.append((name, op.dst, lst))
+            self.moves_memo[key] = found
         return found
 
     def walk(self, plan: tuple[tuple[str, ...], ...], final_types: tuple[str, ...]) -> tuple[Optional[Walk], str]:
@@ -227,34 +274,65 @@ class _Sampler:
         ``final_types``: (anchor node, the anchor event's participants to name if not all, hops, visited nodes,
         final type), or None and why (``infeasible``: no anchor of this graph starts such a walk). Every
         choice is among moves from which the walk can still be completed (as far as :meth:`_feasible` sees)."""
-        ix, rng, n = self.ix, self.rng, len(plan)
+        ix, rng, n, memo = self.ix, self.rng, len(plan), self.feasible_memo
         root = plan_of(plan, final_types)
+        # The anchors not yet known to fail this plan. An anchor is drawn uniformly among them and checked;
+        # one that cannot start the walk leaves the list for good. That is a uniform draw among the feasible
+        # anchors, like checking them all first, but only the drawn ones are checked: most plans are tried a
+        # few times per graph, and checking every anchor was a third of the sampling time.
         starts = self.starts_memo.get(root)
         if starts is None:
             first = set(final_types) if n == 0 else {OPS[o].src for o in plan[0]}
-            pool = ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
-                   ([("event", e) for e in ix.events] if "event" in first else [])
-            starts = [(t, x) for t, x in pool if self._feasible(root, True, x, t, x if t == "object" else None)]
-            self.starts_memo[root] = starts
-        if not starts:
+            starts = self.starts_memo[root] = \
+                ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
+                ([("event", e) for e in ix.events] if "event" in first else [])
+        while starts:
+            i = rng.randrange(len(starts))
+            cur_type, cur = starts[i]
+            if self._feasible(root, True, cur, cur_type, cur if cur_type == "object" else None):
+                break
+            del starts[i]
+        else:
             return None, "infeasible"
-        cur_type, cur = rng.choice(starts)
         anchor_node, named, visited, hops = cur, None, [cur], []
         actor = cur if cur_type == "object" else None
         prev_src: Optional[str] = None
         p = root
         for i in range(n):
-            moves = self._moves(p, i == 0, cur, cur_type, actor, prev_src)
-            p = p.tail
-            cands = {}
-            for name, lst in moves:
-                keep = [m for m in lst if m[1] not in visited] if OPS[name].dst in NODE_TYPES else lst
-                if keep and not (i == 1 and hops[0].op == "event_of" and name != "next_own"):
-                    cands[name] = keep  # (a first event_of hop is there only for the next_own after it)
-            if not cands:  # every continuation revisits a node (the executor's own "dead_end": finds nothing)
+            tail = p.tail
+
+            def completes(m: tuple, name: str, dst_type: str) -> bool:
+                if tail.empty:
+                    return dst_type in tail.finals
+                dst, c_actor = m[1], (m[1] if dst_type == "object" else actor)
+                ok = memo.get((tail, False, dst, c_actor if tail.uses_actor else None,
+                               cur if (name == "event_of" and tail.head_participant) else None,
+                               cur if tail.head_to_node else None))  # _feasible's own key, looked up inline
+                if ok is None:
+                    ok = self._feasible(tail, False, dst, dst_type, c_actor, cur if name == "event_of" else None, cur)
+                return ok
+
+            # The ops with a move that is not a visited node and from which the walk can still be completed
+            # (the first such move found is enough to know); then one of the op's moves, drawn uniformly
+            # among those (an infeasible draw is dropped and the draw repeated): only what is drawn is checked.
+            ops = []
+            for name, dst_type, lst in self._moves(p, i == 0, cur, cur_type, actor, prev_src):
+                if i == 1 and hops[0].op == "event_of" and name != "next_own":
+                    continue  # (a first event_of hop is there only for the next_own after it)
+                keep = [m for m in lst if m[1] not in visited] if dst_type in NODE_TYPES else lst
+                if any(completes(m, name, dst_type) for m in keep):
+                    ops.append((name, dst_type, keep))
+            p = tail
+            if not ops:  # every continuation revisits a node (the executor's own "dead_end": finds nothing)
                 return None, "no_walk"
-            name = rng.choice(sorted(cands))
-            params, dst, others = rng.choice(cands[name])
+            name, dst_type, keep = rng.choice(ops)
+            keep = list(keep)
+            while True:
+                j = rng.randrange(len(keep))
+                if completes(keep[j], name, dst_type):
+                    break
+                del keep[j]
+            params, dst, others = keep[j]
             if others is not None:
                 named = others
             hops.append(Hop(name, params))
