@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from step_ray.config import PoolConfig, StepRayConfig
-from step_ray.pipeline.stage import Row, error_row
+from step_ray.pipeline.stage import Row
 
 #: Record fields the filter needs (the row it ships to the actor).
 _FIELDS = ("id", "video_uri", "start", "end", "question", "options", "answer", "answer_index")

@@ -31,7 +31,7 @@ import networkx as nx
 
 from step_ray.config import QraConfig
 from step_ray.qra import records as R
-from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, VERIFY_QUERIES, Family, family_of
+from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, Family, family_of
 from step_ray.qra.paths import (
     COMPARE, NODE_TYPES, OPS, QUERIES, Anchor, Ctx, GraphIndex, Hop, Program, object_anchor, resolve_anchor,
     TIME_TOL, round_time, trace,
