@@ -53,6 +53,7 @@ def settings_hash(cfg: StepRayConfig) -> str:
     parts = {name: dataclasses.asdict(getattr(cfg, name)) for name in ("video", "perception", "stsg", "semantics")}
     for name in ("perception", "stsg"):  # how many actors ran it does not change a graph
         parts[name].pop("pool", None)
+    parts["video"].pop("decode_threads", None)  # nor how many threads decoded the frames
     if cfg.semantics.enabled:
         parts["model"] = cfg.model.name_or_path
     parts["schema"] = schema.SCHEMA_VERSION
