@@ -24,16 +24,14 @@ Without ``--graphs`` a synthetic corpus (``configs/demo.yaml``'s world) is writt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-WORK = Path(os.environ.get("STEP_RAY_BENCH_DIR", "/tmp/step-ray-bench"))
+from common import ROOT, WORK, report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 GOAL = 10_000.0
 
 
@@ -122,17 +120,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(),
     }
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
-    for k, v in notes.items():
-        print(f"{k}: {v}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_qra.json"
-    path.write_text(json.dumps({"rows": rows, **notes}, indent=2))
-    print(f"written: {path}")
+    report("bench_qra", rows, notes)
 
 
 if __name__ == "__main__":

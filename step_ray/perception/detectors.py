@@ -51,11 +51,16 @@ class Detector(Protocol):
         ...
 
 
-def box_color(frame: np.ndarray, box: np.ndarray) -> str | None:
-    """Colour name of the saturated pixels in the middle of a box (the middle avoids background at corners)."""
-    x1, y1, x2, y2 = box
+def box_middle(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The middle half of a box (its corners are mostly background), as a view of the frame."""
+    x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
-    patch = frame[int(y1 + h / 4): int(y2 - h / 4) + 1, int(x1 + w / 4): int(x2 - w / 4) + 1]
+    return frame[int(y1 + h / 4): int(y2 - h / 4) + 1, int(x1 + w / 4): int(x2 - w / 4) + 1]
+
+
+def box_color(frame: np.ndarray, box: np.ndarray) -> str | None:
+    """Colour name of the saturated pixels in the middle of a box."""
+    patch = box_middle(frame, box)
     if patch.size == 0:
         return None
     hsv = cv2.cvtColor(patch.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV).reshape(-1, 3)

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from step_ray.perception.detectors import Detections
+from step_ray.perception.detectors import Detections, box_middle
 from step_ray.stsg.tracks import Clip, Track
 
 
@@ -105,9 +105,7 @@ def appearance_histogram(frame: np.ndarray, box: np.ndarray) -> np.ndarray | Non
     that cross-clip bridging compares (``same_as``)."""
     import cv2
 
-    x1, y1, x2, y2 = (float(v) for v in box)
-    w, h = x2 - x1, y2 - y1
-    patch = frame[int(y1 + h / 4): int(y2 - h / 4) + 1, int(x1 + w / 4): int(x2 - w / 4) + 1]
+    patch = box_middle(frame, box)
     if patch.size == 0:
         return None
     hsv = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2HSV)

@@ -126,14 +126,15 @@ class SampledStream:
 def _primed(info: VideoInfo, chunks: Iterator[Chunk], close: Callable[[], None] = lambda: None) -> SampledStream:
     """Decode the first chunk now, so a file that opens but does not decode fails inside
     :func:`first_decoded` (and the next backend gets its turn) instead of in the middle of the stage."""
+    first, ok = None, False
     try:
-        first = next(chunks)
-    except StopIteration:
-        close()
-        raise DecodeError("no decodable video frames") from None
-    except Exception:
-        close()
-        raise
+        first = next(chunks, None)
+        ok = first is not None
+    finally:
+        if not ok:  # an empty stream or a decoder error: release the file before the next backend tries
+            close()
+    if first is None:
+        raise DecodeError("no decodable video frames")
 
     def all_chunks() -> Iterator[Chunk]:
         yield first
@@ -177,18 +178,14 @@ def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
     import av
 
     container = av.open(path)
-    try:
-        if not container.streams.video:
-            raise DecodeError("the file has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        if fps <= 0:
-            raise DecodeError("the video stream declares no frame rate")
-        if not stream.width or not stream.height:
-            raise DecodeError("the video stream declares no frame size")
-    except Exception:
+    stream = container.streams.video[0] if container.streams.video else None
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0) if stream is not None else 0.0
+    problem = ("the file has no video stream" if stream is None
+               else "the video stream declares no frame rate" if fps <= 0
+               else "the video stream declares no frame size" if not stream.width or not stream.height else None)
+    if problem:
         container.close()
-        raise
+        raise DecodeError(problem)
     n = int(stream.frames or 0)
     if not n and stream.duration is not None and stream.time_base:
         n = int(round(float(stream.duration * stream.time_base) * fps))
@@ -258,21 +255,13 @@ def _probe(path: str) -> float:
 
     try:
         with av.open(path) as c:
-            streams = c.streams.video
+            streams, audio = c.streams.video, bool(c.streams.audio)
             fps = float(streams[0].average_rate or streams[0].guessed_rate or 0.0) if streams else None
-    except Exception:  # noqa: BLE001 - not readable by PyAV: the decoders below report why
+    except (av.FFmpegError, OSError, ValueError):  # not readable by PyAV: the decoders below give the reason
         return 0.0
     if fps is None:
-        raise DecodeError("cannot decode video: the file has no video stream"
-                          + (" (audio only)" if _has_audio(path) else ""))
+        raise DecodeError("cannot decode video: the file has no video stream" + (" (audio only)" if audio else ""))
     return fps
-
-
-def _has_audio(path: str) -> bool:
-    import av
-
-    with av.open(path) as c:
-        return bool(c.streams.audio)
 
 
 def open_sampled(path: str, cfg: VideoConfig) -> SampledStream:
