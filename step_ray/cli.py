@@ -109,16 +109,47 @@ def build_parser() -> argparse.ArgumentParser:
                                    "without LoRA). configs/train_*.yaml and configs/gpu_*.yaml are examples.")
     p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--init", metavar="MODEL", help="start from this model (train.init): a training or pretraining "
+                                                   "output, an adapter (merged into its base first), a HF folder")
+    p.add_argument("--merged", action="store_true", help="also export base + adapter merged into DIR/merged")
     _common(p)
+
+    p = sub.add_parser("pretrain", formatter_class=fmt, epilog=EPILOG,
+                       help="a base model that perceives: full fine-tuning on 1-step perception questions",
+                       description="The laptop's stand-in for a pretrained Video-LLM: train model.name_or_path (for "
+                                   "'tiny': from random weights), vision tower included, on 1-step perception "
+                                   "questions (pretrain.families) of a synthetic corpus of its own (pretrain.videos, "
+                                   "pretrain.seed, the world of synth.*), and save a Hugging Face model folder "
+                                   "(DIR/model) that every other step loads with model.name_or_path=DIR/model. Its "
+                                   "held-out accuracy, with black frames beside it, is in DIR/pretrain.json. "
+                                   "A finished DIR with the same settings is reused. On GPUs, skip this and point "
+                                   "model.name_or_path at a real checkpoint.")
+    p.add_argument("--output", metavar="DIR", help="output folder (default: pretrain.output, else step-ray's cache)")
+    _common(p, ray=True)
+
+    p = sub.add_parser("ablate", formatter_class=fmt, epilog=EPILOG,
+                       help="train several lambdas / loss formats / seeds on the same QRA and tabulate them",
+                       description="Mine the QRA once (synth unless --input, stsg, qra), then train every "
+                                   "(ablation.rationale_weights x ablation.loss_formats x ablation.seeds) run from "
+                                   "the same base (pretrain.enabled: the pretrained one), evaluate each by steps "
+                                   "with 95% intervals and under the vision controls (eval.vision_controls), and "
+                                   "write OUT/ablation.json, ablation.md, ablation.html. Finished runs are skipped "
+                                   "on a re-run. configs/step_miniature.yaml is the STEP-in-miniature experiment.")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="videos (default: a synthetic corpus per synth.*)")
+    _common(p, ray=True)
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=EPILOG,
                        help="multiple-choice accuracy by number of reasoning steps",
                        description="Score every option of each test-split question by its likelihood under the "
                                    "model and report accuracy overall, by steps (1, 2, 3+) and by family.")
     p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
-    p.add_argument("--model", metavar="DIR", help="a `step-ray train` output folder (default: the base model)")
+    p.add_argument("--model", metavar="DIR", help="any model: a `step-ray train` or `pretrain` output, an adapter, "
+                                                "a merged or Hugging Face folder (default: the base model)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (writes NAME.json)")
     p.add_argument("--name", default="eval", help="result file name (default: eval)")
+    p.add_argument("--vision", choices=("real", "blank", "shuffled"), default="real",
+                   help="vision control: real frames (default), black frames, or the same moments of another video")
     _common(p)
 
     p = sub.add_parser("self-train", formatter_class=fmt, epilog=EPILOG,
@@ -214,15 +245,27 @@ def run(argv: list[str] | None = None) -> int:
         _print_summary("qra-filter", steps.qra_filter_step(cfg, args.input, args.output, use_ray=use_ray,
                                                            model=args.model))
     elif args.command == "train":
-        summary = steps.train_step(cfg, args.input, args.output)
+        if args.init:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=args.init))
+        summary = steps.train_step(cfg, args.input, args.output, merged=args.merged)
         _print_summary("train", {k: v for k, v in summary.items() if k != "history"})
     elif args.command == "eval":
-        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name)
+        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name, vision=args.vision)
         _print_summary("eval", {k: v for k, v in result.items() if k != "predictions"})
     elif args.command == "stsg-eval":
         _stsg_eval(cfg, args)
     elif args.command == "show-stsg":
         _show_stsg(cfg, args)
+    elif args.command == "pretrain":
+        from step_ray.pipeline.pretrain import pretrain_step
+
+        _print_summary("pretrain", pretrain_step(cfg, args.output, use_ray=use_ray))
+    elif args.command == "ablate":
+        from step_ray.pipeline.ablate import ablate
+
+        ablate(cfg, args.output, inputs=args.input, use_ray=use_ray)
     elif args.command == "self-train":
         from step_ray.pipeline.self_train import self_train
 

@@ -210,6 +210,15 @@ def find_qra(path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- train / eval
 
 
+def has_split(qra: str | Path, split: str) -> bool:
+    """Whether the QRA table (a file or the folder holding it) has rows of ``split``."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    splits = pads.dataset(str(find_qra(qra)), format="parquet").to_table(columns=["split"])["split"]
+    return bool(pc.any(pc.equal(splits, split)).as_py())
+
+
 def require_split(qra_path: Path, split: str) -> None:
     """Fail with a clear message when ``qra_path`` has no rows of ``split`` (a tiny corpus may put every video
     on one side of the train / test split)."""
@@ -224,20 +233,43 @@ def require_split(qra_path: Path, split: str) -> None:
                          f"or change qra.test_fraction")
 
 
-def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:
+def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
+    """``cfg`` whose ``model.name_or_path`` is the folder of ``train.init`` (an adapter is merged into its base
+    under ``out_dir/init`` first), so training starts from that model."""
+    import dataclasses
+
+    if not cfg.train.init:
+        return cfg
+    from step_ray.models.export import materialize
+    from step_ray.models.sources import ModelSourceError
+
+    try:
+        folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
+    except ModelSourceError as err:
+        raise ConfigError("train.init", str(err)) from None
+    model = dataclasses.replace(cfg.model, name_or_path=folder)
+    return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, init=None))
+
+
+def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, merged: bool = False,
+               card_kind: str = "train") -> dict:
+    """Fine-tune on the train split of ``qra`` into ``out_dir`` (from ``train.init`` when set); ``merged``:
+    also export base + adapter merged (what the next self-training round starts from)."""
     from step_ray.train.trainer import run_training
     from step_ray.utils.ray_session import init_ray
 
     qra_path = find_qra(qra)
     require_split(qra_path, "train")
+    cfg = with_init(cfg, out_dir)
     init_ray(cfg.ray)
-    return run_training(cfg, qra_path, Path(out_dir))
+    return run_training(cfg, qra_path, Path(out_dir), merged=merged, card_kind=card_kind)
 
 
 def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str,
-              split: str = "test", max_samples: int | None = None) -> dict:
-    """Accuracy of ``model`` (a training output folder, or None for the configured base model) on ``split``;
-    ``max_samples`` overrides ``eval.max_samples``."""
+              split: str = "test", max_samples: int | None = None, vision: str = "real", llm: Any = None) -> dict:
+    """Accuracy of ``model`` (any model reference; None: the configured base model) on ``split``, written to
+    ``out_dir/<name>.json``; ``max_samples`` overrides ``eval.max_samples``; ``vision``: 'real' frames or a
+    vision control ('blank', 'shuffled')."""
     import dataclasses
 
     from step_ray.eval.evaluate import evaluate
@@ -247,7 +279,7 @@ def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: s
     qra_path = find_qra(qra)
     require_split(qra_path, split)
     start = time.perf_counter()
-    result = evaluate(cfg, model, qra_path, split=split)
+    result = evaluate(cfg, model, qra_path, split=split, vision=vision, llm=llm)  # type: ignore[arg-type]
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(out_dir) / f"{name}.json", result)
     return result

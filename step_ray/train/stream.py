@@ -60,12 +60,14 @@ class EncodeStage:
         torch.set_num_threads(1)  # an actor holds a fraction of a CPU: one thread, no oversubscription
         processor = load_processor(resolve_base(self.cfg.model, self.cfg.run.seed), self.cfg.model.trust_remote_code)
         tc = self.cfg.train
-        self.encoder = RowEncoder(processor, self.cfg.model, tc.rationale_weight, tc.loss_format)
+        self.encoder = RowEncoder(processor, self.cfg.model, tc.rationale_weight, tc.loss_format,
+                                  frame_cache_mb=tc.data.frame_cache_mb)
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from step_ray.train.data import pack_sequence, rows_from_batch
+        from step_ray.models.encoding import pack_sequence
+        from step_ray.train.data import rows_from_batch
 
         if self.encoder is None:
             self.setup()
@@ -102,7 +104,7 @@ class ShardCollate:
         self.pad_id = pad_id
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[Optional[dict], int, int]:
-        from step_ray.train.data import collate, unpack_sequence
+        from step_ray.models.encoding import collate, unpack_sequence
 
         seqs = [unpack_sequence(b) for b, skip in zip(batch["seq"], batch["skip"]) if not skip]
         questions = int(np.asarray(batch["qra_rows"]).sum())

@@ -14,6 +14,8 @@ Outputs in ``out_dir``:
 * ``base/``    - the base model + processor the adapter applies to (a copy of the tiny build, or a symlink to a
   local checkpoint directory; nothing for a hub id, whose name is in the summary);
 * ``merged/``  - with ``merged=True``, base + adapter merged into one ``from_pretrained`` directory;
+* ``step_ray_model.json`` in ``adapter/`` / ``model/`` / ``merged/`` - the model card: the prompt and loss
+  format the model was trained with (:mod:`step_ray.models.card`), which evaluation follows;
 * ``train_summary.json`` - the summary dict returned.
 """
 
@@ -180,21 +182,6 @@ def point_adapter_at(adapter_dir: Path, base_dir: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def export_merged(base_dir: Path, adapter_dir: Path, target: Path) -> Path:
-    """Base + LoRA merged into one Hugging Face directory (model and processor)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    base = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    if target.exists():
-        shutil.rmtree(target)
-    merged.save_pretrained(str(target))
-    AutoProcessor.from_pretrained(str(base_dir)).save_pretrained(str(target))
-    return target
-
-
 def run_training(
     cfg: StepRayConfig,
     qra_path: str | Path,
@@ -202,6 +189,7 @@ def run_training(
     name: Optional[str] = None,
     storage_path: Optional[str] = None,
     merged: bool = False,
+    card_kind: str = "train",
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the train split of ``qra_path`` with Ray Train + DeepSpeed; export; summarise.
 
@@ -247,9 +235,16 @@ def run_training(
     base = export_base(cfg, out, state.get("base_fingerprint"))
     if base is not None and cfg.train.lora.enabled:
         point_adapter_at(weights, base)
+    from step_ray.models.card import ModelCard, write_card
+
+    # How the model was trained (prompt format, loss format, frames): evaluation asks it the same way.
+    write_card(weights, ModelCard.of_training(cfg, kind=card_kind, base=cfg.model.name_or_path,
+                                              steps=int(state["step"])))
     merged_dir = None
     if merged and cfg.train.lora.enabled and base is not None:
-        merged_dir = export_merged(base, weights, out / "merged")
+        from step_ray.models.export import merge_adapter
+
+        merged_dir = merge_adapter(base, weights, out / "merged", cfg.model.trust_remote_code)
 
     from step_ray.models.families import family_of
 
