@@ -19,7 +19,8 @@ from step_ray.utils.env import configure_ultralytics  # noqa: E402
 
 configure_ultralytics()
 
-REAL_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "videos" / "carphone_pristine.mp4"
+# A real H.264 clip kept in the repository (tests/data/README.md: source and licence).
+REAL_VIDEO = Path(__file__).resolve().parent / "data" / "carphone_pristine.mp4"
 
 
 @pytest.fixture(scope="session")
