@@ -15,6 +15,7 @@ from pathlib import Path
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
+from step_ray.pipeline.errors import NothingUsable
 
 
 def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
@@ -39,10 +40,10 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
     summary["stsg"] = timed("stsg", steps.stsg_step, cfg, inputs, run / "stsg", use_ray=use_ray)
     graphs = steps.graphs_of_last_run(run / "stsg")
     if not graphs:
-        raise RuntimeError(f"no video gave a scene graph; see {run / 'stsg' / 'errors.jsonl'}")
+        raise NothingUsable(f"no video gave a scene graph; see {run / 'stsg' / 'errors.jsonl'}")
     summary["qra"] = timed("qra", steps.qra_step, cfg, graphs, run / "qra", use_ray=use_ray)
     if not summary["qra"]["samples"]:
-        raise RuntimeError(f"no QRA samples were produced from {run / 'stsg'}; see {run / 'qra' / 'stats.json'}")
+        raise NothingUsable(f"no QRA samples were produced from {run / 'stsg'}; see {run / 'qra' / 'stats.json'}")
     summary["eval_base"] = timed("eval (base)", steps.eval_step, cfg, run / "qra", None, run / "eval", "base")
     summary["train"] = timed("train", steps.train_step, cfg, run / "qra", run / "train")
     summary["eval_trained"] = timed("eval (trained)", steps.eval_step, cfg, run / "qra", str(run / "train"),
