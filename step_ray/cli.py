@@ -293,6 +293,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def _stsg_eval(cfg: StepRayConfig, args) -> None:
     from step_ray.stsg.scoring import ScoreSettings, evaluate_dirs, format_table
+    from step_ray.utils.env import show_progress
     from step_ray.utils.inputs import InputError
 
     for flag, folder in (("--pred", args.pred), ("--gt", args.gt)):
@@ -307,7 +308,7 @@ def _stsg_eval(cfg: StepRayConfig, args) -> None:
     if not any(Path(args.gt).glob("*.stsg.json")):
         raise InputError(f"--gt {args.gt}: folder holds no .stsg.json files")
     report = evaluate_dirs(args.pred, args.gt, ScoreSettings(iou=args.iou, time_tol=args.time_tol),
-                           default_near_factor=cfg.stsg.near_factor, progress=True)
+                           default_near_factor=cfg.stsg.near_factor, progress=show_progress())
     print(format_table(report))
     for e in report["errors"]:
         print(f"unreadable {e['side']}: {e['path']}: {e['error']}")
@@ -362,9 +363,23 @@ def interrupt_note(command: str, out: str | None) -> str:
     }.get(command, f"nothing partial is left in {where}; re-run the command")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, ``kill``, a pod's shutdown): handled like Ctrl-C, with exit code 143."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - the signal module's signature
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     from step_ray.pipeline.errors import NothingUsable
     from step_ray.utils.inputs import InputError
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
     # DeepSpeed picks its accelerator when imported; on a driver without an NVIDIA driver that must be the CPU.
     # (Training workers get their own setting from train.use_gpu.)
@@ -378,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     except NothingUsable as err:
         print(f"step-ray: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"step-ray: interrupted; {_INTERRUPT_NOTE[0]}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"step-ray: {'terminated' if terminated else 'interrupted'}; {_INTERRUPT_NOTE[0]}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 def _has_cuda() -> bool:

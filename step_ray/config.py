@@ -148,9 +148,12 @@ class PoolConfig:
     num_cpus: float = _f(1.0, "CPUs per actor.")
     num_gpus: float = _f(0.0, "GPUs per actor; a fraction (0.5) lets several actors share a GPU.")
     batch_size: int = _f(1, "Rows per batch handed to an actor.")
+    max_retries: int = _f(2, "Times a batch whose actor died (a segfault, an out-of-memory kill) is retried, each "
+                             "time on a restarted actor, before its rows become error rows and the run goes on.")
 
     def validate(self, path: str) -> None:
         _require(self.min_size >= 1, f"{path}.min_size", "must be >= 1")
+        _require(self.max_retries >= 0, f"{path}.max_retries", "must be >= 0")
         _require(self.max_size >= self.min_size, f"{path}.max_size", "must be >= min_size")
         _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")
         _require(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
@@ -463,7 +466,10 @@ class TrainConfig:
     max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run (each restart resumes "
                               "from the latest checkpoint).")
     log_every: int = _f(10, "Report metrics every N steps.")
-    progress: bool = _f(True, "Show a progress bar (rank 0) while training.")
+    progress: bool = _f(True, "Show a progress bar (rank 0) while training, when stderr is a terminal (never in "
+                              "job or CI logs; STEP_RAY_PROGRESS=1 forces bars).")
+    tensorboard: bool = _f(True, "Write the reported metrics as TensorBoard scalars to OUT/tensorboard "
+                                 "(`tensorboard --logdir OUT/tensorboard`).")
     lora: LoraConfig = _f(factory=LoraConfig, help="LoRA settings.")
     data: TrainDataConfig = _f(factory=TrainDataConfig, help="The Ray Data stream that feeds the workers.")
 

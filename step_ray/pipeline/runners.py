@@ -2,6 +2,11 @@
 
 Both runners guarantee one output row per input row, in input order for the sequential runner and in
 any order on Ray (callers key rows by id). An exception that escapes ``process`` becomes an error row.
+
+On Ray, an input that kills the process working on it (a decoder segfault, an out-of-memory kill) is retried a
+bounded number of times (``pool.max_retries``, each time on a restarted actor) and then becomes an error row
+while the run goes on: Ray Data's own default would retry it forever. A failed batch takes the other rows of
+its block with it, so those are run once more, one row per block, before any row is declared failed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from tqdm import tqdm
 
 from step_ray.config import StepRayConfig, from_dict, to_dict
 from step_ray.pipeline.stage import Row, Stage, error_row
+from step_ray.utils.env import show_progress
 
 
 def _safe_process(stage: Stage, row: Row) -> Row:
@@ -43,11 +49,16 @@ def run_chain_sequential(chain: Chain, cfg: StepRayConfig, rows: list[Row], prog
     for stage in stages:
         stage.setup()
     out = []
-    for row in tqdm(rows, desc="+".join(c.name for c, _ in chain), disable=not progress, unit="row"):
+    for row in tqdm(rows, desc="+".join(c.name for c, _ in chain), disable=not (progress and show_progress()),
+                    unit="row"):
         for stage in stages:
             row = _safe_process(stage, row)
         out.append(row)
     return out
+
+
+#: Internal column that carries each input row's index through a chain on Ray (stages drop unknown keys).
+ROW_INDEX = "_step_ray_row"
 
 
 class _ActorAdapter:
@@ -64,7 +75,8 @@ class _ActorAdapter:
         import pandas as pd
 
         rows = [{k: _plain(v) for k, v in r.items()} for r in batch.to_dict("records")]
-        return pd.DataFrame([_safe_process(self.stage, r) for r in rows], columns=list(self.stage.columns))
+        out = [{**_safe_process(self.stage, r), ROW_INDEX: r.get(ROW_INDEX)} for r in rows]
+        return pd.DataFrame(out, columns=[*self.stage.columns, ROW_INDEX])
 
 
 def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwargs: Any) -> list[Row]:
@@ -75,14 +87,36 @@ def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwa
 def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[Row]:
     """One ``map_batches`` per stage, each with ``compute=ActorPoolStrategy(min_size, max_size)`` and its own
     CPU / GPU request per actor (GPU perception actors feed CPU graph builders, streaming); heavy state is
-    built inside the actors, never on the driver."""
+    built inside the actors, never on the driver. Rows whose actor kept dying become error rows (module docs)."""
+    if not rows:
+        return []
+    indexed = [{**r, ROW_INDEX: i} for i, r in enumerate(rows)]
+    first_pool = chain[0][0](cfg, **chain[0][1]).pool()
+    done = _map_chain_on_ray(chain, cfg, indexed, blocks=min(len(rows), max(1, first_pool.max_size * 4)))
+    missing = [r for r in indexed if r[ROW_INDEX] not in done]
+    if missing:  # failed batches: once more, each row alone, so that one bad input fails only itself
+        done.update(_map_chain_on_ray(chain, cfg, missing, blocks=len(missing)))
+    last = chain[-1][0]
+    tries = 1 + max(cls(cfg, **kwargs).pool().max_retries for cls, kwargs in chain)
+    for r in indexed:
+        if r[ROW_INDEX] not in done:
+            base = {k: v for k, v in r.items() if k != ROW_INDEX}
+            done[r[ROW_INDEX]] = error_row(
+                last.columns, base, f"the process working on it died {tries} times (a crash such as a decoder "
+                                    f"segfault, or an out-of-memory kill); the run went on without it")
+    return [done[i] for i in range(len(rows))]
+
+
+def _map_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row], blocks: int) -> dict[int, Row]:
+    """The chain over ``rows`` on Ray Data: {input row index: output row} for the rows that came through.
+
+    Every map bounds the retries of a batch whose actor died (``max_task_retries``; Ray restarts the actor
+    itself), and the dataset tolerates the blocks that still fail (``max_errored_blocks``): they are simply
+    missing from the result, for the caller to account for."""
     import ray
     import ray.data
 
-    if not rows:
-        return []
-    first_pool = chain[0][0](cfg, **chain[0][1]).pool()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, first_pool.max_size * 4)))
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, blocks))
     for stage_cls, stage_kwargs in chain:
         pool = stage_cls(cfg, **stage_kwargs).pool()
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
@@ -94,9 +128,17 @@ def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[
             **resources,
             batch_size=pool.batch_size,
             batch_format="pandas",
+            max_restarts=-1,  # a dead actor is replaced by a fresh process ...
+            max_task_retries=pool.max_retries,  # ... but a batch that kills it is retried only this often
         )
+    ds.context.max_errored_blocks = -1  # a batch out of retries drops its block; the run goes on
     last = chain[-1][0]
-    return [{c: _plain(r.get(c)) for c in last.columns} for r in ds.take_all()]
+    out: dict[int, Row] = {}
+    for r in ds.take_all():
+        index = _plain(r.get(ROW_INDEX))
+        if index is not None:
+            out.setdefault(int(index), {c: _plain(r.get(c)) for c in last.columns})
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -72,9 +72,10 @@ def check_output(out: str | Path, name: str = "--output") -> None:
 def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
     """Write the synthetic corpus (videos/ and gt/ under ``out_dir``)."""
     from step_ray.synth.corpus import generate_corpus
+    from step_ray.utils.env import show_progress
 
     start = time.perf_counter()
-    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=True)
+    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
     return {
         "videos": len(items),
         "objects": sum(i.get("objects", 0) for i in items),

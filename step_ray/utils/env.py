@@ -62,3 +62,19 @@ def limit_threads(cpus: float) -> int:
     cv2.setNumThreads(n)
     torch.set_num_threads(n)
     return n
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: only where a person watches (stderr is a terminal), so that logs of jobs,
+    CI and `nohup` runs hold lines, not thousands of bar redraws. ``STEP_RAY_PROGRESS=1`` / ``0`` forces it."""
+    import sys
+
+    forced = os.environ.get("STEP_RAY_PROGRESS", "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False

@@ -16,9 +16,12 @@ def init_ray(cfg: RayConfig) -> bool:
     - Otherwise start an embedded local Ray with the configured CPUs / logical GPUs, dashboard on loopback.
     """
     import ray
+    import ray.data
 
-    from step_ray.utils.env import worker_env
+    from step_ray.utils.env import show_progress, worker_env
 
+    # Ray Data's bars are redrawn many times a second: in a job's or CI's log that is megabytes of them.
+    ray.data.DataContext.get_current().enable_progress_bars = show_progress()
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": worker_env()}
