@@ -217,7 +217,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def output_of(args: argparse.Namespace) -> str | None:
     """The output location of a command (checked writable before any work), or None."""
     if args.command == "synth":
-        return args.out
+        return args.out  # (its flag is --out)
     if args.command in ("stsg-eval", "qra-check"):
         return str(Path(args.output).parent) if args.output else None
     if args.command == "show-stsg":
@@ -254,7 +254,7 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     from step_ray.pipeline import steps
 
-    out, flag = output_of(args), "--output"
+    out, flag = output_of(args), "--out" if args.command == "synth" else "--output"
     if args.command == "self-train" and out is None:
         out, flag = cfg.run.output_dir, "run.output_dir"
     if out is not None:

@@ -23,6 +23,12 @@ configure_ultralytics()
 REAL_VIDEO = Path(__file__).resolve().parent / "data" / "carphone_pristine.mp4"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that start a Ray of their own (`ray start --head`, marked own_ray) run first, before the session's
+    Ray starts: two local Rays at once confuse Ray Train's cleanup."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray per test session (Train V2 gets confused by several): 2 CPUs and 2 *logical* GPUs, so

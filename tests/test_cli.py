@@ -213,3 +213,33 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     assert show_progress() is False
     monkeypatch.setenv("STEP_RAY_PROGRESS", "1")
     assert show_progress() is True
+
+
+# ------------------------------------------------------------------------------------------------ security
+
+
+class _Payload:
+    """What a crafted checkpoint carries: unpickling it calls Path.touch (any callable could be there)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_yolo_weights_are_not_unpickled(tmp_path):
+    """A .pt file whose pickle runs code when loaded: the detector refuses it (ULTRALYTICS_SAFE_LOAD, set by
+    step-ray before ultralytics is imported) and the code never runs."""
+    import torch
+
+    from step_ray.config import PerceptionConfig
+    from step_ray.perception.detectors import build_detector
+
+    assert os.environ.get("ULTRALYTICS_SAFE_LOAD") == "1"
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(str(marker))}, weights)
+    with pytest.raises(Exception):  # noqa: B017 - whatever ultralytics raises: it must not load the file
+        build_detector(PerceptionConfig(detector="yolo", yolo_weights=str(weights)), "cpu")
+    assert not marker.exists()

@@ -63,6 +63,12 @@ def test_rayjob_runs_exactly_the_raycluster_spec(raycluster, rayjob):
     assert rayjob["spec"]["rayClusterSpec"] == raycluster["spec"]
 
 
+def test_rayjob_runtime_env_is_the_job_runtime_env(rayjob):
+    env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert env.pop("working_dir") == "/home/ray/step-ray"
+    assert env == _yaml(ROOT / "jobs" / "runtime_env.yaml")
+
+
 def test_kuberay_manifests_read_by_rays_own_kuberay_autoscaler(raycluster, rayjob):
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 

@@ -13,8 +13,11 @@ def cache_dir() -> Path:
 
 
 def configure_ultralytics() -> None:
-    """Keep ultralytics offline and quiet: no downloads, no auto-installs, settings in our cache, and a local
-    font where it looks for Arial (otherwise plotting tries to download one)."""
+    """Keep ultralytics offline, quiet and safe: no downloads, no auto-installs, settings in our cache, a local
+    font where it looks for Arial (otherwise plotting tries to download one), and YOLO ``.pt`` files loaded with
+    ``weights_only=True`` and ultralytics' allow-list of model classes (``ULTRALYTICS_SAFE_LOAD``; by default it
+    unpickles them, which runs whatever code a crafted file carries). Must run before ultralytics is imported."""
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -47,8 +50,8 @@ def worker_env() -> dict[str, str]:
     DS_ACCELERATOR is deliberately not passed on: the driver may sit on a CPU-only head node while the
     training workers have GPUs; the trainer sets it per worker from ``train.use_gpu``."""
     configure_ultralytics()
-    keys = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE", "STEP_RAY_CACHE",
-            "TORCH_EXTENSIONS_DIR")
+    keys = ("ULTRALYTICS_SAFE_LOAD", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR",
+            "HF_HUB_OFFLINE", "STEP_RAY_CACHE", "TORCH_EXTENSIONS_DIR")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 

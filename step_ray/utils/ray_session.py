@@ -38,4 +38,27 @@ def init_ray(cfg: RayConfig) -> bool:
     # ever listens on loopback here.
     ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, dashboard_host="127.0.0.1", runtime_env=runtime_env,
              logging_level=logging.WARNING, **kwargs)
+    start_reaper()
     return True
+
+
+def start_reaper() -> None:
+    """Watch this driver from a process of its own and stop the embedded Ray's processes if the driver dies
+    without ``ray.shutdown()`` (see :mod:`step_ray.utils.reaper`)."""
+    import subprocess
+    import sys
+
+    import ray
+
+    session_dir = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - no public accessor
+    subprocess.Popen([sys.executable, "-m", "step_ray.utils.reaper", str(os.getpid()), session_dir],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, cwd="/",
+                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                         p for p in (_source_root(), os.environ.get("PYTHONPATH", "")) if p)})
+
+
+def _source_root() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2])
