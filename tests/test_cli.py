@@ -86,8 +86,8 @@ def test_version_and_resolved_config(tmp_path):
 def test_overrides_anywhere_never_taken_as_inputs(tmp_path):
     from step_ray.cli import build_parser, split_overrides
 
-    rest, overrides = split_overrides(["self-train", "--input", "/v", "a.mp4", "train.steps=5", "--no-ray",
-                                       "qra.pool.max_size=3", "./x.y=z.mp4"])
+    rest, overrides = split_overrides(["self-train", "--input", "/v", "a.mp4", "train.steps=5", "./x.y=z.mp4",
+                                       "--no-ray", "qra.pool.max_size=3"])
     args = build_parser().parse_args(rest)
     assert args.input == ["/v", "a.mp4", "./x.y=z.mp4"] and overrides == ["train.steps=5", "qra.pool.max_size=3"]
     # Through the real CLI: the override after --input is applied (and refused here: a bad value), not read as a
