@@ -9,6 +9,7 @@ them), before the session's own Ray starts, so that two never run at once."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -53,6 +54,23 @@ def _session_processes(temp_dir: str) -> list[int]:
     return [p for p in found if p != os.getpid()]
 
 
+def _stop_head(head: subprocess.Popen, temp: str) -> None:
+    """SIGTERM the head's process group (`ray start --block` and what it started), SIGKILL what is left."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + 30
+    while _session_processes(temp) and time.time() < deadline:
+        time.sleep(1)
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
+    time.sleep(1)
+
+
 @pytest.fixture
 def local_head(tmp_path_factory):
     """`ray start --head --block` with its own ports and temp dir, in its own process group; stopped by
@@ -61,7 +79,10 @@ def local_head(tmp_path_factory):
     temp = str(Path("/tmp") / f"srh{os.getpid()}")  # Ray's socket paths must stay short
     shutil.rmtree(temp, ignore_errors=True)
     gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, metrics, runtime_env = _free_ports(9)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
+    # Token authentication on, as on the shipped clusters, with a token of this test's own (no ~/.ray file).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": "", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
            "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", f"--node-manager-port={node_mgr}",
            f"--object-manager-port={obj_mgr}", f"--dashboard-agent-listen-port={agent}",
@@ -76,20 +97,18 @@ def local_head(tmp_path_factory):
         probe = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, text=True, env=env)
         if probe.returncode == 0:
             break
-        assert head.poll() is None, (tempfile_dir / "head.log").read_text()
+        if head.poll() is not None:
+            break
         time.sleep(2)
     else:
-        pytest.fail("the local head did not come up: " + (tempfile_dir / "head.log").read_text()[-2000:])
+        probe = None
+    if probe is None or probe.returncode != 0:
+        _stop_head(head, temp)
+        pytest.fail("the local head did not come up: " + (tempfile_dir / "head.log").read_text()[-1500:]
+                    + ("\nray job list: " + (probe.stdout + probe.stderr)[-1500:] if probe else ""))
     yield {"address": address, "env": env, "temp": temp}
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    _stop_head(head, temp)
     log.close()
-    deadline = time.time() + 30
-    while _session_processes(temp) and time.time() < deadline:
-        time.sleep(1)
     left = _session_processes(temp)
     for pid in left:  # do not leak into the rest of the suite; the assertion below still fails the test
         try:
