@@ -148,8 +148,8 @@ class PoolConfig:
     num_cpus: float = _f(1.0, "CPUs per actor.")
     num_gpus: float = _f(0.0, "GPUs per actor; a fraction (0.5) lets several actors share a GPU.")
     batch_size: int = _f(1, "Rows per batch handed to an actor.")
-    max_retries: int = _f(2, "Times a batch whose actor died (a segfault, an out-of-memory kill) is retried, each "
-                             "time on a restarted actor, before its rows become error rows and the run goes on.")
+    max_retries: int = _f(2, "Times a row whose actor died on it (a segfault, an out-of-memory kill) is run again, "
+                             "each time on a restarted actor, before it becomes an error row and the run goes on.")
 
     def validate(self, path: str) -> None:
         _require(self.min_size >= 1, f"{path}.min_size", "must be >= 1")

@@ -98,8 +98,8 @@ def test_killed_perception_actor_mid_run_loses_nothing(ray_session, synth_corpus
 
 @pytest.mark.ray
 def test_video_that_kills_its_decoder_becomes_an_error_row(ray_session, synth_corpus, tmp_path):
-    """Every process that opens poison.mp4 dies: after perception.pool.max_retries retries (in its batch, then
-    alone) it is an error row with the reason, and every other video still gets its graph."""
+    """Every process that opens poison.mp4 dies: after perception.pool.max_retries retries it is an error row
+    with the reason, and every other video still gets its graph."""
     from step_ray.pipeline.steps import stsg_step
 
     videos = tmp_path / "videos"
@@ -114,11 +114,10 @@ def test_video_that_kills_its_decoder_becomes_an_error_row(ray_session, synth_co
     killer.stop.set()
     rows = {r["video_id"]: r for r in _results(tmp_path / "stsg")}
     assert len(rows) == len(list(videos.glob("*.mp4")))
-    assert rows["poison"]["status"] == "error" and "died" in rows["poison"]["error"], rows["poison"]
+    assert rows["poison"]["status"] == "error" and "died 2 times" in rows["poison"]["error"], rows["poison"]
     assert all(r["status"] == "ok" for vid, r in rows.items() if vid != "poison")
     assert summary["failed"] == 1 and summary["accounted_for"]
-    # 1 + max_retries tries in its batch, and as many alone: bounded, not Ray Data's endless retries.
-    assert 2 <= len(killer.kills) <= 4, killer.kills
+    assert len(killer.kills) == 2, killer.kills  # 1 + max_retries attempts, then no more: not Ray's endless retries
     print(f"poison video: {len(killer.kills)} kills, run {seconds:.0f} s")
 
 
@@ -231,12 +230,18 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
     storage = out / "checkpoints" / "step-ray-train"
 
     def checkpoints() -> int:
-        return len(list(storage.glob("checkpoint_*/state.json"))) if storage.is_dir() else 0
+        """Checkpoints Ray Train has registered (a folder being written does not count: a run interrupted then
+        resumes from the one before)."""
+        from ray.train import Result
+
+        try:
+            return len(Result.from_path(str(storage)).best_checkpoints)
+        except (RuntimeError, OSError, ValueError):
+            return 0
 
     try:
         proc = _cli(args, env)
         _wait_for(lambda: checkpoints() >= 1, proc)
-        time.sleep(1.0)  # let Ray Train register the checkpoint it just wrote
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 130, err[-3000:]
@@ -246,7 +251,6 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
         first = checkpoints()
         proc = _cli(args, env)
         _wait_for(lambda: checkpoints() >= first + 1, proc)
-        time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         left = _no_ray_left(ray_tmp)

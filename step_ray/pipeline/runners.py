@@ -5,8 +5,7 @@ any order on Ray (callers key rows by id). An exception that escapes ``process``
 
 On Ray, an input that kills the process working on it (a decoder segfault, an out-of-memory kill) is retried a
 bounded number of times (``pool.max_retries``, each time on a restarted actor) and then becomes an error row
-while the run goes on: Ray Data's own default would retry it forever. A failed batch takes the other rows of
-its block with it, so those are run once more, one row per block, before any row is declared failed.
+while the run goes on: Ray Data alone would retry it forever. The other rows of its batch are simply run again.
 """
 
 from __future__ import annotations
@@ -61,21 +60,67 @@ def run_chain_sequential(chain: Chain, cfg: StepRayConfig, rows: list[Row], prog
 ROW_INDEX = "_step_ray_row"
 
 
+class CrashLedger:
+    """A small Ray actor (no CPU) that counts, per stage and input row, the attempts that began and never ended:
+    each one is a death of the process working on that row (a segfault, an OOM kill; an exception ends its
+    attempt normally, as an error row). Ray Data restarts the dead actor and retries its batch as often as it
+    takes; the adapter asks the ledger first and turns a row that has already killed ``max_retries + 1``
+    processes into an error row instead of running it again. Counting per row keeps the other rows of the
+    batch out of it: they are simply run again (stages are idempotent)."""
+
+    def __init__(self) -> None:
+        self.begun: dict[tuple[str, int], int] = {}
+        self.ended: dict[tuple[str, int], int] = {}
+
+    def begin(self, stage: str, row: int) -> int:
+        """Count an attempt; return how many earlier attempts died."""
+        key = (stage, row)
+        deaths = self.begun.get(key, 0) - self.ended.get(key, 0)
+        self.begun[key] = self.begun.get(key, 0) + 1
+        return deaths
+
+    def end(self, stage: str, row: int) -> None:
+        key = (stage, row)
+        self.ended[key] = self.ended.get(key, 0) + 1
+
+    def deaths(self) -> int:
+        return sum(self.begun.values()) - sum(self.ended.values())
+
+
 class _ActorAdapter:
     """What Ray Data instantiates in each actor: builds the stage from plain data and maps batches through it."""
 
-    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict):
+    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict, ledger: Any = None,
+                 max_retries: int = 0):
         from step_ray.utils.env import configure_ultralytics
 
         configure_ultralytics()
         self.stage = stage_cls(from_dict(cfg_data), **stage_kwargs)
         self.stage.setup()
+        self.ledger, self.max_retries = ledger, max_retries
+
+    def _process(self, row: Row) -> Row:
+        import ray
+
+        index = row.get(ROW_INDEX)
+        if self.ledger is None or index is None:
+            return _safe_process(self.stage, row)
+        deaths = ray.get(self.ledger.begin.remote(self.stage.name, int(index)))
+        if deaths > self.max_retries:
+            out = error_row(self.stage.columns, row, (
+                f"the process working on it died {deaths} times (a crash such as a decoder segfault, or an "
+                f"out-of-memory kill); {self.stage.name}'s pool.max_retries is {self.max_retries}, the run went on "
+                f"without it"))
+        else:
+            out = _safe_process(self.stage, row)
+        ray.get(self.ledger.end.remote(self.stage.name, int(index)))
+        return out
 
     def __call__(self, batch):
         import pandas as pd
 
         rows = [{k: _plain(v) for k, v in r.items()} for r in batch.to_dict("records")]
-        out = [{**_safe_process(self.stage, r), ROW_INDEX: r.get(ROW_INDEX)} for r in rows]
+        out = [{**self._process(r), ROW_INDEX: r.get(ROW_INDEX)} for r in rows]
         return pd.DataFrame(out, columns=[*self.stage.columns, ROW_INDEX])
 
 
@@ -87,58 +132,44 @@ def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwa
 def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[Row]:
     """One ``map_batches`` per stage, each with ``compute=ActorPoolStrategy(min_size, max_size)`` and its own
     CPU / GPU request per actor (GPU perception actors feed CPU graph builders, streaming); heavy state is
-    built inside the actors, never on the driver. Rows whose actor kept dying become error rows (module docs)."""
-    if not rows:
-        return []
-    indexed = [{**r, ROW_INDEX: i} for i, r in enumerate(rows)]
-    first_pool = chain[0][0](cfg, **chain[0][1]).pool()
-    done = _map_chain_on_ray(chain, cfg, indexed, blocks=min(len(rows), max(1, first_pool.max_size * 4)))
-    missing = [r for r in indexed if r[ROW_INDEX] not in done]
-    if missing:  # failed batches: once more, each row alone, so that one bad input fails only itself
-        done.update(_map_chain_on_ray(chain, cfg, missing, blocks=len(missing)))
-    last = chain[-1][0]
-    tries = 1 + max(cls(cfg, **kwargs).pool().max_retries for cls, kwargs in chain)
-    for r in indexed:
-        if r[ROW_INDEX] not in done:
-            base = {k: v for k, v in r.items() if k != ROW_INDEX}
-            done[r[ROW_INDEX]] = error_row(
-                last.columns, base, f"the process working on it died {tries} times (a crash such as a decoder "
-                                    f"segfault, or an out-of-memory kill); the run went on without it")
-    return [done[i] for i in range(len(rows))]
-
-
-def _map_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row], blocks: int) -> dict[int, Row]:
-    """The chain over ``rows`` on Ray Data: {input row index: output row} for the rows that came through.
-
-    Every map bounds the retries of a batch whose actor died (``max_task_retries``; Ray restarts the actor
-    itself), and the dataset tolerates the blocks that still fail (``max_errored_blocks``): they are simply
-    missing from the result, for the caller to account for."""
+    built inside the actors, never on the driver. A row that keeps killing its actor becomes an error row
+    (:class:`CrashLedger`)."""
     import ray
     import ray.data
 
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, blocks))
+    if not rows:
+        return []
+    indexed = [{**r, ROW_INDEX: i} for i, r in enumerate(rows)]
+    ledger = ray.remote(num_cpus=0)(CrashLedger).remote()
+    first_pool = chain[0][0](cfg, **chain[0][1]).pool()
+    ds = ray.data.from_items(indexed, override_num_blocks=min(len(rows), max(1, first_pool.max_size * 4)))
     for stage_cls, stage_kwargs in chain:
         pool = stage_cls(cfg, **stage_kwargs).pool()
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
         ds = ds.map_batches(
             _ActorAdapter,
-            fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
+            fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs,
+                                   "ledger": ledger, "max_retries": pool.max_retries},
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             num_cpus=pool.num_cpus,
             **resources,
             batch_size=pool.batch_size,
             batch_format="pandas",
-            max_restarts=-1,  # a dead actor is replaced by a fresh process ...
-            max_task_retries=pool.max_retries,  # ... but a batch that kills it is retried only this often
         )
-    ds.context.max_errored_blocks = -1  # a batch out of retries drops its block; the run goes on
     last = chain[-1][0]
-    out: dict[int, Row] = {}
-    for r in ds.take_all():
-        index = _plain(r.get(ROW_INDEX))
-        if index is not None:
-            out.setdefault(int(index), {c: _plain(r.get(c)) for c in last.columns})
-    return out
+    done: dict[int, Row] = {}
+    try:
+        for r in ds.take_all():
+            index = _plain(r.get(ROW_INDEX))
+            if index is not None:
+                done.setdefault(int(index), {c: _plain(r.get(c)) for c in last.columns})
+    finally:
+        ray.kill(ledger)
+    for r in indexed:  # never expected: the contract is one output row per input row, so say so if not
+        if r[ROW_INDEX] not in done:
+            base = {k: v for k, v in r.items() if k != ROW_INDEX}
+            done[r[ROW_INDEX]] = error_row(last.columns, base, "no output came back for it from Ray Data")
+    return [done[i] for i in range(len(rows))]
 
 
 def _plain(value: Any) -> Any:
