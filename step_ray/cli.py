@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+    from step_ray.utils.env import quiet_library_bars
+
+    quiet_library_bars()  # job and CI logs: lines, not bar redraws
 
     # DeepSpeed picks its accelerator when imported; on a driver without an NVIDIA driver that must be the CPU.
     # (Training workers get their own setting from train.use_gpu.)

@@ -51,7 +51,7 @@ def worker_env() -> dict[str, str]:
     training workers have GPUs; the trainer sets it per worker from ``train.use_gpu``."""
     configure_ultralytics()
     keys = ("ULTRALYTICS_SAFE_LOAD", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR",
-            "HF_HUB_OFFLINE", "STEP_RAY_CACHE", "TORCH_EXTENSIONS_DIR")
+            "HF_HUB_OFFLINE", "STEP_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -65,6 +65,14 @@ def limit_threads(cpus: float) -> int:
     cv2.setNumThreads(n)
     torch.set_num_threads(n)
     return n
+
+
+def quiet_library_bars() -> None:
+    """Outside a terminal, also switch off the bars of the libraries (tqdm's own, Hugging Face's): set before
+    they are imported, and passed on to the Ray workers by :func:`worker_env`."""
+    if not show_progress():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def show_progress() -> bool:
