@@ -80,8 +80,11 @@ def local_head(tmp_path_factory):
     shutil.rmtree(temp, ignore_errors=True)
     gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, metrics, runtime_env = _free_ports(9)
     # Token authentication on, as on the shipped clusters, with a token of this test's own (no ~/.ray file).
+    # `python` in a job's entrypoint is the nodes' Python, with step-ray's dependencies (the cluster image's):
+    # here, this test's interpreter.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": "", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": "", "PATH": path}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
            "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", f"--node-manager-port={node_mgr}",
