@@ -50,6 +50,8 @@ class Killer(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and len(self.kills) < self.limit:
             for pid in _ray_workers_with_open(self.name):
+                if pid in self.kills:  # dying already (a killed process holds its files until it is reaped)
+                    continue
                 try:
                     os.kill(pid, signal.SIGKILL)
                     self.kills.append(pid)
