@@ -9,6 +9,7 @@ CLI turns it into a one-line message and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class RunConfig:
     def validate(self, path: str) -> None:
         _require(bool(self.output_dir), f"{path}.output_dir", "must not be empty")
         _require(self.rounds >= 1, f"{path}.rounds", "must be >= 1")
+        _require(self.seed >= 0, f"{path}.seed", "must be >= 0")
 
 
 @dataclass
@@ -103,6 +105,7 @@ class SynthConfig:
 
     def validate(self, path: str) -> None:
         _require(self.videos >= 1, f"{path}.videos", "must be >= 1")
+        _require(self.seed >= 0, f"{path}.seed", "must be >= 0")
         for name in ("width", "height"):
             v = getattr(self, name)
             _require(v >= 64 and v % 2 == 0, f"{path}.{name}", "must be even and >= 64")
@@ -174,12 +177,19 @@ class PoolConfig:
     num_cpus: float = _f(1.0, "CPUs per actor.")
     num_gpus: float = _f(0.0, "GPUs per actor; a fraction (0.5) lets several actors share a GPU.")
     batch_size: int = _f(1, "Rows per batch handed to an actor.")
+    max_retries: int = _f(2, "Times a row whose actor died on it (a segfault, an out-of-memory kill) is run again, "
+                             "each time on a restarted actor, before it becomes an error row and the run goes on.")
 
     def validate(self, path: str) -> None:
         _require(self.min_size >= 1, f"{path}.min_size", "must be >= 1")
+        _require(self.max_retries >= 0, f"{path}.max_retries", "must be >= 0")
         _require(self.max_size >= self.min_size, f"{path}.max_size", "must be >= min_size")
         _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")
         _require(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+        for name in ("num_cpus", "num_gpus"):  # Ray's own rule for resource requests
+            value = getattr(self, name)
+            _require(value <= 1 or value == int(value), f"{path}.{name}",
+                     f"must be a fraction below 1 or a whole number (Ray refuses {value:g})")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
 
 
@@ -208,6 +218,7 @@ class PerceptionConfig:
         _require(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{path}.imgsz", "must be a multiple of 32")
         _require(0 <= self.conf <= 1, f"{path}.conf", "must be in [0, 1]")
         _require(self.batch >= 1, f"{path}.batch", "must be >= 1")
+        _require(self.min_area >= 1, f"{path}.min_area", "must be >= 1 (pixels)")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"{path}.device", "must be 'auto', 'cpu' or 'cuda[:N]'")
         _require(not self.device.startswith("cuda") or self.pool.num_gpus > 0, f"{path}.device",
@@ -239,6 +250,7 @@ class StsgConfig:
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
         _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(self.motion_min_px_per_s >= 0, f"{path}.motion_min_px_per_s", "must be >= 0")
         _require(self.min_pause_seconds > 0, f"{path}.min_pause_seconds", "must be > 0")
         _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
         _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
@@ -446,6 +458,7 @@ class LoraConfig:
 
     def validate(self, path: str) -> None:
         _require(self.r >= 1, f"{path}.r", "must be >= 1")
+        _require(self.alpha >= 1, f"{path}.alpha", "must be >= 1 (the adapter's scale is alpha / r)")
         _require(0 <= self.dropout < 1, f"{path}.dropout", "must be in [0, 1)")
         _require(len(self.target_modules) > 0, f"{path}.target_modules", "must name at least one module")
 
@@ -514,7 +527,10 @@ class TrainConfig:
     max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run (each restart resumes "
                               "from the latest checkpoint).")
     log_every: int = _f(10, "Report metrics every N steps.")
-    progress: bool = _f(True, "Show a progress bar (rank 0) while training.")
+    progress: bool = _f(True, "Show a progress bar (rank 0) while training, when stderr is a terminal (never in "
+                              "job or CI logs; STEP_RAY_PROGRESS=1 forces bars).")
+    tensorboard: bool = _f(True, "Write the reported metrics as TensorBoard scalars to OUT/tensorboard "
+                                 "(`tensorboard --logdir OUT/tensorboard`).")
     init: Optional[str] = _f(None, "Start from this model instead of model.name_or_path: any model reference (a "
                                    "training or pretraining output, an adapter, a merged or HF folder; adapters are "
                                    "merged into its base first). Self-training rounds set it to the last round's model.")
@@ -536,6 +552,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
         _require(self.lr > 0, f"{path}.lr", "must be > 0")
+        _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+        _require(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
         _require(self.rationale_weight >= 0, f"{path}.rationale_weight", "must be >= 0")
         _require(self.checkpoint_every >= 1, f"{path}.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
@@ -700,13 +718,19 @@ def _coerce(value: Any, tp: Any, path: str, base: Any = None) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # No knob of step-ray means anything at infinity or NaN (YAML spells them .inf and .nan).
+            if not math.isfinite(number):
+                raise ConfigError(path, f"must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -769,6 +793,26 @@ def _set_path(data: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain PyYAML keeps the last one, so a
+    section pasted twice would silently override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError("--config", f"key {key!r} appears twice in one mapping (lines "
+                                              f"{seen[key] + 1} and {key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`ConfigError` on duplicated keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StepRayConfig:
     """Load ``path`` (YAML; None: all defaults), apply ``key=value`` overrides, validate, return the tree."""
     data: dict = {}
@@ -781,7 +825,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError("--config", f"cannot read {p}: {err}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = safe_load_unique(text)
+        except ConfigError as err:
+            raise ConfigError("--config", f"{p}: {str(err).removeprefix('--config: ')}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

@@ -19,7 +19,14 @@ from step_ray.utils.env import configure_ultralytics  # noqa: E402
 
 configure_ultralytics()
 
-REAL_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "videos" / "carphone_pristine.mp4"
+# A real H.264 clip kept in the repository (tests/data/README.md: source and licence).
+REAL_VIDEO = Path(__file__).resolve().parent / "data" / "carphone_pristine.mp4"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that start a Ray of their own (`ray start --head`, marked own_ray) run first, before the session's
+    Ray starts: two local Rays at once confuse Ray Train's cleanup."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,6 @@ from step_ray.video.frames import FrameDecodeError, _decode_pyav, read_frames, s
 from step_ray.train.loss import step_loss
 from step_ray.train.toy import make_toy_qra
 
-SHARED_VIDEO = Path("/work/shared/videos/carphone_pristine.mp4")
-
-
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
@@ -190,13 +187,12 @@ def test_span_times_and_frames(toy_rows):
         read_frames("/no/such/video.mp4", 0, 1, 2, 112)
 
 
-@pytest.mark.skipif(not SHARED_VIDEO.is_file(), reason="shared test video not present")
-def test_decord_and_pyav_agree_on_a_real_video():
-    a = read_frames(str(SHARED_VIDEO), 1.0, 3.0, 2, 112)
-    b = _decode_pyav(str(SHARED_VIDEO), 1.0, 3.0, 2, 112)
+def test_decord_and_pyav_agree_on_a_real_video(real_video):
+    a = read_frames(str(real_video), 1.0, 3.0, 2, 112)
+    b = _decode_pyav(str(real_video), 1.0, 3.0, 2, 112)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 8
-    at = read_frames(str(SHARED_VIDEO), None, None, 2, 112, times=[0.5, 2.0])  # the frames shown at those times
-    assert np.abs(at.astype(int) - _decode_pyav(str(SHARED_VIDEO), None, None, 2, 112, [0.5, 2.0]).astype(int)).mean() < 8
+    at = read_frames(str(real_video), None, None, 2, 112, times=[0.5, 2.0])  # the frames shown at those times
+    assert np.abs(at.astype(int) - _decode_pyav(str(real_video), None, None, 2, 112, [0.5, 2.0]).astype(int)).mean() < 8
 
 
 # ------------------------------------------------------------------------------------------------ deepspeed

@@ -28,6 +28,7 @@ import numpy as np
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
+from step_ray.pipeline.errors import NothingUsable
 from step_ray.pipeline.self_train import _Runner, _summary_json, evaluate_with_controls, with_base
 
 BUCKETS = ("1", "2", "3+", "all")
@@ -111,7 +112,7 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
     stsg = runner.stage("stsg", out / "stsg", steps.stsg_step, cfg, inputs, out / "stsg", use_ray=use_ray)
     graphs = steps.graphs_of_last_run(out / "stsg")
     if not graphs:
-        raise RuntimeError(f"no video gave a scene graph; see {out / 'stsg' / 'errors.jsonl'}")
+        raise NothingUsable(f"no video gave a scene graph; see {out / 'stsg' / 'errors.jsonl'}")
     qra = runner.stage("qra", out / "qra", steps.qra_step, cfg, graphs, out / "qra", use_ray=use_ray)
     base_evals = evaluate_with_controls(runner, cfg, out / "qra", None, out / "eval", "base", "base")
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
+from step_ray.pipeline.errors import NothingUsable
 
 STAGE_FILE = "stage.json"
 
@@ -142,11 +143,11 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         if qra_dir is None or cfg.semantics.enabled or cfg.qra.filter.enabled:
             graphs = steps.graphs_of_last_run(graphs_dir)
             if not graphs:
-                raise RuntimeError(f"no video gave a scene graph; see {graphs_dir / 'errors.jsonl'}")
+                raise NothingUsable(f"no video gave a scene graph; see {graphs_dir / 'errors.jsonl'}")
             rs["qra"] = runner.stage(f"round {r}: qra", rdir / "qra", steps.qra_step, mine_cfg, graphs, rdir / "qra",
                                      use_ray=use_ray)
             if not rs["qra"]["samples"]:
-                raise RuntimeError(f"no QRA samples were produced from {graphs_dir}; see {rdir / 'qra' / 'stats.json'}")
+                raise NothingUsable(f"no QRA samples were produced from {graphs_dir}; see {rdir / 'qra' / 'stats.json'}")
             qra_dir = rdir / "qra"
         else:
             rs["qra"] = {"reused": str(qra_dir)}

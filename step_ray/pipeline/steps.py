@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from step_ray.config import ConfigError, StepRayConfig
+from step_ray.pipeline.errors import NothingUsable
 from step_ray.utils import storage
 from step_ray.utils.inputs import expand, video_rows
 
@@ -24,15 +25,57 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> None:
     storage.write_text(str(path), "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
 
 
+def in_ray_job_working_dir() -> bool:
+    """Whether this process is the driver of a ``ray job submit --working-dir ...`` job: its current folder is
+    then Ray's temporary copy of the uploaded working dir."""
+    import os
+
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return False
+    try:
+        return bool(json.loads(config).get("runtime_env", {}).get("working_dir"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def check_output(out: str | Path, name: str = "--output") -> None:
+    """Fail (:class:`~step_ray.utils.inputs.InputError`, exit 2) before any work when ``out`` cannot become an
+    output folder: it is a file, sits under a file, is not writable, or is relative inside a Ray job (it would
+    land in the job's temporary copy of the working dir, deleted with the job). Nothing is created here. An
+    object-store prefix is checked by the first write (it has no permissions to look at beforehand)."""
+    import os
+
+    from step_ray.utils.inputs import InputError
+
+    if storage.is_remote(str(out)):
+        return
+    if not Path(out).is_absolute() and in_ray_job_working_dir():
+        raise InputError(f"{name} {out}: a relative path inside a Ray job lands in Ray's temporary copy of the "
+                         f"working dir ({Path.cwd()}), deleted with the job: give an absolute path on shared "
+                         f"storage (e.g. /mnt/shared/runs/NAME)")
+    p = Path(out).absolute()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{name} {out}: is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{name} {out}: {probe} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{name} {out}: {probe} is not writable")
+
+
 # --------------------------------------------------------------------------------------------- synth
 
 
 def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
     """Write the synthetic corpus (videos/ and gt/ under ``out_dir``)."""
     from step_ray.synth.corpus import generate_corpus
+    from step_ray.utils.env import show_progress
 
     start = time.perf_counter()
-    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=True)
+    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
     return {
         "videos": len(items),
         "objects": sum(i.get("objects", 0) for i in items),
@@ -95,6 +138,9 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
     if cfg.semantics.enabled:
         summary.update({k: total(k) for k in ("parse_samples", "parse_malformed", "parse_facts")})
     write_json(storage.join(out, "summary.json"), summary)
+    if rows and not ok:
+        raise NothingUsable(f"none of the {len(rows)} videos gave a scene graph; reasons in "
+                            f"{storage.join(out, 'errors.jsonl')}")
     return summary
 
 
@@ -159,6 +205,9 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
         summary["samples"] = summary["filter"]["kept"]
     summary["card"] = str(write_card(_read_qra(out / "qra.parquet"), summary, out))
     write_json(out / "stats.json", summary)
+    if not summary["samples"]:
+        raise NothingUsable(f"no QRA sample came out of {len(rows)} graph(s) ({summary['graphs_failed']} failed); "
+                            f"reasons in {out / 'stats.json'}")
     return summary
 
 
@@ -220,14 +269,26 @@ def has_split(qra: str | Path, split: str) -> bool:
 
 
 def require_split(qra_path: Path, split: str) -> None:
-    """Fail with a clear message when ``qra_path`` has no rows of ``split`` (a tiny corpus may put every video
+    """Fail with a clear message (exit 2) when ``qra_path`` is not a QRA Parquet file (unreadable, or without
+    the columns training and evaluation read) or has no rows of ``split`` (a tiny corpus may put every video
     on one side of the train / test split)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from step_ray.qra.records import CORE_FIELDS
     from step_ray.utils.inputs import InputError
 
-    splits = pq.read_table(qra_path, columns=["split"])["split"]
+    try:
+        schema = pq.read_schema(qra_path)
+        missing = [c for c in CORE_FIELDS if c not in schema.names]
+        if missing:
+            raise InputError(f"{qra_path}: not a QRA file (schema qra/2, docs/qra_schema.md): no column "
+                             f"{', '.join(missing)}")
+        splits = pq.read_table(qra_path, columns=["split"])["split"]
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{qra_path}: not a readable Parquet file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
                          f"or change qra.test_fraction")

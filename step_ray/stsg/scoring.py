@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from itertools import combinations, permutations
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
 
