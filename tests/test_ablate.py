@@ -65,7 +65,7 @@ def test_ablate_from_a_pretrained_base(ray_session, tmp_path, monkeypatch):
     assert stored["base_blank"]["vision"] == "blank"
     joint = json.loads((out / "runs" / "lam1_joint_seed0" / "eval" / "trained.json").read_text())
     assert joint["answer_format"] == "joint" and all(p["rationale"] is not None for p in joint["predictions"])
-    assert read_card(out / "runs" / "lam1_joint_seed0" / "train" / "adapter").loss_format == "joint"
+    assert read_card(out / "runs" / "lam1_joint_seed0" / "train" / "model").loss_format == "joint"  # full fine-tuning
     rows = {r["loss_format"]: r for r in result["aggregate"]}
     assert "vs_lambda0" in rows["joint"] and "vs_blank" in rows["joint"] and rows["base"]["accuracy"]["all"]
     assert (out / "ablation.md").read_text().count("λ = 0") >= 2 and (out / "plots" / "ablation.png").is_file()

@@ -39,7 +39,10 @@ def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    table = pads.dataset(str(qra_path), format="parquet").to_table()
+    path = Path(qra_path)
+    # A folder holds the QRA parts beside other files (the card, stats): read only its Parquet files.
+    source = sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else str(path)
+    table = pads.dataset(source, format="parquet").to_table()
     table = table.filter(pc.equal(table["split"], split))
     rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
     return rows[:max_samples] if max_samples > 0 else rows

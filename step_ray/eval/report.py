@@ -327,8 +327,8 @@ def write_report(run: Path, summary: dict, model_cfg: Any = None) -> Path:
            ""]
     (run / "report.md").write_text("\n".join(md))
 
-    ex = examples(Path(first["qra"]["output"]).parent if (first.get("qra") or {}).get("output") else None,
-                  trained, model_cfg) if model_cfg is not None else []
+    qra_file = (first.get("qra") or {}).get("output")
+    ex = examples(Path(qra_file) if qra_file else None, trained, model_cfg) if model_cfg is not None else []
     parts = [f"<h1>step-ray self-training report</h1><p class='run'>{html.escape(str(run))}</p>",
              f"<p class='headline'>{html.escape(headline)}</p>",
              "<h2>Accuracy by number of reasoning steps</h2><p>Held-out videos; 95% Wilson intervals; changes are "
