@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 MATCH_KINDS = ("exact", "normalised", "letter", "unparsed")
 #: The letters the prompt puts before options (step_ray.train.data.OPTION_LETTERS shows the same ones).
@@ -41,8 +40,7 @@ def normalise_answer(text: str) -> str:
     return " ".join(words)
 
 
-@dataclass(frozen=True)
-class ParsedAnswer:
+class ParsedAnswer(NamedTuple):
     index: Optional[int]
     """The option the text names; None when unparsed."""
     match: str
