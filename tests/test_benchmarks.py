@@ -76,10 +76,16 @@ def test_nextqa_map_option_and_errors(videos, tmp_path):
         f"{header}\n{good.replace(',0,0,CW', ',7,0,CW')}\n": "line 2: answer 7 is not an option index",
         f"{header}\n{good.replace(',10,', ',ten,')}\n": "line 2: frame_count 'ten' is not an integer",
         f"{header}\n{good}\n{good}\n": "line 3: question 1_0 appears twice",
+        f"{header}\n{good},extra\n": "line 2: 14 fields, want 13",
+        f"\ufeff{header}\n{good.replace(',0,0,CW', ',1,0,CW')}\n": None,  # a byte-order mark is fine
     }
     for text, message in cases.items():
         bad = tmp_path / "bad.csv"
-        bad.write_text(text)
+        bad.write_text(text, encoding="utf-8")
+        if message is None:
+            (q,) = nextqa.load(str(bad), str(videos["nextqa"]), map_uri=str(DATA / "nextqa" / "map_vid_vidorID.json"))
+            assert (q.id, q.answer) == ("1_0", "b") and q.skip_reason.startswith("video_not_in_map")
+            continue
         with pytest.raises(BenchmarkFormatError, match=message):
             nextqa.load(str(bad), str(videos["nextqa"]), map_uri=str(DATA / "nextqa" / "map_vid_vidorID.json"))
     (tmp_path / "map.json").write_text('["not", "a", "map"]')

@@ -210,6 +210,19 @@ def test_outputs_on_an_object_store(s3_server, videos):
     assert len(rows) == 12 and summarise(rows, "likelihood") == summary["modes"]["likelihood"]
 
 
+def test_mixed_type_fields_are_kept_as_json(videos, tmp_path):
+    """A benchmark field with a number in one file row and a string in another still writes (as JSON text)."""
+    import dataclasses
+
+    qs = load_benchmark("agqa", str(INPUTS["agqa"]), str(videos["agqa"]))
+    qs = [dataclasses.replace(q, fields={**q.fields, "direct_equiv": 7 if i == 0 else q.fields["direct_equiv"]})
+          for i, q in enumerate(qs)]
+    outcomes = {q.id: likelihood_outcome([0.0] * len(q.options)) for q in qs if q.askable}
+    write_outputs(str(tmp_path), qs, {"likelihood": outcomes})
+    rows = read_predictions(str(tmp_path / "predictions.parquet"))
+    assert rows[0]["direct_equiv"] == "7" and rows[1]["direct_equiv"] == '"K1P3D-8"'
+
+
 def test_refusals(videos):
     qs = load_benchmark("star", str(INPUTS["star"]), str(videos["star"]))
     with pytest.raises(ValueError, match="unknown evaluation mode"):

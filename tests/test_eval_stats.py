@@ -40,7 +40,8 @@ def test_wilson_hand_computed():
 
 
 @pytest.mark.parametrize("correct, n, low, high", [
-    # Newcombe (1998), Stat. Med. 17:857, Table I, method 3 (score interval without continuity correction)
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Stat. Med. 17:857-872: its
+    # example intervals for method 3 (the score interval without continuity correction)
     (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0000, 0.1611), (1, 29, 0.0061, 0.1718),
     (29, 29, 0.8830, 1.0000),
 ])

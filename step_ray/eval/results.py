@@ -217,12 +217,24 @@ def nextqa_answered_csv(rows: Sequence[Mapping[str, Any]], mode: str) -> str:
     return buf.getvalue()
 
 
+def _column(values: list[Any]):
+    """An Arrow array of ``values``; a benchmark field whose values mix types (a number here, a string there)
+    is stored as JSON text rather than failing the write at the end of a long evaluation."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+
+
 def _parquet_bytes(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, str]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(list(rows))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k: v for k, v in meta.items()}})
+    names = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has, in first-seen order
+    table = pa.table({k: _column([r.get(k) for r in rows]) for k in names})
+    table = table.replace_schema_metadata(dict(meta))
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()

@@ -24,7 +24,6 @@ its questions carry the skip reason ``no_vocabulary``. The video is the whole Ch
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any, Mapping, Optional
 
@@ -33,7 +32,7 @@ from step_ray.eval.benchmarks.common import (
     BenchmarkFormatError,
     BenchmarkQuestion,
     VideoResolver,
-    read_input,
+    read_json,
     split_from_name,
 )
 
@@ -57,10 +56,7 @@ def load(input_uri: str, videos: str, vocabulary_uri: Optional[str] = None) -> l
 
 def read_questions(uri: str) -> dict[str, dict[str, Any]]:
     """question id -> question object, checked for the fields the adapter needs."""
-    try:
-        data = json.loads(read_input(uri, "AGQA questions"))
-    except json.JSONDecodeError as err:
-        raise BenchmarkFormatError(f"{uri}: not JSON ({err})") from None
+    data = read_json(uri, "AGQA questions")
     if not isinstance(data, dict):
         raise BenchmarkFormatError(f"{uri}: not an AGQA question file (want an object of question id -> question)")
     for key, item in data.items():

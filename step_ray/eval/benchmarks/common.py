@@ -12,6 +12,7 @@ and the outputs count it instead of dropping it.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,11 +119,19 @@ def read_input(uri: str, what: str) -> str:
     try:
         if not storage.exists(uri):
             raise BenchmarkFormatError(f"{what} {uri}: no such file")
-        return storage.read_text(uri)
+        return storage.read_text(uri).removeprefix("\ufeff")  # a byte-order mark is not part of the first field
     except BenchmarkFormatError:
         raise
     except (OSError, UnicodeDecodeError) as err:
         raise BenchmarkFormatError(f"{what} {uri}: cannot read it ({err})") from None
+
+
+def read_json(uri: str, what: str) -> Any:
+    """The parsed JSON of an input file; malformed JSON is a one-line error naming the file."""
+    try:
+        return json.loads(read_input(uri, what))
+    except json.JSONDecodeError as err:
+        raise BenchmarkFormatError(f"{what} {uri}: not JSON ({err})") from None
 
 
 def sibling(uri: str, name: str) -> str:

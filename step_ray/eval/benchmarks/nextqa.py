@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Optional
 
 from step_ray.eval.benchmarks.common import (
@@ -23,6 +22,7 @@ from step_ray.eval.benchmarks.common import (
     BenchmarkQuestion,
     VideoResolver,
     read_input,
+    read_json,
     sibling,
     split_from_name,
 )
@@ -52,18 +52,23 @@ def load(input_uri: str, videos: str, map_uri: Optional[str] = None) -> list[Ben
 
 def read_rows(uri: str) -> list[dict]:
     """The CSV's rows with the integer columns parsed; a malformed row is an error naming its line."""
-    text = read_input(uri, "NExT-QA questions")
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    reader = csv.reader(io.StringIO(read_input(uri, "NExT-QA questions")))
+    header = next(reader, [])
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise BenchmarkFormatError(f"{uri}: not a NExT-QA question file: no column {', '.join(missing)}")
     rows, seen = [], set()
-    for line, raw in enumerate(reader, start=2):
-        row = dict(raw)
+    for fields in reader:
+        line = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise BenchmarkFormatError(f"{uri}: line {line}: {len(fields)} fields, want {len(header)}")
+        row: dict = dict(zip(header, fields))
         for col in INT_COLUMNS:
             try:
-                row[col] = int(str(row[col]).strip())
-            except (TypeError, ValueError):
+                row[col] = int(row[col].strip())
+            except ValueError:
                 raise BenchmarkFormatError(f"{uri}: line {line}: {col} {row[col]!r} is not an integer") from None
         if row["type"] not in TYPE_GROUPS:
             raise BenchmarkFormatError(f"{uri}: line {line}: type {row['type']!r} is not a NExT-QA type code "
@@ -80,10 +85,7 @@ def read_rows(uri: str) -> list[dict]:
 
 def read_map(uri: str) -> dict[str, str]:
     """``map_vid_vidorID.json``: video id -> ``dir/id``."""
-    try:
-        data = json.loads(read_input(uri, "NExT-QA video map"))
-    except json.JSONDecodeError as err:
-        raise BenchmarkFormatError(f"{uri}: not JSON ({err})") from None
+    data = read_json(uri, "NExT-QA video map")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise BenchmarkFormatError(f"{uri}: not a {MAP_FILE} (want an object of video id -> 'dir/id')")
     return {str(k): v for k, v in data.items()}

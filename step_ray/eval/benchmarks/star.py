@@ -17,7 +17,6 @@ carried into the records (they are annotations, not inputs a model may see).
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Optional
 
@@ -25,7 +24,7 @@ from step_ray.eval.benchmarks.common import (
     BenchmarkFormatError,
     BenchmarkQuestion,
     VideoResolver,
-    read_input,
+    read_json,
     split_from_name,
 )
 
@@ -35,10 +34,7 @@ QUESTION_TYPES = ("Interaction", "Sequence", "Prediction", "Feasibility")
 
 def load(input_uri: str, videos: str) -> list[BenchmarkQuestion]:
     """The questions of a STAR JSON file, in file order, with their videos resolved under ``videos``."""
-    try:
-        data = json.loads(read_input(input_uri, "STAR questions"))
-    except json.JSONDecodeError as err:
-        raise BenchmarkFormatError(f"{input_uri}: not JSON ({err})") from None
+    data = read_json(input_uri, "STAR questions")
     if not isinstance(data, list):
         raise BenchmarkFormatError(f"{input_uri}: not a STAR question file (want a JSON list of questions)")
     resolver = VideoResolver(videos)
