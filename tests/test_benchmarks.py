@@ -182,11 +182,38 @@ def test_agqa_bad_files(videos, tmp_path):
         with pytest.raises(BenchmarkFormatError, match=message):
             agqa.load(str(bad), str(videos["agqa"]))
     bad.write_text("[1, 2]")
-    with pytest.raises(BenchmarkFormatError, match="want an object of question id"):
+    with pytest.raises(BenchmarkFormatError, match="not a JSON object of questions"):
         agqa.load(str(bad), str(videos["agqa"]))
-    bad.write_text("{not json")
+    bad.write_text(json.dumps({"K1P3D-3": item})[:-1] + ', "K1P3D-3": ' + json.dumps(item) + "}")
+    with pytest.raises(BenchmarkFormatError, match="question K1P3D-3 appears twice"):
+        agqa.load(str(bad), str(videos["agqa"]))
+    bad.write_text('{"K1P3D-3": {not json}}')
     with pytest.raises(BenchmarkFormatError, match="not JSON"):
         agqa.load(str(bad), str(videos["agqa"]))
+
+
+def test_streamed_json_object_reader(tmp_path):
+    """AGQA files are read a block at a time: the same items as json.loads, whatever the block size."""
+    from step_ray.eval.benchmarks.common import iter_json_object
+
+    text = INPUTS["agqa"].read_text()
+    for block in (1, 7, 64, 1 << 20):
+        assert dict(iter_json_object(str(INPUTS["agqa"]), "q", block=block)) == json.loads(text)
+    odd = tmp_path / "odd.txt"
+    odd.write_text('\ufeff { "caf\u00e9-1" : {"n": -12.5e1, "ok": true, "none": null, "s": "\\"\u00e9\u00e9"} ,\n'
+                   '"x" : [1, 2] , "y": 7 }  ', encoding="utf-8")
+    for block in (1, 2, 3, 1 << 20):
+        assert dict(iter_json_object(str(odd), "q", block=block)) == {
+            "caf\u00e9-1": {"n": -125.0, "ok": True, "none": None, "s": '"\u00e9\u00e9'}, "x": [1, 2], "y": 7}
+    odd.write_text(" {} ")
+    assert list(iter_json_object(str(odd), "q")) == []
+    for bad, message in [("[1, 2]", "found '\\[' where one of '{' belongs"),
+                         ('{"a": {"b": 1}', "found the end of the file"),
+                         ('{"a": {"b": 1', "not JSON"), ('{"a" {}}', "found '{' where one of ':' belongs"),
+                         ('{"a": {}, }', "found '}' where one of '\"' belongs")]:
+        odd.write_text(bad)
+        with pytest.raises(BenchmarkFormatError, match=message):
+            list(iter_json_object(str(odd), "q", block=3))
 
 
 def test_registry(videos):

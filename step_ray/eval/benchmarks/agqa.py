@@ -32,13 +32,15 @@ from step_ray.eval.benchmarks.common import (
     BenchmarkFormatError,
     BenchmarkQuestion,
     VideoResolver,
-    read_json,
+    iter_json_object,
     split_from_name,
 )
 
 NAME = "agqa"
 REQUIRED = {"question": str, "answer": str, "video_id": str, "global": list, "steps": int, "semantic": str,
             "structural": str}
+#: Annotations dropped as each question is read (the bulk of the file; not model inputs).
+DROPPED = frozenset({"sg_grounding"})
 #: Fields carried into the records as read (the scene-graph grounding is an annotation, not an input).
 KEPT = ("global", "local", "ans_type", "semantic", "structural", "novel_comp", "more_steps", "nc_seq",
         "nc_sup", "nc_dur", "nc_objrel", "indirect", "i_obj", "i_rel", "i_act", "i_temp", "direct_equiv", "program")
@@ -55,11 +57,10 @@ def load(input_uri: str, videos: str, vocabulary_uri: Optional[str] = None) -> l
 
 
 def read_questions(uri: str) -> dict[str, dict[str, Any]]:
-    """question id -> question object, checked for the fields the adapter needs."""
-    data = read_json(uri, "AGQA questions")
-    if not isinstance(data, dict):
-        raise BenchmarkFormatError(f"{uri}: not an AGQA question file (want an object of question id -> question)")
-    for key, item in data.items():
+    """question id -> question object (without its groundings), checked for the fields the adapter needs; the
+    file is streamed, so memory holds the kept fields, not the file."""
+    data: dict[str, dict[str, Any]] = {}
+    for key, item in iter_json_object(uri, "AGQA questions"):
         if not isinstance(item, dict):
             raise BenchmarkFormatError(f"{uri}: question {key}: not an object")
         for name, kind in REQUIRED.items():
@@ -68,6 +69,9 @@ def read_questions(uri: str) -> dict[str, dict[str, Any]]:
                 raise BenchmarkFormatError(f"{uri}: question {key}: {name} {value!r} is not {kind.__name__}")
         if item["steps"] < 1:
             raise BenchmarkFormatError(f"{uri}: question {key}: steps {item['steps']} is not >= 1")
+        if key in data:
+            raise BenchmarkFormatError(f"{uri}: question {key} appears twice")
+        data[key] = {k: v for k, v in item.items() if k not in DROPPED}
     return data
 
 

@@ -12,11 +12,12 @@ and the outputs count it instead of dropping it.
 
 from __future__ import annotations
 
+import codecs
 import json
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from step_ray.utils import storage
 from step_ray.utils.inputs import InputError
@@ -132,6 +133,66 @@ def read_json(uri: str, what: str) -> Any:
         return json.loads(read_input(uri, what))
     except json.JSONDecodeError as err:
         raise BenchmarkFormatError(f"{what} {uri}: not JSON ({err})") from None
+
+
+def iter_json_object(uri: str, what: str, block: int = 1 << 20) -> Iterator[tuple[str, Any]]:
+    """``(key, value)`` of a file holding one JSON object, read in blocks: memory holds one value at a time, not
+    the file (AGQA's balanced files run to hundreds of MB, mostly scene-graph groundings the caller drops)."""
+    if not storage.exists(uri):
+        raise BenchmarkFormatError(f"{what} {uri}: no such file")
+    decoder, text_of = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8-sig")()
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        buf, pos, eof = "", 0, False
+
+        def more() -> None:
+            nonlocal buf, pos, eof
+            if not eof:
+                data = f.read(block)
+                eof = not data
+                buf, pos = buf[pos:] + text_of.decode(data, final=eof), 0
+
+        def token(expected: str) -> str:
+            """The next non-space character, which must be one of ``expected`` (not consumed)."""
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or eof:
+                    break
+                more()
+            if pos >= len(buf) or buf[pos] not in expected:
+                got = repr(buf[pos]) if pos < len(buf) else "the end of the file"
+                raise BenchmarkFormatError(f"{what} {uri}: not a JSON object of questions (found {got} where "
+                                           f"one of {expected!r} belongs)")
+            return buf[pos]
+
+        def value(expected: str) -> Any:
+            nonlocal pos
+            token(expected)
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or eof:  # a number at the end of a block may go on in the next one
+                        pos = end
+                        return obj
+                except json.JSONDecodeError as err:
+                    if eof:
+                        raise BenchmarkFormatError(f"{what} {uri}: not JSON ({err})") from None
+                more()
+
+        token("{")
+        pos += 1
+        if token('"}') == "}":
+            return
+        while True:
+            key = value('"')
+            token(":")
+            pos += 1
+            yield key, value('{["-0123456789tfn')
+            if token(",}") == "}":
+                return
+            pos += 1
 
 
 def sibling(uri: str, name: str) -> str:
