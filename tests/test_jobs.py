@@ -130,7 +130,8 @@ def test_ray_job_submit_self_train_round_trip(local_head, tmp_path, capsys):
     overrides = ["synth.videos=6", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2",
                  "train.batch_size=2", "train.checkpoint_every=2", "train.log_every=1", "train.num_workers=2",
                  "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "perception.pool.max_size=1",
-                 "qra.pool.max_size=1", "eval.batch_size=8", "eval.max_samples=8"]
+                 "qra.pool.max_size=1", "eval.batch_size=8", "eval.max_samples=8", "train.lora.enabled=true",
+                 "pretrain.enabled=false"]
     runtime_env = tmp_path / "runtime_env.yaml"
     env_spec = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
     env_spec["env_vars"] = {**env_spec["env_vars"], "STEP_RAY_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
