@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_fixtures import DATA, INPUTS, write_videos
-from step_ray.eval.benchmarks import BENCHMARKS, BenchmarkFormatError, agqa, load_benchmark, nextqa, star
+from benchmark_fixtures import DATA, INPUTS, VIDEOS, write_videos
+from step_ray.eval.benchmarks import BenchmarkFormatError, agqa, load_benchmark, nextqa, star
 from step_ray.utils.inputs import InputError
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark_videos")
-    return {name: write_videos(name, root / name) for name in BENCHMARKS}
+    return {name: write_videos(name, root / name) for name in VIDEOS}
 
 
 def by_id(questions):
@@ -217,7 +217,7 @@ def test_streamed_json_object_reader(tmp_path):
 
 
 def test_registry(videos):
-    with pytest.raises(BenchmarkFormatError, match="--benchmark mmlu: not one of nextqa, star, agqa"):
+    with pytest.raises(BenchmarkFormatError, match="--benchmark mmlu: not one of nextqa, star, agqa, qra"):
         load_benchmark("mmlu", str(INPUTS["star"]), str(videos["star"]))
     with pytest.raises(BenchmarkFormatError, match="takes no option map_uri"):
         load_benchmark("star", str(INPUTS["star"]), str(videos["star"]), map_uri="x")

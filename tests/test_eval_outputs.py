@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark_fixtures import DATA, INPUTS, write_videos
-from step_ray.eval.benchmarks import BENCHMARKS, load_benchmark
+from benchmark_fixtures import DATA, INPUTS, VIDEOS, write_videos
+from step_ray.eval.benchmarks import load_benchmark
 from step_ray.eval.results import (
     NO_OPTION,
     Outcome,
@@ -31,7 +31,7 @@ from step_ray.eval.stats import pair_outcomes, paired_difference, wilson_interva
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark_videos")
-    return {name: write_videos(name, root / name) for name in BENCHMARKS}
+    return {name: write_videos(name, root / name) for name in VIDEOS}
 
 
 def scores_for(q, right: bool) -> list[float]:
