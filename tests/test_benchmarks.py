@@ -51,7 +51,7 @@ def test_nextqa_fixture(videos):
 
 def test_adapter_output_feeds_the_frame_reader(videos):
     """A record gives a scorer what it needs: the frames of its span, decoded from its URI."""
-    from step_ray.train.frames import read_frames
+    from step_ray.video.frames import read_frames
 
     q = by_id(load_benchmark("star", str(INPUTS["star"]), str(videos["star"])))["Interaction_T1_13"]
     frames = read_frames(q.video_uri, q.start, q.end, 4, 32)

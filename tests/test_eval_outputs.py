@@ -128,7 +128,7 @@ def test_nextqa_outputs_and_eval_mc_agree(videos, tmp_path):
 def test_unreadable_video_and_unlabelled_questions(videos, tmp_path):
     """STAR: a video that cannot be decoded is a row with the decoder's reason; test-split questions are predicted
     but not scored."""
-    from step_ray.train.frames import FrameDecodeError, read_frames
+    from step_ray.video.frames import FrameDecodeError, read_frames
 
     root = tmp_path / "videos"
     root.mkdir()

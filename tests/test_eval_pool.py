@@ -206,7 +206,7 @@ def test_compare_rows_verdicts():
     noise = compare_rows(rows([False] * 10), rows([True] * 3 + [False] * 7))["likelihood"]
     assert noise["low"] < 0 < noise["high"] and noise["statement"].endswith("within noise")
     partial = compare_rows(rows([True, None, False]), rows([True, True, None]))["likelihood"]
-    assert (partial["n"], partial["only_a"], partial["only_b"]) == (1, 0, 1)
+    assert (partial["n"], partial["only_a"], partial["only_b"]) == (1, 1, 1)
 
 
 def test_eval_refusals(videos, tiny_dir, tmp_path, capsys):
