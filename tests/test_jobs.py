@@ -148,9 +148,12 @@ def test_ray_job_submit_self_train_round_trip(local_head, tmp_path, capsys):
     assert "succeeded" in logs.lower()
     assert "Uploading package" in logs or "working_dir" in logs.lower() or "gcs://" in logs
     summary = yaml.safe_load((out / "summary.json").read_text())
-    assert summary["stsg"]["ok"] == 6 and summary["qra"]["samples"] > 0 and summary["train"]["steps"] == 2
-    assert (out / "train" / "adapter" / "adapter_config.json").is_file() and (out / "report.md").is_file()
-    assert list((out / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    (first,) = summary["rounds"]
+    assert first["stsg"]["ok"] == 6 and first["qra"]["samples"] > 0 and first["train"]["steps"] == 2
+    round_dir = out / "round_1"
+    assert (round_dir / "train" / "adapter" / "adapter_config.json").is_file() and (out / "report.md").is_file()
+    assert (out / "report.html").is_file() and (round_dir / "eval" / "trained_blank.json").is_file()
+    assert list((round_dir / "train" / "tensorboard").glob("events.out.tfevents.*"))
     assert "%|" not in logs and "\x1b[A" not in logs, "progress bars in a job's log"  # tqdm draws "50%|###"
     with capsys.disabled():
         print(f"\n  ray job submit self-train round trip: {seconds:.0f} s, log {len(logs)} bytes")
