@@ -36,15 +36,9 @@ def steps_bucket(steps: Any) -> str:
 
 def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
     """The QRA rows of ``split`` (file or directory of Parquet), in a stable order (by id)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+    from step_ray.eval.benchmarks.qra import read_rows
 
-    path = Path(qra_path)
-    # A folder holds the QRA parts beside other files (the card, stats): read only its Parquet files.
-    source = sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else str(path)
-    table = pads.dataset(source, format="parquet").to_table()
-    table = table.filter(pc.equal(table["split"], split))
-    rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
+    rows = read_rows(qra_path, split)
     return rows[:max_samples] if max_samples > 0 else rows
 
 
