@@ -60,8 +60,8 @@ def pretrain_key(cfg: StepRayConfig) -> str:
     derived["run"] = {"seed": cfg.run.seed}
     derived["pretrain"].pop("enabled", None)
     derived["pretrain"].pop("output", None)
-    derived["train"].pop("progress", None)
-    derived["train"].pop("log_every", None)
+    for field in ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard"):
+        derived["train"].pop(field, None)  # how the run is watched and kept, not what it learns
     derived["versions"] = {"transformers": transformers.__version__,
                            "tiny": hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(derived, sort_keys=True, default=str).encode()).hexdigest()[:16]
