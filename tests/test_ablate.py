@@ -39,6 +39,25 @@ def test_seed_mean_and_paired_difference_over_common_questions():
     assert same["difference"] == 0 and same["verdict"] == "within noise"
 
 
+
+def test_a_finished_base_is_found_where_its_folder_is_now(tmp_path):
+    """The reuse check reads train/model (where the trainer exports it), and a copied cache folder points at
+    its own model, not the one it was copied from."""
+    from step_ray.pipeline.pretrain import finished
+
+    old, new = tmp_path / "base-old", tmp_path / "base-new"
+    (old / "train" / "model").mkdir(parents=True)
+    (old / "train" / "model" / "config.json").write_text("{}")
+    (old / "pretrain.json").write_text(json.dumps({"key": "k1", "model_dir": str(old / "train" / "model")}))
+    assert finished(old, "k1")["model_dir"] == str((old / "train" / "model").resolve())
+    assert finished(old, "k2") is None  # other settings
+    import shutil
+
+    shutil.copytree(old, new)
+    assert finished(new, "k1")["model_dir"] == str((new / "train" / "model").resolve())
+    (new / "train" / "model" / "config.json").unlink()
+    assert finished(new, "k1") is None  # no model: not finished
+
 @pytest.mark.ray
 def test_ablate_from_a_pretrained_base(ray_session, tmp_path, monkeypatch):
     """pretrain (tiny) -> mine once -> lambda 0 and lambda 1 (joint: answers after its generated rationale) ->

@@ -9,8 +9,8 @@ perception questions of a synthetic corpus of its own, through the same pipeline
         ->  Ray Train + DeepSpeed, full fine-tuning  ->  model/ (a Hugging Face folder + its card)
         ->  eval on its held-out videos, with black frames beside it (does it use its eyes?)
 
-Outputs under the pretrain folder: ``corpus/``, ``qra/``, ``train/`` (checkpoints), ``model/``, ``eval/``
-(``held_out.json``, ``held_out_blank.json``) and ``pretrain.json`` (the summary; its presence with the same
+Outputs under the pretrain folder: ``corpus/``, ``qra/``, ``train/`` (checkpoints, and ``train/model/``: the
+base), ``eval/`` (``held_out.json``, ``held_out_blank.json``) and ``pretrain.json`` (the summary; its presence with the same
 settings key means done). With ``pretrain.output`` null the folder is in step-ray's cache, keyed by every
 setting that shapes the base, so later runs (the demo's second run, the ablation's seeds) reuse it.
 """
@@ -27,6 +27,7 @@ from typing import Any, Optional
 from step_ray.config import FamilyWeights, StepRayConfig, to_dict
 
 SUMMARY = "pretrain.json"
+MODEL_DIR = Path("train") / "model"  # where the trainer exports a full fine-tune
 
 
 def pretrain_config(cfg: StepRayConfig) -> StepRayConfig:
@@ -78,11 +79,12 @@ def pretrain_dir(cfg: StepRayConfig) -> Path:
 
 def finished(out: Path, key: str) -> Optional[dict[str, Any]]:
     """The summary of a finished pretraining in ``out`` with settings ``key``, else None."""
-    path = out / SUMMARY
-    if not path.is_file() or not (out / "model" / "config.json").is_file():
+    path, model_dir = out / SUMMARY, out / MODEL_DIR
+    if not path.is_file() or not (model_dir / "config.json").is_file():
         return None
     summary = json.loads(path.read_text())
-    return summary if summary.get("key") == key else None
+    # The folder may have moved since (a copied cache): the model is where the folder is now.
+    return {**summary, "model_dir": str(model_dir.resolve())} if summary.get("key") == key else None
 
 
 def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_ray: bool = True) -> dict[str, Any]:
