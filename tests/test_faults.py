@@ -179,8 +179,11 @@ def test_interrupted_stsg_driver_resumes_to_the_same_graphs(synth_corpus, refere
     uninterrupted run."""
     env, ray_tmp = _driver_env(tmp_path)
     out = tmp_path / "stsg"
+    # One video per perception actor and one graph per graph batch: graphs land one by one, so the interrupt
+    # after the first lands while five videos are still to do (with graphs written 4 at a time the whole run
+    # could end inside the poll interval, and the signal then hit Ray's shutdown instead of the run).
     args = ["stsg", "--input", str(synth_corpus["dir"] / "videos"), "--output", str(out), "video.sample_fps=5",
-            "ray.num_cpus=2", "perception.pool.max_size=1"]
+            "ray.num_cpus=2", "perception.pool.max_size=1", "stsg.pool.batch_size=1"]
     try:
         proc = _cli(args, env)
         _wait_for(lambda: len(list(out.glob("*.stsg.json"))) >= 1, proc)
