@@ -47,6 +47,7 @@ twice, and the query has a value. New hop types are added by subclassing :class:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -222,6 +223,11 @@ class GraphIndex:
         self._clip: dict[str, Optional[int]] = {}
         self._category: dict[str, str] = {}
         self._kind: dict[str, str] = {}
+        # Descriptions are asked for again and again while sampling and rendering (the graph is read-only):
+        self._color: dict[str, Optional[str]] = {}
+        self._changes: dict[tuple[str, Optional[str]], list[dict]] = {}
+        self._verb: dict[tuple[str, Optional[str]], str] = {}
+        self._event_text: dict[str, str] = {}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
 
@@ -241,12 +247,20 @@ class GraphIndex:
 
     def color(self, o: str) -> Optional[str]:
         """The colour at first sight."""
-        return self.g.nodes[o].get("attributes", {}).get("color")
+        try:
+            return self._color[o]
+        except KeyError:
+            c = self._color[o] = self.g.nodes[o].get("attributes", {}).get("color")
+            return c
 
     def changes(self, o: str, attribute: Optional[str] = None) -> list[dict]:
-        """The object's ``attr_change`` edges (of one attribute), in time order."""
-        found = [d for _, d in self.out[(o, "attr_change")] if attribute is None or d.get("attribute") == attribute]
-        return sorted(found, key=lambda d: float(d.get("time", 0.0)))
+        """The object's ``attr_change`` edges (of one attribute), in time order (cached: do not modify)."""
+        key = (o, attribute)
+        found = self._changes.get(key)
+        if found is None:
+            found = [d for _, d in self.out[(o, "attr_change")] if attribute is None or d.get("attribute") == attribute]
+            found = self._changes[key] = sorted(found, key=lambda d: float(d.get("time", 0.0)))
+        return found
 
     def category(self, o: str) -> str:
         c = self._category.get(o)
@@ -270,7 +284,14 @@ class GraphIndex:
 
     def verb(self, e: str, actor: Optional[str] = None) -> str:
         """What happened, told from ``actor``'s side: 'entered the scene', 'collided with the blue square',
-        'turned green', 'stopped moving', or an action label."""
+        'turned green', 'stopped moving', or an action label (cached per event and actor)."""
+        key = (e, actor)
+        text = self._verb.get(key)
+        if text is None:
+            text = self._verb[key] = self._describe_verb(e, actor)
+        return text
+
+    def _describe_verb(self, e: str, actor: Optional[str]) -> str:
         d = self.g.nodes[e]
         kind = self.kind(e)
         if kind == "collide":
@@ -284,10 +305,14 @@ class GraphIndex:
         return EVENT_VERBS.get(kind, kind.replace("_", " "))
 
     def event_text(self, e: str) -> str:
-        """The event as an answer option: 'blue square entered the scene', 'blue square and red circle collided'."""
-        names = sorted(self.desc.get(o, o) for o in self.participants(e))
-        who = " and ".join(names) if names else "an object"
-        return f"{who} {self.verb(e)}"
+        """The event as an answer option: 'blue square entered the scene', 'blue square and red circle collided'
+        (cached per event)."""
+        text = self._event_text.get(e)
+        if text is None:
+            names = sorted(self.desc.get(o, o) for o in self.participants(e))
+            who = " and ".join(names) if names else "an object"
+            text = self._event_text[e] = f"{who} {self.verb(e)}"
+        return text
 
     def times_in(self, clip: Optional[int], start: float, end: float) -> list[float]:
         """Keyframe times of a clip inside ``[start, end]`` as questions state them; ``start`` if none."""
@@ -351,6 +376,29 @@ class Op:
 
     def relaxed(self, ix: GraphIndex, params: dict[str, Any]) -> list[str]:
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every sample's options ask its last hop what it reaches elsewhere: one scan of the graph per op and
+        # parameters, so a subclass's ``relaxed`` is memoised per graph index (the result is shared: read only).
+        super().__init_subclass__(**kwargs)
+        if "relaxed" in cls.__dict__:
+            cls.relaxed = _memoised_relaxed(cls.__dict__["relaxed"])  # type: ignore[method-assign]
+
+
+def _memoised_relaxed(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def relaxed(self: Op, ix: GraphIndex, params: dict[str, Any]) -> list[str]:
+        try:
+            key = ("relaxed", self.name, tuple(sorted(params.items())))
+            hash(key)
+        except TypeError:  # unhashable parameters (a malformed program): not memoised
+            return fn(self, ix, params)
+        hit = ix.memo.get(key)
+        if hit is None:
+            hit = ix.memo[key] = fn(self, ix, params)
+        return hit
+
+    return relaxed
 
 
 OPS: dict[str, Op] = {}
@@ -497,7 +545,8 @@ class SameAsOp(Op):
 def _inner_times(s: float, e: float, most: int) -> list[float]:
     """Up to ``most`` times (0.1 s grid) spread inside ``[s, e]``, avoiding the ends where a neighbouring
     segment may also hold."""
-    grid = [round_time(s + i / 10 ** TIME_DECIMALS) for i in range(int(round((e - s) * 10 ** TIME_DECIMALS)) + 1)]
+    scale = 10 ** TIME_DECIMALS  # (round_time inlined: this runs for every point of every motion segment)
+    grid = [round(s + i / scale, TIME_DECIMALS) + 0.0 for i in range(int(round((e - s) * scale)) + 1)]
     grid = [t for t in grid if s - TIME_TOL <= t <= e + TIME_TOL] or [round_time((s + e) / 2)]
     inner = grid[1:-1] or grid
     step = max(1, len(inner) // most)
