@@ -257,8 +257,10 @@ def run_child(code: str, *args: str, pythonpath: Optional[str | Path] = None, cw
     last. ``pythonpath``: the tree whose ``step_ray`` it imports (default: this checkout's, as the parent)."""
     paths = [str(ROOT / "benchmarks"), str(pythonpath or ROOT)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    # ``python -c`` puts the working directory first on sys.path: run in the tree itself, so that a checkout
+    # in the current directory cannot shadow the tree asked for.
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                         cwd=str(cwd) if cwd else None)
+                         cwd=str(cwd or pythonpath or ROOT))
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

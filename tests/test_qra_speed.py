@@ -75,3 +75,11 @@ def test_the_collector_is_handed_back(graphs):
     assert gc.get_freeze_count() == before and gc.isenabled()
     S.sample_graph(graphs[0], QraConfig(samples_per_video=4), seed=0)
     assert gc.get_freeze_count() == before
+
+
+def test_a_malformed_description_names_nothing(graphs):
+    from step_ray.qra.paths import Anchor, Hop
+
+    bad = Program(Anchor("object", {"color": "red", "category": ["circle"], "clip": None}),
+                  (Hop("relation", {"predicate": "left_of", "time": 0.0}),), "object")
+    assert trace(bad, graphs[0]).error == "no_anchor"

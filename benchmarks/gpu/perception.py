@@ -46,64 +46,114 @@ def corpus(directory: Path, videos: int, seconds: int, width: int, height: int) 
     return sorted((directory / "videos").glob("*.mp4"))
 
 
+class GpuMemoryPoller:
+    """Peak GPU memory per process (MiB) while it runs, as ``nvidia-smi`` reports it (the actors are Ray's
+    processes: their allocator statistics cannot be read from the driver). Nothing without ``nvidia-smi``."""
+
+    def __init__(self, every: float = 0.5):
+        import shutil as _shutil
+        import threading
+
+        self.every, self.peaks = every, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True) if _shutil.which("nvidia-smi") else None
+
+    def __enter__(self) -> "GpuMemoryPoller":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        import subprocess
+
+        while not self._stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                try:
+                    pid, mb = (int(x) for x in line.split(","))
+                except ValueError:
+                    continue
+                self.peaks[pid] = max(self.peaks.get(pid, 0), mb)
+            self._stop.wait(self.every)
+
+    def peak(self, exclude: tuple[int, ...] = ()) -> Optional[float]:
+        values = [mb for pid, mb in self.peaks.items() if pid not in exclude]
+        return float(max(values)) if values else None
+
+
 def stack_run(cfg: Any, videos: list[Path], out: Path, warmup: float) -> dict[str, Any]:
-    """The STSG step on Ray; the rate from the graphs' write times (steady window)."""
+    """The STSG step on Ray; the rate from the graphs' write times (steady window); the largest actor's peak
+    GPU memory."""
+    import os
+
     from step_ray.pipeline.steps import stsg_step
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    summary = stsg_step(cfg, [str(v) for v in videos], out)
+    with GpuMemoryPoller() as gpu:
+        summary = stsg_step(cfg, [str(v) for v in videos], out)
     if summary["ok"] != len(videos):
         raise RuntimeError(f"stsg step failed on some videos: {summary['errors']}")
     done = [(p.stat().st_mtime, 1.0) for p in out.glob("*.stsg.json")]
     run = steady_window(done, warmup, start=t0)
     return {"videos_per_s": run.value, "window_videos": run.items, "step_seconds": summary["seconds"],
-            "keyframes": summary["keyframes"], "parse_samples": summary.get("parse_samples")}
+            "keyframes": summary["keyframes"], "parse_samples": summary.get("parse_samples"),
+            "peak_gpu_mb": gpu.peak(exclude=(os.getpid(),))}
 
 
 def plain_run(cfg: Any, videos: list[Path], device: str, warmup: float, parser: Optional[Any] = None
               ) -> dict[str, Any]:
     """The same per-video work as a plain loop in this process, on one GPU."""
+    import os
+
+    from ultralytics import YOLO
+
+    model = YOLO(cfg.perception.yolo_weights, task="detect")
+    s = Stream()
+    generated = 0
+    with GpuMemoryPoller() as gpu:
+        for path in videos:
+            generated += plain_video(path, model, cfg, device, parser)
+            s.tick(1)
+    run = steady_window(s.events, warmup, start=s.t0)
+    return {"videos_per_s": run.value, "window_videos": run.items, "generations": generated,
+            "peak_gpu_mb": gpu.peak() if device.startswith("cuda") else None, "pid": os.getpid()}
+
+
+def plain_video(path: Path, model: Any, cfg: Any, device: str, parser: Optional[Any]) -> int:
+    """One video through the plain loop: PyAV decode at the sampling rate, batched YOLO, ByteTrack per frame,
+    then (with a parser) its generate() calls; returns how many answers were generated."""
     import av
     import numpy as np
-    import torch
-    from ultralytics import YOLO
     from ultralytics.engine.results import Boxes
 
     from step_ray.perception.tracking import new_tracker
     from step_ray.video.decode import target_size
 
     pc, vc = cfg.perception, cfg.video
-    model = YOLO(pc.yolo_weights, task="detect")
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    s = Stream()
-    generated = 0
-    for path in videos:
-        tracker = new_tracker(pc.tracker)
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps = float(stream.average_rate)
-            step = max(1, int(round(fps / vc.sample_fps)))
-            w, h = target_size(stream.width, stream.height, vc.max_side)
-            frames = [f.to_ndarray(format="rgb24", width=w, height=h)
-                      for i, f in enumerate(container.decode(stream)) if i % step == 0]
-        kept: list[tuple[np.ndarray, np.ndarray]] = []
-        for i in range(0, len(frames), pc.batch):
-            batch = frames[i:i + pc.batch]
-            for frame, r in zip(batch, model.predict([f[..., ::-1] for f in batch], imgsz=pc.imgsz, conf=pc.conf,
-                                                     device=device, verbose=False)):
-                b = r.boxes.cpu().numpy()
-                data = np.concatenate([b.xyxy, b.conf[:, None], b.cls[:, None]], axis=1).astype(np.float32)
-                tracked = tracker.update(Boxes(data, orig_shape=frame.shape[:2]).numpy(), frame[..., ::-1])
-                kept.append((frame, tracked))
-        if parser is not None:
-            generated += parser.parse_frames(kept, w, h)
-        s.tick(1)
-    run = steady_window(s.events, warmup, start=s.t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"videos_per_s": run.value, "window_videos": run.items, "generations": generated, "peak_gpu_mb": peak}
+    tracker = new_tracker(pc.tracker)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        step = max(1, int(round(float(stream.average_rate) / vc.sample_fps)))
+        w, h = target_size(stream.width, stream.height, vc.max_side)
+        frames = [f.to_ndarray(format="rgb24", width=w, height=h)
+                  for i, f in enumerate(container.decode(stream)) if i % step == 0]
+    kept: list[tuple[Any, Any]] = []
+    for i in range(0, len(frames), pc.batch):
+        batch = frames[i:i + pc.batch]
+        results = model.predict([f[..., ::-1] for f in batch], imgsz=pc.imgsz, conf=pc.conf, device=device, verbose=False)
+        for frame, r in zip(batch, results):
+            b = r.boxes.cpu().numpy()
+            data = np.concatenate([b.xyxy, b.conf[:, None], b.cls[:, None]], axis=1).astype(np.float32)
+            kept.append((frame, tracker.update(Boxes(data, orig_shape=frame.shape[:2]).numpy(), frame[..., ::-1])))
+    return parser.parse_frames(kept, w, h) if parser is not None else 0
 
 
 @dataclasses.dataclass

@@ -126,7 +126,7 @@ def build_checkpoint(size: str, directory: Path, device: str, frame_size: int) -
     processor = build_processor(tokenizer, frame_size)
     config = qwen_config(shape, tokenizer)
     with torch.device(device):
-        model = transformers.Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=torch.bfloat16)
+        model = transformers.Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     processor.save_pretrained(directory)

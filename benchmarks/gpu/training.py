@@ -164,7 +164,7 @@ def plain_run(args: dict[str, Any]) -> dict[str, Any]:
     res = steady(windows, args["warmup"])
     res.update({"samples_per_s_per_gpu": res["samples_per_s"], "tokens_per_s_per_gpu": res["tokens_per_s"],
                 "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
-                "peak_rss_mb": _rss_mb(), "final_loss": float(loss)})
+                "peak_rss_mb": _rss_mb(), "final_loss": loss.item()})
     return res
 
 

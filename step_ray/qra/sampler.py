@@ -89,6 +89,17 @@ def family_weight(cfg: QraConfig, name: str) -> float:
     return float(getattr(cfg.family_weights, name, 1.0))
 
 
+def _possible(ix: GraphIndex, fam: Family) -> bool:
+    """Whether the graph has edges of the type the family's last hop walks (and ``same_as`` edges for a family
+    that needs them): without, no walk of the family exists, and every attempt would only find that out by
+    checking every anchor."""
+    if fam.form == "compare":
+        return True
+    if fam.needs_same_as and not ix.edges_by_type.get("same_as"):
+        return False
+    return any(OPS[o].edge_type is None or ix.edges_by_type.get(OPS[o].edge_type) for o in fam.final_ops)
+
+
 def _eligible(cfg: QraConfig, n: int) -> list[str]:
     out = []
     for f in FAMILIES.values():
@@ -124,7 +135,7 @@ class Plan:
 _PLANS: dict[tuple, Plan] = {}
 
 #: How many times one walk may step back a hop (a dead end) before it is abandoned.
-MAX_BACKTRACKS = 8
+MAX_BACKTRACKS = 32
 
 
 def plan_of(ops: tuple[tuple[str, ...], ...], finals: tuple[str, ...]) -> Plan:
@@ -170,6 +181,7 @@ class _Sampler:
         self.dsts_memo: dict[tuple, tuple[str, ...]] = {}
         self.moves_memo: dict[tuple, list] = {}
         self.starts_memo: dict[tuple, list] = {}
+        self.event_anchor_memo: dict[tuple, tuple[Optional[Anchor], Optional[Anchor]]] = {}
 
     # ------------------------------------------------------------------------------------------- walking
 
@@ -242,20 +254,26 @@ class _Sampler:
         ok = False
         tail = p.tail
         assert tail is not None
+        dsts_memo = self.dsts_memo
         # The children's memo keys are built here and looked up inline (most are hits): a recursive call per
-        # child cost more than the check itself. Only the distinct destinations of a hop matter here.
+        # child cost more than the check itself. Only the distinct destinations of a hop matter here (their
+        # memo, _dsts', looked up inline too).
         for name, op_src, op_dst, to_object, ends_ok in p.steps:
             if op_src != ntype or (name == "event_of" and first and not p.next_own_next):
                 continue
+            part = name == "participant"
+            dsts = dsts_memo.get((name, node, actor if name == "next_own" else None, first and part,
+                                  prev_src if part else None))
+            if dsts is None:
+                dsts = self._dsts(name, node, actor, first, prev_src if part else None)
             if ends_ok is not None:  # the tail is empty: any destination but the way back ends the walk
-                if ends_ok and any(d != node and d != back for d in
-                                   self._dsts(name, node, actor, first, prev_src if name == "participant" else None)):
+                if ends_ok and any(d != node and d != back for d in dsts):
                     ok = True
                     break
                 continue
             c_prev = node if (name == "event_of" and tail.head_participant) else None
             c_back = node if tail.head_to_node else None
-            for dst in self._dsts(name, node, actor, first, prev_src if name == "participant" else None):
+            for dst in dsts:
                 if dst == node or dst == back:
                     continue
                 c_actor = (dst if to_object else actor) if tail.uses_actor else None
@@ -298,7 +316,8 @@ class _Sampler:
             self.moves_memo[key] = found
         return found
 
-    def walk(self, plan: tuple[tuple[str, ...], ...], final_types: tuple[str, ...]) -> tuple[Optional[Walk], str]:
+    def walk(self, plan: tuple[tuple[str, ...], ...], final_types: tuple[str, ...], avoid: frozenset = frozenset()
+             ) -> tuple[Optional[Walk], str]:
         """A random walk of ``len(plan)`` hops, hop ``i`` one of the ops ``plan[i]``, ending at one of
         ``final_types``: (anchor node, the anchor event's participants to name if not all, hops, visited nodes,
         final type), or None and why (``infeasible``: no anchor of this graph starts such a walk; ``no_walk``:
@@ -306,7 +325,8 @@ class _Sampler:
         walk can still be completed as far as :meth:`_feasible` sees; that check ignores cycles longer than a
         step back, so a walk can still reach a node whose every continuation revisits one. It then steps back a
         hop, drops the move that led there and draws another (depth first, at most :data:`MAX_BACKTRACKS`
-        times per walk) instead of abandoning the walk."""
+        times per walk) instead of abandoning the walk. ``avoid``: nodes the walk must not visit (the other path
+        of a comparison: two compared paths may not meet)."""
         ix, rng, n = self.ix, self.rng, len(plan)
         root = plan_of(plan, final_types)
         # The anchors not yet known to fail this plan. An anchor is drawn uniformly among them and checked;
@@ -319,12 +339,15 @@ class _Sampler:
             starts = self.starts_memo[root] = \
                 ([("object", o) for o in self.anchor_nodes] if "object" in first else []) + \
                 ([("event", e) for e in ix.events] if "event" in first else [])
-        while starts:
-            i = int(rng.random() * len(starts))  # see _draw
-            cur_type, cur = starts[i]
+        pool = [s for s in starts if s[1] not in avoid] if avoid else starts
+        while pool:
+            i = int(rng.random() * len(pool))  # see _draw
+            cur_type, cur = pool[i]
             if self._feasible(root, True, cur, cur_type, cur if cur_type == "object" else None):
                 break
-            del starts[i]
+            if pool is not starts:
+                starts.remove(pool[i])  # infeasible for this plan whatever is avoided: for good
+            del pool[i]
         else:
             return None, "infeasible"
         levels = [_Level(root, cur, cur_type, cur if cur_type == "object" else None, None)]
@@ -335,7 +358,7 @@ class _Sampler:
             lv = levels[-1]
             if lv.ops is None:
                 lv.ops = self._options(lv, len(hops), hops)
-            if self._draw(lv, visited):
+            if self._draw(lv, visited, avoid):
                 name, dst_type, keep = lv.ops[lv.taken[0]]
                 params, dst, _ = keep[lv.taken[1]]
                 hops.append(Hop(name, params))
@@ -345,7 +368,14 @@ class _Sampler:
                                      lv.cur if name == "event_of" else None))
                 continue
             # A dead end: every continuation revisits a node (the executor's own "dead_end": it finds nothing).
-            if len(levels) == 1 or backtracks >= MAX_BACKTRACKS:
+            if len(levels) == 1:
+                # Every way on from the anchor was tried to its end (a move leaves only when its whole subtree
+                # did): no walk of this plan starts here, so the anchor leaves the plan's list for good (unless
+                # the dead end came from what this walk had to avoid).
+                if not avoid:
+                    starts.remove((levels[0].cur_type, levels[0].cur))
+                return None, "no_walk"
+            if backtracks >= MAX_BACKTRACKS:
                 return None, "no_walk"
             backtracks += 1
             levels.pop()
@@ -365,21 +395,6 @@ class _Sampler:
                 named = others
         return (levels[0].cur, named, hops, visited, levels[-1].cur_type), ""
 
-    def _completes(self, lv: "_Level", m: tuple, name: str, dst_type: str) -> bool:
-        """Whether the walk at ``lv`` can still be completed after move ``m`` of hop ``name``."""
-        tail = lv.plan.tail
-        assert tail is not None
-        if tail.empty:
-            return dst_type in tail.finals
-        cur = lv.cur
-        dst, c_actor = m[1], (m[1] if dst_type == "object" else lv.actor)
-        ok = self.feasible_memo.get((tail, False, dst, c_actor if tail.uses_actor else None,
-                                     cur if (name == "event_of" and tail.head_participant) else None,
-                                     cur if tail.head_to_node else None))  # _feasible's own key, looked up inline
-        if ok is None:
-            ok = self._feasible(tail, False, dst, dst_type, c_actor, cur if name == "event_of" else None, cur)
-        return ok
-
     def _options(self, lv: "_Level", i: int, hops: list[Hop]) -> list[tuple[str, str, list]]:
         """The hop's ops and their moves (copies: the walk drops the moves it finds useless). Nothing is checked
         here: :meth:`_draw` checks only what it draws."""
@@ -390,7 +405,7 @@ class _Sampler:
             ops.append((name, dst_type, list(lst)))
         return ops
 
-    def _draw(self, lv: "_Level", visited: list[str]) -> bool:
+    def _draw(self, lv: "_Level", visited: list[str], avoid: frozenset = frozenset()) -> bool:
         """Draw an op uniformly, then one of its moves uniformly; a move to a visited node, or from which the
         walk cannot be completed, is dropped and the move drawn again, an op left without moves is dropped and
         the op drawn again. By rejection, that is a uniform draw among the ops with a usable move, then among
@@ -398,18 +413,36 @@ class _Sampler:
         if no op has a usable move."""
         ops, random = lv.ops, self.rng.random
         assert ops is not None
+        tail = lv.plan.tail
+        assert tail is not None
+        # Can the walk be completed after a move? _feasible's memo, looked up inline (the walks' hottest loop),
+        # with the parts of its key that are fixed at this level computed once.
+        memo, cur, actor = self.feasible_memo, lv.cur, lv.actor
+        back = cur if tail.head_to_node else None
+        uses_actor, head_participant = tail.uses_actor, tail.head_participant
         # int(random() * n): one C call, several times cheaper than randrange's Python loop (the walks draw
         # tens of thousands of indices per corpus); its bias, n / 2**53, is nil at these sizes.
         while ops:
             k = int(random() * len(ops))
             name, dst_type, keep = ops[k]
             to_node = dst_type in NODE_TYPES
+            to_object = dst_type == "object"
+            prev = cur if (name == "event_of" and head_participant) else None
             while keep:
                 j = int(random() * len(keep))
-                m = keep[j]
-                if not (to_node and m[1] in visited) and self._completes(lv, m, name, dst_type):
-                    lv.taken = (k, j)
-                    return True
+                dst = keep[j][1]
+                if not (to_node and (dst in visited or dst in avoid)):
+                    if tail.empty:
+                        ok = dst_type in tail.finals
+                    else:
+                        c_actor = dst if to_object else actor
+                        ok = memo.get((tail, False, dst, c_actor if uses_actor else None, prev, back))
+                        if ok is None:
+                            ok = self._feasible(tail, False, dst, dst_type, c_actor,
+                                                cur if name == "event_of" else None, cur)
+                    if ok:
+                        lv.taken = (k, j)
+                        return True
                 del keep[j]
             del ops[k]
         return False
@@ -421,17 +454,18 @@ class _Sampler:
 
     def _event_anchor(self, e: str, named: Optional[set[str]]) -> Optional[Anchor]:
         """Kind + the participants to name + (if needed for uniqueness, or by chance) the time."""
-        ix = self.ix
-        people = ix.participants(e) if named is None else sorted(named)
-        base = {"kind": ix.kind(e), "participants": sorted(ix.desc[o] for o in people)}
-        variants = [None, round_time(ix.time(e))]
-        if self.rng.random() < EVENT_TIME_P:
-            variants.reverse()
-        for t in variants:
-            a = Anchor("event", {**base, "time": t})
-            if resolve_anchor(ix, a)[0] == [e]:
-                return a
-        return None
+        timed_first = self.rng.random() < EVENT_TIME_P
+        key = (e, frozenset(named) if named is not None else None)
+        unique = self.event_anchor_memo.get(key)
+        if unique is None:  # which of the two phrasings name the event alone (memoised: the same events recur)
+            ix = self.ix
+            people = ix.participants(e) if named is None else sorted(named)
+            base = {"kind": ix.kind(e), "participants": sorted(ix.desc[o] for o in people)}
+            unique = self.event_anchor_memo[key] = tuple(
+                a if resolve_anchor(ix, a)[0] == [e] else None
+                for a in (Anchor("event", {**base, "time": None}), Anchor("event", {**base, "time": round_time(ix.time(e))})))
+        plain, timed = unique
+        return (timed or plain) if timed_first else (plain or timed)
 
     # ------------------------------------------------------------------------------------------- programs
 
@@ -485,9 +519,11 @@ class _Sampler:
         if n - 1 - lo < lo:
             return None, "no_walk"
         n1 = self.rng.randint(lo, n - 1 - lo)
-        parts = []
+        parts: list[tuple[Program, list[str]]] = []
         for k in (n1, n - 1 - n1):
-            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,))
+            # The second path keeps off the first one's nodes: the executor rejects compared paths that meet.
+            avoid = frozenset(parts[0][1]) if parts else frozenset()
+            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,), avoid)
             if walk is None:
                 return None, why
             node, named, hops, visited, _ = walk
@@ -509,7 +545,8 @@ class _Sampler:
         tr = trace(program, ix)  # the executor re-derives everything from the program text's meaning
         if tr.error is not None:
             return None, tr.error
-        if tr.nodes != visited:
+        nodes = tr.nodes  # (a property that rebuilds the list)
+        if nodes != visited:
             return None, "executor_mismatch"
         if family_of(program) != fam.name or program.steps != n:
             return None, "wrong_shape"
@@ -520,7 +557,7 @@ class _Sampler:
             return None, "trivial"
         # Event answers carry no time: "the two circles collided" after "the collision of the two circles" reads
         # as the question's own event, even when it is a second collision. Such answers are left out.
-        if program.query == "event" and tr.answer in {ix.event_text(x) for x in tr.nodes[:-1] if ix.type_of(x) == "event"}:
+        if program.query == "event" and tr.answer in {ix.event_text(x) for x in nodes[:-1] if ix.type_of(x) == "event"}:
             return None, "trivial"
         if question in self.questions:
             return None, "duplicate"
@@ -528,7 +565,7 @@ class _Sampler:
         if near in self.near:
             return None, "near_duplicate"
         program_json = program.to_json()
-        clips = sorted({c for x in tr.nodes if (c := ix.clip_of(x)) is not None and c in ix.clips})
+        clips = sorted({c for x in nodes if (c := ix.clip_of(x)) is not None and c in ix.clips})
         start = min((ix.clips[c][0] for c in clips), default=0.0)
         end = max((ix.clips[c][1] for c in clips), default=ix.duration)
         self.questions.add(question)
@@ -547,7 +584,7 @@ class _Sampler:
             "steps": program.steps,
             "family": fam.name,
             "program": program_json,
-            "path_nodes": tr.nodes,
+            "path_nodes": nodes,
             "seed": int(self.seed),
             "graph_source": ix.source,
             R.POOLS: option_pools(ix, program, tr),
@@ -598,8 +635,9 @@ def _sample_graph(ix: GraphIndex, cfg: QraConfig, seed: int) -> tuple[list[dict[
     out: list[dict[str, Any]] = []
     weights = {f: family_weight(cfg, f) for f in FAMILIES}
     made_by: Counter = Counter()
+    possible = {name for name, fam in FAMILIES.items() if _possible(ix, fam)}
     for n, target in targets.items():
-        active = _eligible(cfg, n)
+        active = [name for name in _eligible(cfg, n) if name in possible]
         fails: Counter = Counter()
         made = attempts = 0
         while made < target and attempts < ATTEMPTS_PER_SAMPLE * target and active:
