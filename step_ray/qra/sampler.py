@@ -7,7 +7,10 @@ graph) nor one family crowd out the rest. One attempt:
 
 1. walk: pick an anchor (an object with a unique description, or an event) and ``n`` hops, each chosen
    among the hops whose result is unique from the current node and not yet visited; the last hop is one of
-   the family's (verify: then a value to check, the true one half of the time; comparison: two walks);
+   the family's (verify: then a value to check, the true one half of the time; comparison: two walks that do
+   not meet). A walk that reaches a node whose every way on revisits a node steps back a hop and draws
+   another, depth first (an anchor whose every way was tried leaves that plan's anchors); families whose
+   last hop walks an edge type the graph lacks are not tried;
 2. write the walk as a :class:`~step_ray.qra.paths.Program` (the anchor as the question will name it);
 3. run the program with the executor, which knows nothing of the walk: it must denote exactly one answer
    along the same nodes (uniqueness, no cycle);
@@ -369,9 +372,9 @@ class _Sampler:
                 continue
             # A dead end: every continuation revisits a node (the executor's own "dead_end": it finds nothing).
             if len(levels) == 1:
-                # Every way on from the anchor was tried to its end (a move leaves only when its whole subtree
-                # did): no walk of this plan starts here, so the anchor leaves the plan's list for good (unless
-                # the dead end came from what this walk had to avoid).
+                # Every way on from the anchor was tried (a move leaves only once it is known to lead to no
+                # completion, its whole subtree tried): no walk of this plan starts here, so the anchor leaves
+                # the plan's list for good (unless the dead end came from what this walk had to avoid).
                 if not avoid:
                     starts.remove((levels[0].cur_type, levels[0].cur))
                 return None, "no_walk"
