@@ -3,7 +3,6 @@ content + settings key that makes re-runs idempotent."""
 
 import json
 import shutil
-import socket
 
 import pytest
 
@@ -76,27 +75,6 @@ def test_a_changed_video_or_setting_is_rebuilt_and_nothing_else(synth_corpus, tm
     assert schema.read(out / "y.stsg.json").graph["key"].startswith(storage.content_key(str(folder / "y.mp4"))[:16])
     changed = load_config(None, ["stsg.near_factor=2.0", "synth.videos=6", "synth.seed=3", "video.sample_fps=5"])
     assert stsg_step(changed, [str(folder)], out, use_ray=False)["skipped_done"] == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A local S3-compatible server (moto) on loopback, and the environment pyarrow's S3 client reads."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    yield port
-    server.stop()
 
 
 def test_videos_and_graphs_on_s3(s3_server, synth_corpus, tmp_path):

@@ -200,13 +200,11 @@ class SemanticsParser:
         self.template = load_template(cfg.prompt)  # fail fast on a bad template name, on the driver too
 
     def setup(self) -> None:
-        import torch
+        from step_ray.models.runtime import load_model_source
 
-        from step_ray.models.loading import load_model_and_processor
-
-        dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
-        self.model, self.processor = load_model_and_processor(self.model_cfg, self.device, dtype, seed=self.seed,
-                                                              path=self.cfg.model_path)
+        # Any model reference: a base, a training run's output (adapter + base), a merged or pretrained model.
+        self.model, self.processor, _ = load_model_source(self.model_cfg, self.cfg.model_path, self.device,
+                                                          seed=self.seed)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues every prompt at its end
 
     def generate(self, prompts: Sequence[str], images: Sequence[np.ndarray]) -> list[list[str]]:

@@ -2,6 +2,10 @@
 
 Both runners guarantee one output row per input row, in input order for the sequential runner and in
 any order on Ray (callers key rows by id). An exception that escapes ``process`` becomes an error row.
+
+On Ray, an input that kills the process working on it (a decoder segfault, an out-of-memory kill) is retried a
+bounded number of times (``pool.max_retries``, each time on a restarted actor) and then becomes an error row
+while the run goes on: Ray Data alone would retry it forever. The other rows of its batch are simply run again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from tqdm import tqdm
 
 from step_ray.config import StepRayConfig, from_dict, to_dict
 from step_ray.pipeline.stage import Row, Stage, error_row
+from step_ray.utils.env import show_progress
 
 
 def _safe_process(stage: Stage, row: Row) -> Row:
@@ -43,28 +48,80 @@ def run_chain_sequential(chain: Chain, cfg: StepRayConfig, rows: list[Row], prog
     for stage in stages:
         stage.setup()
     out = []
-    for row in tqdm(rows, desc="+".join(c.name for c, _ in chain), disable=not progress, unit="row"):
+    for row in tqdm(rows, desc="+".join(c.name for c, _ in chain), disable=not (progress and show_progress()),
+                    unit="row"):
         for stage in stages:
             row = _safe_process(stage, row)
         out.append(row)
     return out
 
 
+#: Internal column that carries each input row's index through a chain on Ray (stages drop unknown keys).
+ROW_INDEX = "_step_ray_row"
+
+
+class CrashLedger:
+    """A small Ray actor (no CPU) that counts, per stage and input row, the attempts that began and never ended:
+    each one is a death of the process working on that row (a segfault, an OOM kill; an exception ends its
+    attempt normally, as an error row). Ray Data restarts the dead actor and retries its batch as often as it
+    takes; the adapter asks the ledger first and turns a row that has already killed ``max_retries + 1``
+    processes into an error row instead of running it again. Counting per row keeps the other rows of the
+    batch out of it: they are simply run again (stages are idempotent)."""
+
+    def __init__(self) -> None:
+        self.begun: dict[tuple[str, int], int] = {}
+        self.ended: dict[tuple[str, int], int] = {}
+
+    def begin(self, stage: str, row: int) -> int:
+        """Count an attempt; return how many earlier attempts died."""
+        key = (stage, row)
+        deaths = self.begun.get(key, 0) - self.ended.get(key, 0)
+        self.begun[key] = self.begun.get(key, 0) + 1
+        return deaths
+
+    def end(self, stage: str, row: int) -> None:
+        key = (stage, row)
+        self.ended[key] = self.ended.get(key, 0) + 1
+
+    def deaths(self) -> int:
+        return sum(self.begun.values()) - sum(self.ended.values())
+
+
 class _ActorAdapter:
     """What Ray Data instantiates in each actor: builds the stage from plain data and maps batches through it."""
 
-    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict):
+    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict, ledger: Any = None,
+                 max_retries: int = 0):
         from step_ray.utils.env import configure_ultralytics
 
         configure_ultralytics()
         self.stage = stage_cls(from_dict(cfg_data), **stage_kwargs)
         self.stage.setup()
+        self.ledger, self.max_retries = ledger, max_retries
+
+    def _process(self, row: Row) -> Row:
+        import ray
+
+        index = row.get(ROW_INDEX)
+        if self.ledger is None or index is None:
+            return _safe_process(self.stage, row)
+        deaths = ray.get(self.ledger.begin.remote(self.stage.name, int(index)))
+        if deaths > self.max_retries:
+            out = error_row(self.stage.columns, row, (
+                f"the process working on it died {deaths} times (a crash such as a decoder segfault, or an "
+                f"out-of-memory kill); {self.stage.name}'s pool.max_retries is {self.max_retries}, the run went on "
+                f"without it"))
+        else:
+            out = _safe_process(self.stage, row)
+        ray.get(self.ledger.end.remote(self.stage.name, int(index)))
+        return out
 
     def __call__(self, batch):
         import pandas as pd
 
         rows = [{k: _plain(v) for k, v in r.items()} for r in batch.to_dict("records")]
-        return pd.DataFrame([_safe_process(self.stage, r) for r in rows], columns=list(self.stage.columns))
+        out = [{**self._process(r), ROW_INDEX: r.get(ROW_INDEX)} for r in rows]
+        return pd.DataFrame(out, columns=[*self.stage.columns, ROW_INDEX])
 
 
 def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwargs: Any) -> list[Row]:
@@ -75,20 +132,24 @@ def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwa
 def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[Row]:
     """One ``map_batches`` per stage, each with ``compute=ActorPoolStrategy(min_size, max_size)`` and its own
     CPU / GPU request per actor (GPU perception actors feed CPU graph builders, streaming); heavy state is
-    built inside the actors, never on the driver."""
+    built inside the actors, never on the driver. A row that keeps killing its actor becomes an error row
+    (:class:`CrashLedger`)."""
     import ray
     import ray.data
 
     if not rows:
         return []
+    indexed = [{**r, ROW_INDEX: i} for i, r in enumerate(rows)]
+    ledger = ray.remote(num_cpus=0)(CrashLedger).remote()
     first_pool = chain[0][0](cfg, **chain[0][1]).pool()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, first_pool.max_size * 4)))
+    ds = ray.data.from_items(indexed, override_num_blocks=min(len(rows), max(1, first_pool.max_size * 4)))
     for stage_cls, stage_kwargs in chain:
         pool = stage_cls(cfg, **stage_kwargs).pool()
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
         ds = ds.map_batches(
             _ActorAdapter,
-            fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
+            fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs,
+                                   "ledger": ledger, "max_retries": pool.max_retries},
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             num_cpus=pool.num_cpus,
             **resources,
@@ -96,7 +157,19 @@ def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[
             batch_format="pandas",
         )
     last = chain[-1][0]
-    return [{c: _plain(r.get(c)) for c in last.columns} for r in ds.take_all()]
+    done: dict[int, Row] = {}
+    try:
+        for r in ds.take_all():
+            index = _plain(r.get(ROW_INDEX))
+            if index is not None:
+                done.setdefault(int(index), {c: _plain(r.get(c)) for c in last.columns})
+    finally:
+        ray.kill(ledger)
+    for r in indexed:  # never expected: the contract is one output row per input row, so say so if not
+        if r[ROW_INDEX] not in done:
+            base = {k: v for k, v in r.items() if k != ROW_INDEX}
+            done[r[ROW_INDEX]] = error_row(last.columns, base, "no output came back for it from Ray Data")
+    return [done[i] for i in range(len(rows))]
 
 
 def _plain(value: Any) -> Any:

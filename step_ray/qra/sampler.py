@@ -10,7 +10,7 @@ graph) nor one family crowd out the rest. One attempt:
    the family's (verify: then a value to check, the true one half of the time; comparison: two walks that do
    not meet). A walk that reaches a node whose every way on revisits a node steps back a hop and draws
    another, depth first (an anchor whose every way was tried leaves that plan's anchors); families whose
-   last hop walks an edge type the graph lacks are not tried;
+   last hop walks an edge type the graph lacks (or qra.ops leaves out) are not tried;
 2. write the walk as a :class:`~step_ray.qra.paths.Program` (the anchor as the question will name it);
 3. run the program with the executor, which knows nothing of the walk: it must denote exactly one answer
    along the same nodes (uniqueness, no cycle);
@@ -37,6 +37,7 @@ import networkx as nx
 from step_ray.config import QraConfig
 from step_ray.qra import records as R
 from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, Family, family_of
+from step_ray.qra.moments import drop_needless_times, question_moments
 from step_ray.qra.paths import (
     COMPARE, NODE_TYPES, OPS, QUERIES, Anchor, Ctx, GraphIndex, Hop, Program, object_anchor, resolve_anchor,
     TIME_TOL, round_time, trace,
@@ -92,15 +93,15 @@ def family_weight(cfg: QraConfig, name: str) -> float:
     return float(getattr(cfg.family_weights, name, 1.0))
 
 
-def _possible(ix: GraphIndex, fam: Family) -> bool:
-    """Whether the graph has edges of the type the family's last hop walks (and ``same_as`` edges for a family
-    that needs them): without, no walk of the family exists, and every attempt would only find that out by
-    checking every anchor."""
+def _possible(ix: GraphIndex, fam: Family, final_ops: tuple[str, ...], same_as_allowed: bool) -> bool:
+    """Whether the graph has edges of the type the family's last hop walks (``final_ops``: its final hops that
+    qra.ops allows), and ``same_as`` edges for a family that needs them (and may take them): without, no walk of
+    the family exists, and every attempt would only find that out by checking every anchor."""
     if fam.form == "compare":
         return True
-    if fam.needs_same_as and not ix.edges_by_type.get("same_as"):
+    if fam.needs_same_as and not (same_as_allowed and ix.edges_by_type.get("same_as")):
         return False
-    return any(OPS[o].edge_type is None or ix.edges_by_type.get(OPS[o].edge_type) for o in fam.final_ops)
+    return any(OPS[o].edge_type is None or ix.edges_by_type.get(OPS[o].edge_type) for o in final_ops)
 
 
 def _eligible(cfg: QraConfig, n: int) -> list[str]:
@@ -167,6 +168,12 @@ class _Sampler:
 
     def __init__(self, ix: GraphIndex, cfg: QraConfig, seed: int):
         self.ix, self.cfg, self.seed = ix, cfg, seed
+        # The hop types paths may take (qra.ops; empty: all), in the order the families list them.
+        allowed = set(cfg.ops) if cfg.ops else None
+        self.intermediate = tuple(o for o in INTERMEDIATE_OPS if allowed is None or o in allowed)
+        self.finals = {f.name: tuple(o for o in f.final_ops if allowed is None or o in allowed)
+                       for f in FAMILIES.values()}
+        self.same_as_allowed = allowed is None or "same_as" in allowed
         self.rng = random.Random(f"qra\x1f{ix.video_id}\x1f{seed}")
         self.rejected: Counter = Counter()
         self.anchors: dict[str, Anchor] = {}
@@ -476,10 +483,13 @@ class _Sampler:
         """A program of family ``fam`` with ``n`` steps and the nodes its walk visited, or None and why."""
         if fam.form == "compare":
             return self._compare(n)
+        final_ops = self.finals[fam.name]
+        if not final_ops or not self.intermediate and n > 1 or fam.needs_same_as and not self.same_as_allowed:
+            return None, "infeasible"  # qra.ops leaves this family no path of n hops
         same_pos = self.rng.randrange(n - 1) if fam.needs_same_as else None
-        plan = tuple(fam.final_ops if i == n - 1 else ("same_as",) if i == same_pos else INTERMEDIATE_OPS
+        plan = tuple(final_ops if i == n - 1 else ("same_as",) if i == same_pos else self.intermediate
                      for i in range(n))
-        finals = tuple(sorted({OPS[o].dst for o in fam.final_ops}))
+        finals = tuple(sorted({OPS[o].dst for o in final_ops}))
         walk, why = self.walk(plan, finals)
         if walk is None:
             return None, why
@@ -524,9 +534,11 @@ class _Sampler:
         n1 = self.rng.randint(lo, n - 1 - lo)
         parts: list[tuple[Program, list[str]]] = []
         for k in (n1, n - 1 - n1):
+            if k and not self.intermediate:
+                return None, "infeasible"  # qra.ops leaves no intermediate hop
             # The second path keeps off the first one's nodes: the executor rejects compared paths that meet.
             avoid = frozenset(parts[0][1]) if parts else frozenset()
-            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,), avoid)
+            walk, why = self.walk((self.intermediate,) * k, (etype,), avoid)
             if walk is None:
                 return None, why
             node, named, hops, visited, _ = walk
@@ -553,6 +565,11 @@ class _Sampler:
             return None, "executor_mismatch"
         if family_of(program) != fam.name or program.steps != n:
             return None, "wrong_shape"
+        if self.cfg.times == "when_needed":
+            timeless = drop_needless_times(program, ix, tr)
+            if timeless is not program:  # the same denotation (the hops keep their times), fewer words
+                program, tr = timeless, trace(timeless, ix)
+                nodes = tr.nodes
         question = render_question(program)
         atype = answer_type(program)
         assert tr.answer is not None
@@ -590,6 +607,7 @@ class _Sampler:
             "path_nodes": nodes,
             "seed": int(self.seed),
             "graph_source": ix.source,
+            "times": question_moments(ix, tr),
             R.POOLS: option_pools(ix, program, tr),
         }
         return rec, ""
@@ -638,7 +656,7 @@ def _sample_graph(ix: GraphIndex, cfg: QraConfig, seed: int) -> tuple[list[dict[
     out: list[dict[str, Any]] = []
     weights = {f: family_weight(cfg, f) for f in FAMILIES}
     made_by: Counter = Counter()
-    possible = {name for name, fam in FAMILIES.items() if _possible(ix, fam)}
+    possible = {name for name, fam in FAMILIES.items() if _possible(ix, fam, s.finals[name], s.same_as_allowed)}
     for n, target in targets.items():
         active = [name for name in _eligible(cfg, n) if name in possible]
         fails: Counter = Counter()

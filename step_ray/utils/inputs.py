@@ -8,6 +8,10 @@ An argument may be:
 - a manifest: a ``.txt`` / ``.lst`` file with one path or URI per line (``#`` comments), a ``.jsonl`` file with
   objects ``{"uri": ..., "video_id": ...}`` (``video_id`` optional), or a ``.csv`` with a ``uri`` column (and
   optionally ``video_id``). Relative paths in a manifest are relative to the manifest's folder.
+
+A manifest's ``video_id`` names the video's outputs (``{video_id}.stsg.json``), so it must be a plain file name:
+a string (or an integer) of at most 200 characters, without ``/``, ``\\``, control characters or a leading
+``.``; anything else (``../../x``, ``/tmp/x``, a list) is refused with the manifest's line, before any work.
 """
 
 from __future__ import annotations
@@ -27,6 +31,27 @@ MANIFEST_SUFFIXES = (".txt", ".lst", ".jsonl", ".csv")
 
 class InputError(ValueError):
     """``--input`` names nothing usable; the message says which argument."""
+
+
+MAX_ID_LENGTH = 200
+
+
+def check_video_id(value: object, where: str) -> str | None:
+    """A manifest's ``video_id`` as a plain name, None when absent (the file stem is used), or
+    :class:`InputError` naming ``where``: an id becomes an output file name and must never leave the output
+    folder."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: video_id must be a string, got {type(value).__name__} {value!r}"[:300])
+    bad = ("/" in value or "\\" in value or value.startswith(".") or len(value) > MAX_ID_LENGTH
+           or any(ord(c) < 32 or ord(c) == 127 for c in value))
+    if bad:
+        raise InputError(f"{where}: video_id {value[:80]!r} must be a plain file name (no '/', '\\', leading '.' "
+                         f"or control characters, at most {MAX_ID_LENGTH} characters)")
+    return value
 
 
 def expand(items: list[str], suffixes: tuple[str, ...]) -> list[Path]:
@@ -80,12 +105,13 @@ def read_manifest(path: Path) -> list[tuple[str, str | None]]:
                     obj = json.loads(line)
                     if not isinstance(obj, dict) or not isinstance(obj.get("uri"), str):
                         raise InputError(f"--input {path}: line {n} has no string 'uri'")
-                    rows.append((obj["uri"], obj.get("video_id")))
+                    rows.append((obj["uri"], check_video_id(obj.get("video_id"), f"--input {path}: line {n}")))
         elif name.endswith(".csv"):
             reader = csv.DictReader(io.StringIO(text))
             if not reader.fieldnames or "uri" not in reader.fieldnames:
                 raise InputError(f"--input {path}: a CSV manifest needs a 'uri' column")
-            rows = [(r["uri"], r.get("video_id") or None) for r in reader if r.get("uri")]
+            rows = [(r["uri"], check_video_id(r.get("video_id"), f"--input {path}: line {reader.line_num}"))
+                    for r in reader if r.get("uri")]
         else:
             rows = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     except json.JSONDecodeError as err:
