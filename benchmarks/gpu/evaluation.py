@@ -38,11 +38,14 @@ def plain_rate(checkpoint: str, qra: Path, device: str, n: int, batch_size: int,
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from step_ray.train.frames import read_frames
+    from step_ray.config import ModelConfig
+    from step_ray.models.inputs import frames_for_row
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
+    # The stack's own frame choice (the question's moments, else spread over its span), at the same settings.
+    frame_cfg = ModelConfig(name_or_path=checkpoint, frames=frames, frame_size=frame_size)
     pad_id = int(processor.tokenizer.pad_token_id or 0)
     rows = sorted((r for r in pq.read_table(qra).to_pylist() if r["split"] == "test"), key=lambda r: str(r["id"]))[:n]
     if device.startswith("cuda"):
@@ -52,7 +55,7 @@ def plain_rate(checkpoint: str, qra: Path, device: str, n: int, batch_size: int,
         part = rows[i:i + batch_size]
         ids, labels, pixels, grids, counts = [], [], [], [], []
         for row in part:
-            clip = read_frames(row["video_uri"], row["start"], row["end"], frames, frame_size)
+            clip = frames_for_row(row, frame_cfg)
             options = " ".join(f"({chr(65 + k)}) {o}" for k, o in enumerate(row["options"]))
             messages = [{"role": "user", "content": [{"type": "video"},
                                                      {"type": "text", "text": f"{row['question']} Options: {options}"}]}]

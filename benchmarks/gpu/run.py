@@ -178,6 +178,8 @@ def perception(args, ckpt, work, gpus, cpus, record, guarded, skipped) -> None:
     videos = corpus(work / "perception_corpus", args.videos, args.video_seconds, 640, 352)
     on_gpu = args.device == "cuda"
     actor_cpus = max(0.25, min(2.0, (cpus - 0.5) / max(1, gpus)))
+    if actor_cpus > 1:  # Ray takes fractions below 1 or whole numbers (the config refuses 1.5)
+        actor_cpus = float(int(actor_cpus))
     base = _common_overrides(args, ckpt) + [
         "perception.detector=yolo", f"perception.yolo_weights={weights}", "perception.conf=0.25",
         f"perception.device={'cuda' if on_gpu else 'cpu'}", f"perception.pool.min_size={gpus}",

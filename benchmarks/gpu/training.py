@@ -112,7 +112,8 @@ def plain_run(args: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from step_ray.train.frames import read_frames
+    from step_ray.config import ModelConfig
+    from step_ray.models.inputs import frames_for_row
 
     device = torch.device(args["device"])
     torch.manual_seed(0)
@@ -120,6 +121,8 @@ def plain_run(args: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(max(1, int(args.get("threads", 1))))
     model = AutoModelForImageTextToText.from_pretrained(args["checkpoint"], dtype=torch.bfloat16).to(device)
     processor = AutoProcessor.from_pretrained(args["checkpoint"])
+    # The stack's own frame choice (the question's moments, else spread over its span), at the same settings.
+    frame_cfg = ModelConfig(name_or_path=args["checkpoint"], frames=args["frames"], frame_size=args["frame_size"])
     model.requires_grad_(False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -146,7 +149,7 @@ def plain_run(args: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         chunk = [rows[(step * step_rows + i) % len(rows)] for i in range(step_rows)]
         seqs = [s for r in chunk for s in plain_sequences(
-            processor, r, read_frames(r["video_uri"], r["start"], r["end"], args["frames"], args["frame_size"]))]
+            processor, r, frames_for_row(r, frame_cfg))]
         batch = {k: v.to(device) for k, v in _pad_batch(seqs, pad_id).items()}
         batch["pixel_values_videos"] = batch["pixel_values_videos"].to(torch.bfloat16)
         labels = batch.pop("labels")
