@@ -150,12 +150,13 @@ class VideoConfig:
         1.0, "Keyframes per second of shot: a shot of L seconds gets ceil(L x keyframe_fps) keyframes (at least one), "
              "chosen by clustering its frames' colour and edge features (k-means).")
     max_keyframes_per_shot: int = _f(16, "Most keyframes per shot (long static shots need few).")
-    backend: Literal["auto", "decord", "pyav", "pyav-sparse"] = _f(
+    backend: Literal["auto", "decord", "pyav", "pyav-refs", "pyav-sparse"] = _f(
         "auto",
-        "Decoder. 'decord': exact sampled frames by random access; 'pyav': the same, sequentially; 'pyav-sparse': "
-        "skip non-reference frames and deblocking, sampled frames may come a frame or two late (much faster "
-        "when sampling far below the native rate); 'auto': pyav-sparse at <= 1/3 of the native rate, else "
-        "decord. Every choice falls back to the others for files it cannot open.")
+        "Decoder. 'decord': exact sampled frames by random access; 'pyav': the same, decoding every frame; "
+        "'pyav-refs': the same frames exactly, skipping the frames nothing refers to unless they are sampled; "
+        "'pyav-sparse': reference frames only and no deblocking (fastest; lossy, and a sampled frame may come a "
+        "frame or two late); 'auto': pyav-refs at <= 1/3 of the native rate, else decord (never the lossy "
+        "pyav-sparse). Every choice falls back to the others for files it cannot open.")
     decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).")
 
     def validate(self, path: str) -> None:

@@ -69,8 +69,8 @@ def test_stsg_on_ray_accounts_for_every_input(ray_session, synth_corpus, real_vi
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["video_id"] for e in errors) == ["random_bytes", "truncated", "zero_bytes"]
     real = schema.read(out / "carphone_pristine.stsg.json")
-    # 29.97 fps sampled at 5 fps: the auto backend decodes sparsely (the synthetic 10 fps videos use decord)
-    assert len(schema.nodes_of(real, "keyframe")) >= 4 and real.graph["provenance"]["decoder"] == "pyav-sparse"
+    # 29.97 fps sampled at 5 fps: the auto backend decodes sparsely, exactly (the synthetic 10 fps videos use decord)
+    assert len(schema.nodes_of(real, "keyframe")) >= 4 and real.graph["provenance"]["decoder"] == "pyav-refs"
     assert len(list(out.glob("*.stsg.json"))) == 4
     # A re-run does nothing new and still accounts for everything.
     again = stsg_step(cfg, [str(videos)], out)

@@ -25,7 +25,7 @@ def test_keyframes_cover_the_shot():
     assert keyframe_times([1.0], 1.0, 1.0, 1.0) == [1.0]
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "pyav-sparse"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "pyav-refs", "pyav-sparse"])
 def test_decode_real_clip_with_caps(real_video, backend):
     cfg = load_config(None, ["video.sample_fps=5", "video.max_side=88", "video.max_frames=8",
                              f"video.backend={backend}"]).video
@@ -59,11 +59,11 @@ def test_sparse_decoding_takes_a_nearby_reference_frame(real_video):
 
 
 def test_auto_backend_is_sparse_only_well_below_the_native_rate(real_video):
-    assert open_sampled(str(real_video), load_config(None, ["video.sample_fps=5"]).video).info.backend == "pyav-sparse"
+    assert open_sampled(str(real_video), load_config(None, ["video.sample_fps=5"]).video).info.backend == "pyav-refs"
     assert open_sampled(str(real_video), load_config(None, ["video.sample_fps=15"]).video).info.backend == "decord"
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav", "pyav-sparse"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "pyav-refs", "pyav-sparse"])
 def test_stream_yields_bounded_chunks_in_time_order(real_video, backend):
     stream = open_sampled(str(real_video), load_config(None, ["video.sample_fps=30", f"video.backend={backend}"]).video)
     sizes, times = [], []

@@ -14,6 +14,7 @@ from step_ray.config import ConfigError, StepRayConfig
 from step_ray.pipeline.errors import NothingUsable
 from step_ray.utils import storage
 from step_ray.utils.inputs import expand, video_rows
+from step_ray.utils.pool_fit import check_pool_fit
 
 
 def write_json(path: Path | str, data: Any) -> None:
@@ -110,6 +111,7 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
             load_template(cfg.semantics.prompt)
         except FileNotFoundError as err:
             raise ConfigError("semantics.prompt", str(err)) from None
+    check_pool_fit(cfg, "perception.pool", "stsg.pool", use_ray=use_ray)
     results, seconds = run_chain(stsg_chain(out), cfg, rows, use_ray=use_ray)
     results.sort(key=lambda r: r["video_id"])
     errors = [r for r in results if r["status"] != "ok"]
@@ -169,6 +171,7 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
     paths = expand(inputs, (STSG_SUFFIX,))
     rows = [{"stsg_path": str(p), "video_id": p.name[: -len(STSG_SUFFIX)] if p.name.endswith(STSG_SUFFIX) else p.stem}
             for p in paths]
+    check_pool_fit(cfg, "qra.pool", use_ray=use_ray)
     results, seconds = run_stage(QraStage, cfg, rows, use_ray=use_ray)
     results.sort(key=lambda r: r["video_id"])
     ok = [r for r in results if r["status"] == "ok"]

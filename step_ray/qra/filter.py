@@ -102,9 +102,11 @@ def apply_filter(cfg: StepRayConfig, qra_path: Path, out_dir: Path, use_ray: boo
     """Filter the samples of ``qra_path`` into ``out_dir`` (``qra.parquet``, ``qra.jsonl``); the summary."""
     from step_ray.pipeline.runners import run_stage
     from step_ray.qra.records import read_parquet, write_jsonl, write_parquet
+    from step_ray.utils.pool_fit import check_pool_fit
 
     records = read_parquet(qra_path)
     rows = [{"id": r["id"], "record": json.dumps({k: r.get(k) for k in _FIELDS})} for r in records]
+    check_pool_fit(cfg, "qra.filter.pool", use_ray=use_ray)
     results, seconds = run_stage(QraFilterStage, cfg, rows, use_ray=use_ray, model=model)
     by_id = {r["id"]: r for r in results}
     kept, flagged, dropped, failed = [], Counter(), 0, 0

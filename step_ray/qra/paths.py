@@ -47,6 +47,7 @@ twice, and the query has a value. New hop types are added by subclassing :class:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -202,7 +203,10 @@ class GraphIndex:
             if len({v for v, _ in lst}) == len(lst):
                 lst.sort(key=lambda x: x[0])
             else:
-                lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))
+                try:  # attribute values compare as they are (repr, the general fallback, cost a third of this)
+                    lst.sort(key=lambda x: (x[0], sorted(x[1].items())))
+                except TypeError:
+                    lst.sort(key=lambda x: (x[0], repr(sorted(x[1].items()))))
         self.clips: dict[int, tuple[float, float]] = {}
         for c in by_type["clip"]:
             d = g.nodes[c]
@@ -222,6 +226,11 @@ class GraphIndex:
         self._clip: dict[str, Optional[int]] = {}
         self._category: dict[str, str] = {}
         self._kind: dict[str, str] = {}
+        # Descriptions are asked for again and again while sampling and rendering (the graph is read-only):
+        self._color: dict[str, Optional[str]] = {}
+        self._changes: dict[tuple[str, Optional[str]], list[dict]] = {}
+        self._verb: dict[tuple[str, Optional[str]], str] = {}
+        self._event_text: dict[str, str] = {}
         #: Derived per-graph data other modules cache here (the option pools of :mod:`step_ray.qra.render`).
         self.memo: dict[str, Any] = {}
 
@@ -241,12 +250,20 @@ class GraphIndex:
 
     def color(self, o: str) -> Optional[str]:
         """The colour at first sight."""
-        return self.g.nodes[o].get("attributes", {}).get("color")
+        try:
+            return self._color[o]
+        except KeyError:
+            c = self._color[o] = self.g.nodes[o].get("attributes", {}).get("color")
+            return c
 
     def changes(self, o: str, attribute: Optional[str] = None) -> list[dict]:
-        """The object's ``attr_change`` edges (of one attribute), in time order."""
-        found = [d for _, d in self.out[(o, "attr_change")] if attribute is None or d.get("attribute") == attribute]
-        return sorted(found, key=lambda d: float(d.get("time", 0.0)))
+        """The object's ``attr_change`` edges (of one attribute), in time order (cached: do not modify)."""
+        key = (o, attribute)
+        found = self._changes.get(key)
+        if found is None:
+            found = [d for _, d in self.out[(o, "attr_change")] if attribute is None or d.get("attribute") == attribute]
+            found = self._changes[key] = sorted(found, key=lambda d: float(d.get("time", 0.0)))
+        return found
 
     def category(self, o: str) -> str:
         c = self._category.get(o)
@@ -270,7 +287,14 @@ class GraphIndex:
 
     def verb(self, e: str, actor: Optional[str] = None) -> str:
         """What happened, told from ``actor``'s side: 'entered the scene', 'collided with the blue square',
-        'turned green', 'stopped moving', or an action label."""
+        'turned green', 'stopped moving', or an action label (cached per event and actor)."""
+        key = (e, actor)
+        text = self._verb.get(key)
+        if text is None:
+            text = self._verb[key] = self._describe_verb(e, actor)
+        return text
+
+    def _describe_verb(self, e: str, actor: Optional[str]) -> str:
         d = self.g.nodes[e]
         kind = self.kind(e)
         if kind == "collide":
@@ -284,10 +308,14 @@ class GraphIndex:
         return EVENT_VERBS.get(kind, kind.replace("_", " "))
 
     def event_text(self, e: str) -> str:
-        """The event as an answer option: 'blue square entered the scene', 'blue square and red circle collided'."""
-        names = sorted(self.desc.get(o, o) for o in self.participants(e))
-        who = " and ".join(names) if names else "an object"
-        return f"{who} {self.verb(e)}"
+        """The event as an answer option: 'blue square entered the scene', 'blue square and red circle collided'
+        (cached per event)."""
+        text = self._event_text.get(e)
+        if text is None:
+            names = sorted(self.desc.get(o, o) for o in self.participants(e))
+            who = " and ".join(names) if names else "an object"
+            text = self._event_text[e] = f"{who} {self.verb(e)}"
+        return text
 
     def times_in(self, clip: Optional[int], start: float, end: float) -> list[float]:
         """Keyframe times of a clip inside ``[start, end]`` as questions state them; ``start`` if none."""
@@ -342,6 +370,8 @@ class Op:
     name: ClassVar[str]
     src: ClassVar[str]  # "object" | "event"
     dst: ClassVar[str]  # "object" | "event" | a value type
+    #: The edge type the hop walks (a graph without such edges has no move of it); None: not declared.
+    edge_type: ClassVar[Optional[str]] = None
 
     def apply(self, ix: GraphIndex, node: str, params: dict[str, Any], ctx: Ctx) -> list[str]:
         raise NotImplementedError
@@ -351,6 +381,29 @@ class Op:
 
     def relaxed(self, ix: GraphIndex, params: dict[str, Any]) -> list[str]:
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every sample's options ask its last hop what it reaches elsewhere: one scan of the graph per op and
+        # parameters, so a subclass's ``relaxed`` is memoised per graph index (the result is shared: read only).
+        super().__init_subclass__(**kwargs)
+        if "relaxed" in cls.__dict__:
+            cls.relaxed = _memoised_relaxed(cls.__dict__["relaxed"])  # type: ignore[method-assign]
+
+
+def _memoised_relaxed(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def relaxed(self: Op, ix: GraphIndex, params: dict[str, Any]) -> list[str]:
+        try:
+            key = ("relaxed", self.name, tuple(sorted(params.items())))
+            hash(key)
+        except TypeError:  # unhashable parameters (a malformed program): not memoised
+            return fn(self, ix, params)
+        hit = ix.memo.get(key)
+        if hit is None:
+            hit = ix.memo[key] = fn(self, ix, params)
+        return hit
+
+    return relaxed
 
 
 OPS: dict[str, Op] = {}
@@ -363,6 +416,7 @@ def register(op: Op) -> Op:
 
 class RelationOp(Op):
     name, src, dst = "relation", "object", "object"
+    edge_type = "relation"
 
     def apply(self, ix, node, params, ctx):
         p, t = params["predicate"], float(params["time"])
@@ -384,6 +438,7 @@ class RelationOp(Op):
 
 class ParticipantOp(Op):
     name, src, dst = "participant", "event", "object"
+    edge_type = "participates_in"
 
     def apply(self, ix, node, params, ctx):
         return sorted({o for o in ix.participants(node) if o not in ctx.excluded})
@@ -397,6 +452,7 @@ class ParticipantOp(Op):
 
 class EventOfOp(Op):
     name, src, dst = "event_of", "object", "event"
+    edge_type = "participates_in"
 
     def apply(self, ix, node, params, ctx):
         kind, t = params["kind"], params.get("time")
@@ -451,10 +507,12 @@ class _AdjacentEventOp(Op):
 
 class NextEventOp(_AdjacentEventOp):
     name, edge, sign = "next_event", "before", 1
+    edge_type = "before"
 
 
 class PrevEventOp(_AdjacentEventOp):
     name, edge, sign = "prev_event", "after", -1
+    edge_type = "after"
 
 
 class NextOwnOp(Op):
@@ -462,6 +520,7 @@ class NextOwnOp(Op):
     must have visited an object (``... -> X -event_of-> e -next_own-> e'``: what X did right after e)."""
 
     name, src, dst = "next_own", "event", "event"
+    edge_type = "participates_in"
 
     def apply(self, ix, node, params, ctx):
         if ctx.actor is None:
@@ -482,6 +541,7 @@ class NextOwnOp(Op):
 
 class SameAsOp(Op):
     name, src, dst = "same_as", "object", "object"
+    edge_type = "same_as"
 
     def apply(self, ix, node, params, ctx):
         c = int(params["clip"])
@@ -497,7 +557,8 @@ class SameAsOp(Op):
 def _inner_times(s: float, e: float, most: int) -> list[float]:
     """Up to ``most`` times (0.1 s grid) spread inside ``[s, e]``, avoiding the ends where a neighbouring
     segment may also hold."""
-    grid = [round_time(s + i / 10 ** TIME_DECIMALS) for i in range(int(round((e - s) * 10 ** TIME_DECIMALS)) + 1)]
+    scale = 10 ** TIME_DECIMALS  # (round_time inlined: this runs for every point of every motion segment)
+    grid = [round(s + i / scale, TIME_DECIMALS) + 0.0 for i in range(int(round((e - s) * scale)) + 1)]
     grid = [t for t in grid if s - TIME_TOL <= t <= e + TIME_TOL] or [round_time((s + e) / 2)]
     inner = grid[1:-1] or grid
     step = max(1, len(inner) // most)
@@ -506,6 +567,7 @@ def _inner_times(s: float, e: float, most: int) -> list[float]:
 
 class MotionOp(Op):
     name, src, dst = "motion", "object", "direction"
+    edge_type = "motion"
     #: Probe at most this many times per motion segment (spread over it) when proposing parameters.
     max_times = 5
 
@@ -529,6 +591,7 @@ class ChangedToOp(Op):
     must change that attribute to one value only."""
 
     name, src, dst = "changed_to", "object", "color"
+    edge_type = "attr_change"
 
     def apply(self, ix, node, params, ctx):
         t = params.get("time")
@@ -553,6 +616,7 @@ class CountEventsOp(Op):
     """How many events of a kind the object takes part in (within its scene: object nodes are per clip)."""
 
     name, src, dst = "count_events", "object", "count"
+    edge_type = "participates_in"
 
     def apply(self, ix, node, params, ctx):
         return [str(sum(1 for e, _ in ix.out[(node, "participates_in")] if ix.kind(e) == params["kind"]))]
@@ -569,6 +633,7 @@ class CountRelatedOp(Op):
     """How many objects are ``predicate`` the current one at ``time`` (0 included)."""
 
     name, src, dst = "count_related", "object", "count"
+    edge_type = "relation"
 
     def apply(self, ix, node, params, ctx):
         return [str(len(RelationOp.apply(OPS["relation"], ix, node, params, ctx)))]
@@ -605,6 +670,13 @@ def resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float = TIME_TOL) -
     """The nodes an anchor describes, and the objects it names besides (an event's named participants); an
     event's stated time matches within ``time_tol``. Memoised in ``ix.memo`` (the sampler and the executor ask
     for the same anchors again and again; each answer is a scan of the graph's objects or events)."""
+    # The sampler reuses its anchor objects: by identity first (the entry holds the anchor, so its id is not
+    # reused while the entry lives), else by content.
+    by_id = ix.memo.setdefault("anchor_ids", {})
+    seen = by_id.get(id(anchor))
+    if seen is not None and seen[0] is anchor and seen[1] == time_tol:
+        hit = seen[2]
+        return list(hit[0]), set(hit[1])
     try:
         key = (anchor.type, time_tol,
                tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in anchor.params.items())))
@@ -615,6 +687,7 @@ def resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float = TIME_TOL) -
     hit = memo.get(key)
     if hit is None:
         hit = memo[key] = _resolve_anchor(ix, anchor, time_tol)
+    by_id[id(anchor)] = (anchor, time_tol, hit)
     return list(hit[0]), set(hit[1])
 
 
@@ -622,10 +695,16 @@ def _resolve_anchor(ix: GraphIndex, anchor: Anchor, time_tol: float) -> tuple[li
     p = anchor.params
     if anchor.type == "object":
         clip = p.get("clip")
-        found = [o for o in ix.objects
-                 if ix.category(o) == p.get("category") and ix.color(o) == p.get("color")
-                 and (clip is None or ix.clip_of(o) == int(clip))]
-        return found, set()
+        looks = ix.memo.get("objects_by_look")
+        if looks is None:  # (colour, category) -> objects, in ix.objects' order: one pass, not one per anchor
+            looks = ix.memo["objects_by_look"] = defaultdict(list)
+            for o in ix.objects:
+                looks[(ix.color(o), ix.category(o))].append(o)
+        try:
+            same = looks.get((p.get("color"), p.get("category")), ())
+        except TypeError:  # a malformed program's description (a list): it names no object
+            same = ()
+        return [o for o in same if clip is None or ix.clip_of(o) == int(clip)], set()
     if anchor.type == "event":
         t = p.get("time")
         named = list(p.get("participants", []))
@@ -724,21 +803,22 @@ def final_type(program: Program) -> str:
     return cur
 
 
-def check_program(program: Program) -> None:
+def check_program(program: Program) -> str:
     """Types line up: each hop starts from what the previous one gave; only the last hop may give a value; the
-    query reads the final type; a comparison has a second path ending at the same type. Raises
-    ``ExecutionError('bad_program')``."""
+    query reads the final type; a comparison has a second path ending at the same type. Returns the final type
+    (both paths'); raises ``ExecutionError('bad_program')``."""
     cur = final_type(program)
     if program.query in COMPARE:
         if program.other is None or program.check is not None:
             raise ExecutionError("bad_program", f"comparison {program.query!r} needs a second path and no check")
         if cur != COMPARE[program.query] or final_type(program.other) != cur or program.other.other is not None:
             raise ExecutionError("bad_program", f"{program.query!r} compares two paths ending at a {COMPARE[program.query]}")
-        return
+        return cur
     if program.other is not None:
         raise ExecutionError("bad_program", f"query {program.query!r} takes no second path")
     if program.query not in QUERIES.get(cur, ()):
         raise ExecutionError("bad_program", f"query {program.query!r} cannot read a {cur}")
+    return cur
 
 
 def _excluded(program: Program, i: int, trace: Trace) -> frozenset:
@@ -774,7 +854,7 @@ def project(ix: GraphIndex, entity: str, query: str, etype: str, actor: Optional
     return None
 
 
-def _walk(program: Program, ix: GraphIndex, time_tol: float) -> Trace:
+def _walk(program: Program, ix: GraphIndex, time_tol: float, etype: str) -> Trace:
     tr = Trace()
     found, named = resolve_anchor(ix, program.anchor, time_tol)
     if len(found) != 1:
@@ -807,7 +887,7 @@ def _walk(program: Program, ix: GraphIndex, time_tol: float) -> Trace:
         if op.dst == "object":
             actor = nxt
         cur = nxt
-    tr.value = project(ix, cur, program.query, final_type(program), actor)
+    tr.value = project(ix, cur, program.query, etype, actor)
     if tr.value is None:
         tr.error, tr.detail = "no_answer", f"{program.query} of {cur} is unknown or not constant"
     return tr
@@ -822,14 +902,14 @@ def trace(program: Program, graph: nx.MultiDiGraph | GraphIndex, time_tol: float
     samples, and relations are known at its own keyframes."""
     ix = graph if isinstance(graph, GraphIndex) else GraphIndex(graph)
     try:
-        check_program(program)
+        etype = check_program(program)
     except ExecutionError as err:
         return Trace(error=err.reason, detail=str(err))
-    tr = _walk(program, ix, time_tol)
+    tr = _walk(program, ix, time_tol, etype)
     if tr.error is not None:
         return tr
     if program.other is not None:
-        other = _walk(program.other, ix, time_tol)
+        other = _walk(program.other, ix, time_tol, etype)
         first_nodes = set(tr.nodes)
         tr.other = other
         if other.error is not None:

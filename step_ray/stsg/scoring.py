@@ -175,13 +175,39 @@ def mean_track_iou(a: dict[int, Box], b: dict[int, Box]) -> float:
     return sum(box_iou(a[t], b[t]) for t in shared) / len(shared) if shared else 0.0
 
 
-def match_objects(pred: nx.MultiDiGraph, gt: nx.MultiDiGraph, iou: float = 0.5) -> dict[str, str]:
-    """Predicted object -> ground-truth object, one-to-one, by mean track IoU (>= ``iou``)."""
+def match_objects(pred: nx.MultiDiGraph, gt: nx.MultiDiGraph, iou: float = 0.5, time_tol: float = 0.0
+                  ) -> dict[str, str]:
+    """Predicted object -> ground-truth object, one-to-one, by mean track IoU (>= ``iou``). ``time_tol`` (s):
+    a predicted box counts at the nearest ground-truth time within that distance (graphs whose frames were
+    sampled at slightly different times, such as sparse against full decoding); 0: the same sampled frame."""
     p_nodes, g_nodes = _objects(pred), _objects(gt)
-    p_tracks = [object_track(pred, n) for n in p_nodes]
     g_tracks = [object_track(gt, n) for n in g_nodes]
+    p_tracks = [object_track(pred, n) for n in p_nodes]
+    if time_tol > 0:
+        times = sorted({t for tr in g_tracks for t in tr})
+        p_tracks = [_snapped(tr, times, _ms(time_tol)) for tr in p_tracks]
     score = np.array([[mean_track_iou(a, b) for b in g_tracks] for a in p_tracks]).reshape(len(p_nodes), len(g_nodes))
     return {p_nodes[i]: g_nodes[j] for i, j in assign(score, iou)}
+
+
+def _snapped(track: dict[int, Box], times: list[int], tol_ms: int) -> dict[int, Box]:
+    """The track's boxes moved to the nearest of ``times`` (ms) within ``tol_ms``; boxes with none are dropped."""
+    import bisect
+
+    out: dict[int, Box] = {}
+    for t, box in sorted(track.items()):
+        k = bisect.bisect_left(times, t)
+        near = [x for x in times[max(0, k - 1):k + 1] if abs(x - t) <= tol_ms]
+        if near:
+            out.setdefault(min(near, key=lambda x: (abs(x - t), x)), box)
+    return out
+
+
+def object_agreement(pred: nx.MultiDiGraph, ref: nx.MultiDiGraph, iou: float = 0.5, time_tol: float = 0.0) -> Counts:
+    """Objects of two graphs of one video matched one-to-one (:func:`match_objects`): matched pairs, objects
+    only ``pred`` has, objects only ``ref`` has. Its F1 is how far two ways of building a graph agree."""
+    matching = match_objects(pred, ref, iou, time_tol)
+    return Counts(len(matching), len(_objects(pred)) - len(matching), len(_objects(ref)) - len(matching))
 
 
 def object_lists(g: nx.MultiDiGraph) -> list[list[tuple[str, str]]]:

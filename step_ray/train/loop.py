@@ -299,6 +299,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by this process's tensors on ``device`` (MiB); 0 on CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+
 def progress_bar(cfg: StepRayConfig, rank: int, step: int) -> Any:
     """Rank 0's progress bar (``ray.experimental.tqdm_ray``: drawn by the driver, not interleaved logs)."""
     if rank != 0 or not cfg.train.progress:
@@ -409,7 +414,7 @@ def train_loop_per_worker(config: dict) -> None:
         totals = totals.cpu()
         elapsed = max(time.perf_counter() - window_start, 1e-9)
         n = max(totals[3].item(), 1.0)
-        memory = torch.tensor([peak_rss_mb(), state_mb], dtype=torch.float64, device=device)
+        memory = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device)], dtype=torch.float64, device=device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)  # the largest worker's figures
         metrics = {
             "step": step,
@@ -425,6 +430,11 @@ def train_loop_per_worker(config: dict) -> None:
             "data_wait": totals[8].item() / world / elapsed,
             "peak_rss_mb": memory[0].item(),
             "state_mb": memory[1].item(),
+            "peak_gpu_mb": memory[2].item(),  # 0 on CPU
+            # The window itself, so a benchmark can take rates over any run of windows (totals / seconds).
+            "window_seconds": elapsed,
+            "window_samples": totals[6].item(),
+            "window_tokens": totals[7].item(),
             "restores": counters["restores"],
         }
         counters["rows"] += int(totals[4].item())

@@ -6,12 +6,18 @@ shrunk to ``video.max_side``, and the caller keeps only what it derives from the
 Backends (``video.backend``):
 
 - ``decord``: random access to the sampled indices (exact frames);
-- ``pyav``: sequential decoding with the same frame choice; the fallback for files decord cannot open;
-- ``auto`` (default): PyAV's *sparse* mode when sampling at a third of the native rate or less, else decord.
-  Sparse mode skips the frames no other frame depends on (B-frames: about half of a typical H.264 stream) and
-  the in-loop deblocking filter, and converts only the sampled frames, straight to the small size. A sampled
-  frame then is the first decoded frame at or after the wanted index (a frame or two later, its real time is
-  reported), and pixels carry faint blocking that colour features and detectors do not mind.
+- ``pyav``: sequential decoding of every frame, the same frame choice; the fallback for files decord cannot open;
+- ``pyav-refs``: sequential, but a packet that no other frame refers to (a non-reference B-frame: about half
+  of a typical H.264 stream) is skipped unless sampling wants its frame, so the sampled frames are exactly
+  those of full decoding, at the same times (the tests check it pixel for pixel); only the sampled frames are
+  converted, straight to the small size;
+- ``pyav-sparse``: reference frames only and no in-loop deblocking: the fastest, and lossy. A sampled frame
+  that is skipped is replaced by the next decoded one (a frame or two later; its real time is reported), and
+  pixels carry blocking (38-39 dB PSNR against full decoding on 720p footage). Never chosen by ``auto``;
+- ``auto`` (default): ``pyav-refs`` when sampling at a third of the native rate or less, else ``decord``. It keeps a
+  sparse path only where it agrees with full decoding: ``pyav-refs`` gives full decoding's own frames, so its
+  graphs are full decoding's graphs (agreement 1 by construction); ``pyav-sparse``'s agreement was measured
+  below 0.98 on real footage (``benchmarks/bench_decode_quality.py``), so ``auto`` does not use it.
 
 All failing to open the file is a :class:`DecodeError` whose message gives every backend's reason, which the
 stage turns into an error row; a failure in the middle of a file is a :class:`DecodeError` too, saying where.
@@ -20,7 +26,7 @@ stage turns into an error row; a failure in the middle of a file is a :class:`De
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch  # noqa: F401  -- must be imported before decord: the other order segfaults with the CUDA torch wheel
 
@@ -28,7 +34,7 @@ import cv2
 import numpy as np
 
 from step_ray.config import VideoConfig
-from step_ray.video.sampling import sample_indices, sampling_step
+from step_ray.video.sampling import is_sampled, sample_indices, sampling_step
 
 
 class DecodeError(RuntimeError):
@@ -37,7 +43,7 @@ class DecodeError(RuntimeError):
 
 T = TypeVar("T")
 DECODE_CHUNK = 16  # frames decoded at full size at once
-SPARSE_RATIO = 3.0  # auto: sparse PyAV decoding when the native rate is at least this many times the sample rate
+SPARSE_RATIO = 3.0  # auto: pyav-refs when the native rate is at least this many times the sample rate
 
 
 @dataclass
@@ -174,7 +180,11 @@ def _open_decord(path: str, cfg: VideoConfig) -> SampledStream:
     return _primed(VideoInfo(fps, n, n / fps, tw, th, "decord"), chunks())
 
 
-def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
+def _open_pyav(path: str, cfg: VideoConfig, mode: str = "pyav") -> SampledStream:
+    """PyAV decoding. ``mode``: ``pyav`` (every frame), ``pyav-refs`` (every reference frame and every sampled
+    frame: the others are skipped at the packet, so the sampled frames are exactly full decoding's) or
+    ``pyav-sparse`` (reference frames only, no deblocking: a sampled non-reference frame is replaced by the
+    next decoded one)."""
     import av
 
     container = av.open(path)
@@ -195,7 +205,8 @@ def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
     step = sampling_step(fps, cfg.sample_fps)
     if cfg.max_frames and n:  # the cap lowers the rate: sample ``max_frames`` frames over the whole file
         step = max(step, n / cfg.max_frames)
-    if sparse:
+    sparse = mode != "pyav"
+    if mode == "pyav-sparse":
         stream.codec_context.skip_frame = "NONREF"
         stream.codec_context.options = {"skip_loop_filter": "all"}
     if cfg.decode_threads != 1 and not sparse:
@@ -205,10 +216,22 @@ def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = cfg.decode_threads  # 0: one per core
 
+    def decoded() -> Iterator[Any]:
+        if mode != "pyav-refs":
+            yield from container.decode(stream)
+            return
+        # Per packet: decode it unless no other frame refers to it and sampling does not want it (the
+        # decoder's skip setting is read as each packet is sent; packets without a timestamp are decoded).
+        ctx, base = stream.codec_context, stream.time_base
+        for packet in container.demux(stream):
+            wanted = packet.pts is None or not base or is_sampled(int(round(float(packet.pts * base) * fps)), step)
+            ctx.skip_frame = "DEFAULT" if wanted else "NONREF"
+            yield from packet.decode()
+
     def chunks() -> Iterator[Chunk]:
         frames, times, kept = [], [], 0
         k = 0  # the k-th wanted frame is index floor(k * step); take the first decoded frame at or after it
-        for n_decoded, frame in enumerate(container.decode(stream)):
+        for n_decoded, frame in enumerate(decoded()):
             # Frame times come from the timestamps (variable frame rate files); index = time x average rate.
             t = float(frame.time) if frame.time is not None else n_decoded / fps
             index = int(round(t * fps))
@@ -231,8 +254,7 @@ def _open_pyav(path: str, cfg: VideoConfig, sparse: bool) -> SampledStream:
         if not kept:
             raise DecodeError("no decodable video frames")
 
-    backend = "pyav-sparse" if sparse else "pyav"
-    return _primed(VideoInfo(fps, n, (n / fps) if n else 0.0, tw, th, backend), chunks(), container.close)
+    return _primed(VideoInfo(fps, n, (n / fps) if n else 0.0, tw, th, mode), chunks(), container.close)
 
 
 def first_decoded(attempts: list[tuple[str, Callable[[], T]]], what: str) -> T:
@@ -269,13 +291,13 @@ def open_sampled(path: str, cfg: VideoConfig) -> SampledStream:
     :class:`DecodeError` with every backend's reason if none can open it."""
     fps = _probe(path)
     backend = cfg.backend
-    if backend == "auto":
-        backend = "pyav-sparse" if fps and fps >= SPARSE_RATIO * cfg.sample_fps else "decord"
-    attempts = [("pyav", lambda: _open_pyav(path, cfg, sparse=False))]
+    if backend == "auto":  # (see the module docstring for why auto never picks the lossy pyav-sparse)
+        backend = "pyav-refs" if fps and fps >= SPARSE_RATIO * cfg.sample_fps else "decord"
+    attempts = [("pyav", lambda: _open_pyav(path, cfg))]
     if backend == "decord":
         attempts.insert(0, ("decord", lambda: _open_decord(path, cfg)))
-    elif backend == "pyav-sparse":
-        attempts.insert(0, ("pyav-sparse", lambda: _open_pyav(path, cfg, sparse=True)))
+    elif backend in ("pyav-sparse", "pyav-refs"):
+        attempts.insert(0, (backend, lambda: _open_pyav(path, cfg, backend)))
         attempts.append(("decord", lambda: _open_decord(path, cfg)))
     return first_decoded(attempts, "video")
 
