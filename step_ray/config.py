@@ -26,11 +26,19 @@ class ConfigError(ValueError):
         super().__init__(f"{field_path}: {message}" if field_path else message)
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):
-    """A dataclass field with its help text (shown by ``step-ray config --help-fields`` and the docs)."""
+#: Field metadata key of settings that say how work runs (threads, actors), never what it computes: keys of
+#: outputs (a graph's settings key, :meth:`step_ray.stage.Stage.key`) leave them out. Resource pools
+#: (:class:`PoolConfig`) are runtime settings by their type.
+RUNTIME = "runtime"
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING, runtime: bool = False):
+    """A dataclass field with its help text (shown by ``step-ray config --help-fields`` and the docs);
+    ``runtime=True`` marks a setting that cannot change any output (see :data:`RUNTIME`)."""
+    metadata = {"help": help, RUNTIME: runtime}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -124,7 +132,7 @@ class VideoConfig:
         "skip non-reference frames and deblocking, sampled frames may come a frame or two late (much faster "
         "when sampling far below the native rate); 'auto': pyav-sparse at <= 1/3 of the native rate, else "
         "decord. Every choice falls back to the others for files it cannot open.")
-    decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).")
+    decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).", runtime=True)
 
     def validate(self, path: str) -> None:
         _require(self.sample_fps > 0, f"{path}.sample_fps", "must be > 0")

@@ -20,6 +20,7 @@ from step_ray.qra.render import render_question
 from step_ray.qra.sampler import near_duplicate_key, sample_graph
 from step_ray.qra.stage import read_graph
 from step_ray.stsg import schema
+from test_pipeline import part_bytes
 from test_qra import _assert_valid, random_graph, to_stsg2, two_scene_graph
 
 
@@ -197,10 +198,9 @@ def test_bad_graph_files_give_reasons_not_crashes(tmp_path):
     assert "| empty | no_objects |" in card and "| old | unreadable STSG" in card
     # determinism: the same graphs and seed give byte-identical files
     qra_step(cfg, [str(graphs)], tmp_path / "b", use_ray=False)
-    for name in ("qra.parquet", "qra.jsonl"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    rows = [json.loads(line) for line in (tmp_path / "a" / "qra.jsonl").read_text().splitlines()]
-    assert rows == read_parquet(tmp_path / "a" / "qra.parquet")
+    assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
+    rows = [json.loads(line) for line in (tmp_path / "a" / "part-00000.jsonl").read_text().splitlines()]
+    assert rows == read_parquet(tmp_path / "a")
 
 
 def test_reader_accepts_stsg1_and_stsg2(tmp_path):
@@ -226,8 +226,8 @@ def test_card_lists_every_family_and_step(tmp_path, corpus):
     from step_ray.qra.card import write_card
 
     _, _, _, records, _ = corpus
-    path = write_card(records, {"graphs": 15}, tmp_path)
-    text = path.read_text()
+    path = write_card(records, {"graphs": 15}, str(tmp_path))
+    text = Path(path).read_text()
     for fam in {r["family"] for r in records}:
         assert f"| {fam} |" in text
     assert "| family | 1 step | 2 steps | 3 steps | 4 steps | 5 steps | all |" in text
@@ -286,7 +286,7 @@ def test_filter_on_the_tiny_model(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist(rows), toy)
     over = ["qra.filter.asks=3", "qra.filter.min_agreement=1.0", "model.frames=2"]
     flag = qra_filter_step(load_config(None, over), toy, tmp_path / "flag", use_ray=False)
-    rows = read_parquet(tmp_path / "flag" / "qra.parquet")
+    rows = read_parquet(tmp_path / "flag")
     assert flag["samples"] == flag["kept"] == len(rows) == 6 and flag["errors"] == 0
     for r in rows:
         assert r["consistency"] in (pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0)
@@ -314,8 +314,7 @@ def test_ray_and_sequential_give_byte_identical_files(ray_session, tmp_path):
     on_ray = qra_step(cfg, [str(graphs)], tmp_path / "ray", use_ray=True)
     local = qra_step(cfg, [str(graphs)], tmp_path / "seq", use_ray=False)
     assert on_ray["samples"] == local["samples"] > 0 and on_ray["errors"] == local["errors"]
-    for name in ("qra.parquet", "qra.jsonl"):
-        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "seq" / name).read_bytes()
+    assert part_bytes(tmp_path / "ray") == part_bytes(tmp_path / "seq")
 
 
 @pytest.mark.ray
@@ -337,7 +336,7 @@ def test_filter_on_fractional_gpu_actors(ray_session, tmp_path):
     on_ray = qra_filter_step(load_config(None, over), toy, tmp_path / "ray", use_ray=True)
     local = qra_filter_step(load_config(None, over), toy, tmp_path / "seq", use_ray=False)
     assert on_ray["kept"] == local["kept"] == 3 and on_ray["errors"] == 0
-    a, b = read_parquet(tmp_path / "ray" / "qra.parquet"), read_parquet(tmp_path / "seq" / "qra.parquet")
+    a, b = read_parquet(tmp_path / "ray"), read_parquet(tmp_path / "seq")
     assert [(r["id"], r["flags"]) for r in a] == [(r["id"], r["flags"]) for r in b]
     assert [r["consistency"] for r in a] == pytest.approx([r["consistency"] for r in b])
 

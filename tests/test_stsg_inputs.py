@@ -10,6 +10,7 @@ import pytest
 from bad_media import bad_inputs
 from step_ray.config import load_config
 from step_ray.pipeline.steps import stsg_step
+from step_ray.pipeline.stsg_run import rows_of_last_run
 from step_ray.stsg import schema
 from step_ray.utils import storage
 from step_ray.utils.inputs import InputError, video_rows
@@ -24,7 +25,7 @@ def test_every_bad_input_class_ends_as_a_graph_or_a_reason(ray_session, real_vid
     out = tmp_path / "stsg"
     summary = stsg_step(cfg, [str(tmp_path / "in")], out)
     assert summary["videos"] == len(expected) and summary["accounted_for"]
-    rows = {r["video_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    rows = {r["video_id"]: r for r in rows_of_last_run(str(out))}
     assert set(rows) == set(expected)
     for vid, outcome in expected.items():
         row = rows[vid]
@@ -39,7 +40,7 @@ def test_every_bad_input_class_ends_as_a_graph_or_a_reason(ray_session, real_vid
     vfr = schema.read(rows["variable_rate"]["stsg_path"])
     times = [t for n in schema.nodes_of(vfr, "object") for t, *_ in vfr.nodes[n]["track"]]
     assert times and max(times) > 3.5  # the file's own timestamps, not frame index / average rate
-    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    errors = rows_of_last_run(str(out), "errors")
     assert len(errors) == sum(v != "ok" for v in expected.values())
 
 
@@ -113,7 +114,8 @@ def test_videos_and_graphs_on_s3(s3_server, synth_corpus, tmp_path):
     assert summary["ok"] == 2, summary["errors"]
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector("corpus/stsg")))
     assert names == sorted([f"{i['video_id']}.stsg.json" for i in synth_corpus["items"][:2]]
-                           + ["errors.jsonl", "results.jsonl", "summary.json"])
+                           + ["results", "summary.json"])  # no errors: no errors/ table
+    assert [r["status"] for r in rows_of_last_run("s3://corpus/stsg")] == ["ok", "ok"]
     g = schema.loads(storage.read_text(f"s3://corpus/stsg/{synth_corpus['items'][0]['video_id']}.stsg.json"))
     assert g.graph["uri"].startswith("s3://corpus/videos/") and schema.nodes_of(g, "object")
     assert stsg_step(cfg, ["s3://corpus/videos/"], "s3://corpus/stsg", use_ray=False)["skipped_done"] == 2

@@ -41,10 +41,10 @@ def steps_bucket(steps: Any) -> str:
 def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
     """The QRA rows of ``split`` (file or directory of Parquet), in a stable order (by id)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    table = pads.dataset(str(qra_path), format="parquet").to_table()
-    table = table.filter(pc.equal(table["split"], split))
+    from step_ray.qra.records import qra_dataset
+
+    table = qra_dataset(qra_path).to_table(filter=pc.field("split") == split)
     rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
     return rows[:max_samples] if max_samples > 0 else rows
 

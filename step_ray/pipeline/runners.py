@@ -1,62 +1,141 @@
-"""Run a stage over rows: sequentially in this process (tests, debugging) or on a Ray Data actor pool.
+"""Executors of the stage contract (:mod:`step_ray.stage`): kept apart from the stages themselves.
 
-Both runners guarantee one output row per input row, in input order for the sequential runner and in
-any order on Ray (callers key rows by id). An exception that escapes ``process`` becomes an error row.
+* :func:`run_local` — every stage set up once in this process; Arrow batches go through them in turn
+  (tests, debugging, ``--no-ray``). Lazy: it yields each batch as it is done, so a caller can write it out.
+* :func:`map_stages` — one Ray Data ``map_batches`` per stage on a lazy dataset, each with its own actor pool
+  (``compute=ActorPoolStrategy(min_size, max_size)``), CPUs / GPUs per actor and rows per batch from the
+  stage's ``pool``, shown by Ray Data under the stage's own name (``MapBatches(stsg-perception)``). Heavy
+  state is built by ``setup()`` inside each actor, never on the driver. Actor restarts and task retries are
+  bounded (:func:`fault_tolerance`): Ray Data's default retries without limit, so an input that kills its
+  actor would loop forever; with the bound the block fails and the step records its inputs as failed.
+
+Both go through :func:`step_ray.stage.run_batch`, the one place where a stage's declared inputs and
+outputs are checked, so a stage behaves the same in a test and on a cluster.
+
+:func:`run_stage` is the *compatibility path* for stages that still use the old row-dict protocol (today
+only the QRA filter, :class:`step_ray.qra.filter.QraFilterStage`): it collects its (small) input on the
+driver and its output with ``take_all``. It goes away when the filter adopts the contract (see the
+module docstring of :mod:`step_ray.stage`).
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
+import pyarrow as pa
 from tqdm import tqdm
 
-from step_ray.config import StepRayConfig, from_dict, to_dict
-from step_ray.pipeline.stage import Row, Stage, error_row
+from step_ray.config import PoolConfig, StepRayConfig, from_dict, to_dict
+from step_ray.stage import Stage, run_batch
+
+#: Bounds on Ray's fault tolerance for stage actors: restarts of a dead actor, and retries of a task
+#: whose actor died (a segfault or an OOM kill). A block that still fails is left out of the output and
+#: its inputs are recorded as failed by the step (see ``steps.account_for_lost_inputs``).
+ACTOR_RESTARTS = 2
+TASK_RETRIES = 2
 
 
-def _safe_process(stage: Stage, row: Row) -> Row:
+def fault_tolerance(pool: PoolConfig) -> dict[str, int]:
+    """Ray remote args that bound actor restarts and task retries (Ray Data's defaults are unlimited)."""
+    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": TASK_RETRIES}
+
+
+# --------------------------------------------------------------------------------------------- local
+
+
+def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[pa.Table]:
+    """Set every stage up here, push each batch through all of them, yield the results as they come;
+    tear the stages down at the end (also when the caller stops early)."""
+    for stage in stages:
+        stage.setup()
+    try:
+        for batch in batches:
+            for stage in stages:
+                batch = run_batch(stage, batch)
+            yield batch
+    finally:
+        for stage in stages:
+            stage.teardown()
+
+
+# --------------------------------------------------------------------------------------------- Ray Data
+
+
+class StageActor:
+    """What Ray Data instantiates in each actor of a stage's pool: sets the stage up once, maps batches."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return run_batch(self.stage, batch)
+
+    def __del__(self):
+        try:
+            self.stage.teardown()
+        except Exception:  # noqa: BLE001 - best effort while the actor goes away
+            pass
+
+
+def actor_class(stage: Stage) -> type:
+    """A :class:`StageActor` subclass named after the stage: Ray Data names the operator after the class."""
+    return type(stage.name, (StageActor,), {"__module__": __name__, "__qualname__": stage.name})
+
+
+def map_stages(ds: Any, stages: Sequence[Stage]) -> Any:
+    """``ds`` mapped through ``stages`` on Ray Data actor pools (lazy: nothing runs until a sink pulls)."""
+    import ray.data
+
+    for stage in stages:
+        pool = stage.pool
+        resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
+        ds = ds.map_batches(
+            actor_class(stage),
+            fn_constructor_kwargs={"stage": stage},
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+            num_cpus=pool.num_cpus,
+            batch_size=pool.batch_size,
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+            **resources,
+            **fault_tolerance(pool),
+        )
+    return ds
+
+
+# --------------------------------------------------------------------------------------------- compatibility
+
+
+Row = dict[str, Any]
+
+
+def _safe_process(stage: Any, row: Row) -> Row:
     try:
         out = stage.process(row)
     except Exception as err:  # noqa: BLE001 - the contract: every input ends as a row
         last = traceback.extract_tb(err.__traceback__)[-1]
-        return error_row(stage.columns, row, f"{type(err).__name__}: {err} (at {last.filename}:{last.lineno})")
+        return _legacy_error_row(stage.columns, row, f"{type(err).__name__}: {err} (at {last.filename}:{last.lineno})")
     missing = set(stage.columns) - set(out)
     if missing:
-        return error_row(stage.columns, row, f"stage {stage.name} returned a row without {sorted(missing)}")
+        return _legacy_error_row(stage.columns, row, f"stage {stage.name} returned a row without {sorted(missing)}")
     return {c: out[c] for c in stage.columns}
 
 
-Chain = list[tuple[type, dict[str, Any]]]  # stages and their constructor kwargs, applied in order
+def _legacy_error_row(columns: tuple[str, ...], base: Row, reason: str) -> Row:
+    row = {c: None for c in columns}
+    row.update({k: v for k, v in base.items() if k in row})
+    row["status"] = "error"
+    row["error"] = reason
+    return row
 
 
-def run_sequential(stage_cls: type, cfg: StepRayConfig, rows: list[Row], progress: bool = True,
-                   **stage_kwargs: Any) -> list[Row]:
-    """Set the stage up once and process every row here, in order."""
-    return run_chain_sequential([(stage_cls, stage_kwargs)], cfg, rows, progress)
-
-
-def run_chain_sequential(chain: Chain, cfg: StepRayConfig, rows: list[Row], progress: bool = True) -> list[Row]:
-    """Every stage of ``chain`` set up once here; each row goes through all of them in turn."""
-    stages = [cls(cfg, **kwargs) for cls, kwargs in chain]
-    for stage in stages:
-        stage.setup()
-    out = []
-    for row in tqdm(rows, desc="+".join(c.name for c, _ in chain), disable=not progress, unit="row"):
-        for stage in stages:
-            row = _safe_process(stage, row)
-        out.append(row)
-    return out
-
-
-class _ActorAdapter:
-    """What Ray Data instantiates in each actor: builds the stage from plain data and maps batches through it."""
+class _LegacyActor:
+    """Compatibility path: a row-dict stage (``cls(cfg, **kwargs)``, ``pool()``, ``process(row)``)."""
 
     def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict):
-        from step_ray.utils.env import configure_ultralytics
-
-        configure_ultralytics()
         self.stage = stage_cls(from_dict(cfg_data), **stage_kwargs)
         self.stage.setup()
 
@@ -67,40 +146,8 @@ class _ActorAdapter:
         return pd.DataFrame([_safe_process(self.stage, r) for r in rows], columns=list(self.stage.columns))
 
 
-def run_on_ray(stage_cls: type, cfg: StepRayConfig, rows: list[Row], **stage_kwargs: Any) -> list[Row]:
-    """Map the stage over ``rows`` on a Ray Data actor pool (see :func:`run_chain_on_ray`)."""
-    return run_chain_on_ray([(stage_cls, stage_kwargs)], cfg, rows)
-
-
-def run_chain_on_ray(chain: Chain, cfg: StepRayConfig, rows: list[Row]) -> list[Row]:
-    """One ``map_batches`` per stage, each with ``compute=ActorPoolStrategy(min_size, max_size)`` and its own
-    CPU / GPU request per actor (GPU perception actors feed CPU graph builders, streaming); heavy state is
-    built inside the actors, never on the driver."""
-    import ray
-    import ray.data
-
-    if not rows:
-        return []
-    first_pool = chain[0][0](cfg, **chain[0][1]).pool()
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, first_pool.max_size * 4)))
-    for stage_cls, stage_kwargs in chain:
-        pool = stage_cls(cfg, **stage_kwargs).pool()
-        resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
-        ds = ds.map_batches(
-            _ActorAdapter,
-            fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-            num_cpus=pool.num_cpus,
-            **resources,
-            batch_size=pool.batch_size,
-            batch_format="pandas",
-        )
-    last = chain[-1][0]
-    return [{c: _plain(r.get(c)) for c in last.columns} for r in ds.take_all()]
-
-
 def _plain(value: Any) -> Any:
-    """Ray hands back numpy scalars and arrays; rows leave the runner as plain Python."""
+    """Ray hands pandas batches back with numpy scalars and arrays; the compatibility path wants plain Python."""
     import numpy as np
 
     if isinstance(value, np.ndarray):
@@ -112,19 +159,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: bool = True, **stage_kwargs: Any) -> tuple[list[Row], float]:
-    """Run on Ray or sequentially; return the rows and the wall time in seconds."""
-    return run_chain([(stage_cls, stage_kwargs)], cfg, rows, use_ray)
-
-
-def run_chain(chain: Chain, cfg: StepRayConfig, rows: list[Row], use_ray: bool = True) -> tuple[list[Row], float]:
-    """Run a chain of stages on Ray or sequentially; return the last stage's rows and the wall time (s)."""
+def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: bool = True,
+              **stage_kwargs: Any) -> tuple[list[Row], float]:
+    """Compatibility path for a row-dict stage (the QRA filter): run it over ``rows`` on a Ray Data actor
+    pool or in this process; (its rows, wall seconds)."""
     start = time.perf_counter()
-    if use_ray:
-        from step_ray.utils.ray_session import init_ray
+    if not use_ray:
+        stage = stage_cls(cfg, **stage_kwargs)
+        stage.setup()
+        out = [_safe_process(stage, r) for r in tqdm(rows, desc=stage_cls.name, unit="row")]
+        return out, time.perf_counter() - start
+    import ray.data
 
-        init_ray(cfg.ray)
-        out = run_chain_on_ray(chain, cfg, rows)
-    else:
-        out = run_chain_sequential(chain, cfg, rows)
+    from step_ray.utils.ray_session import init_ray
+
+    init_ray(cfg.ray)
+    if not rows:
+        return [], time.perf_counter() - start
+    pool = stage_cls(cfg, **stage_kwargs).pool()
+    resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, pool.max_size * 4)))
+    ds = ds.map_batches(
+        _LegacyActor,
+        fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        num_cpus=pool.num_cpus, batch_size=pool.batch_size, batch_format="pandas", **resources,
+        **fault_tolerance(pool),
+    )
+    out = [{c: _plain(r.get(c)) for c in stage_cls.columns} for r in ds.take_all()]
     return out, time.perf_counter() - start

@@ -1,8 +1,8 @@
 """``self-train``: the whole STEP loop into one run directory.
 
     corpus/   synthetic videos + ground-truth graphs (unless --input names videos)
-    stsg/     predicted scene graphs, results.jsonl, errors.jsonl, summary.json
-    qra/      qra.parquet, stats.json
+    stsg/     predicted scene graphs, results/ and errors/ (sharded Parquet), summary.json
+    qra/      part-*.parquet (the QRA samples, a split column), stats.json, card.md
     train/    checkpoints/, adapter/, base/, summary.json
     eval/     base.json, trained.json
     report.md, plots/*.png, summary.json, config.yaml
@@ -37,10 +37,10 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         summary["synth"] = timed("synth", steps.synth_step, cfg, run / "corpus")
         inputs = [summary["synth"]["videos_dir"]]
     summary["stsg"] = timed("stsg", steps.stsg_step, cfg, inputs, run / "stsg", use_ray=use_ray)
-    graphs = steps.graphs_of_last_run(run / "stsg")
-    if not graphs:
-        raise RuntimeError(f"no video gave a scene graph; see {run / 'stsg' / 'errors.jsonl'}")
-    summary["qra"] = timed("qra", steps.qra_step, cfg, graphs, run / "qra", use_ray=use_ray)
+    if not summary["stsg"]["ok"]:
+        raise RuntimeError(f"no video gave a scene graph; see {run / 'stsg' / 'errors'}")
+    # The stsg folder itself: the qra step reads the graphs of its last run from its results table.
+    summary["qra"] = timed("qra", steps.qra_step, cfg, [str(run / "stsg")], run / "qra", use_ray=use_ray)
     if not summary["qra"]["samples"]:
         raise RuntimeError(f"no QRA samples were produced from {run / 'stsg'}; see {run / 'qra' / 'stats.json'}")
     summary["eval_base"] = timed("eval (base)", steps.eval_step, cfg, run / "qra", None, run / "eval", "base")

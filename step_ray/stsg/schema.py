@@ -47,11 +47,13 @@ from typing import Any, Iterator
 
 import networkx as nx
 
+from step_ray.perception import tracks as _tracks
+
 SCHEMA_VERSION = "stsg/2"
 
 NODE_TYPES = ("video", "clip", "keyframe", "object", "event")
+RELATIONS = _tracks.RELATIONS  # the predicates of relation edges (perception states them)
 EDGE_TYPES = ("contains", "relation", "motion", "attr_change", "participates_in", "before", "after", "same_as")
-RELATIONS = ("left_of", "right_of", "above", "below", "near")
 INVERSE_RELATION = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above", "near": "near"}
 DIRECTIONS = ("left", "right", "up", "down")
 EVENT_KINDS = ("enter", "leave", "collide", "start_moving", "stop_moving", "change", "action")
