@@ -306,8 +306,10 @@ class QraConfig:
     num_options: int = _f(4, "Multiple-choice options per question (answer included; yes / no questions have 2).")
     test_fraction: float = _f(0.25, "Share of videos in the held-out test split (split by video: no leakage).")
     val_fraction: float = _f(0.0, "Share of videos in the validation split (after test; 0: none).")
-    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0),
-                          help="CPU actor pool of the QRA stage.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0,
+                                                     batch_size=16),
+                          help="CPU actor pool of the QRA stage (a batch: graphs sampled per call, milliseconds "
+                               "each).")
     filter: QraFilterConfig = _f(factory=QraFilterConfig, help="Model-side self-consistency filter (off by default).")
 
     def validate(self, path: str) -> None:

@@ -119,3 +119,34 @@ def test_videos_and_graphs_on_s3(s3_server, synth_corpus, tmp_path):
     g = schema.loads(storage.read_text(f"s3://corpus/stsg/{synth_corpus['items'][0]['video_id']}.stsg.json"))
     assert g.graph["uri"].startswith("s3://corpus/videos/") and schema.nodes_of(g, "object")
     assert stsg_step(cfg, ["s3://corpus/videos/"], "s3://corpus/stsg", use_ray=False)["skipped_done"] == 2
+
+
+def test_qra_run_dir_on_s3_and_readers_of_its_parts(s3_server, synth_corpus):
+    """The qra step from an stsg output on s3:// to a QRA folder on s3://: parts, tables, stats and card are
+    written there, and training's and evaluation's readers take the split they need from it."""
+    import pyarrow.fs as pafs
+
+    from step_ray.eval.evaluate import load_rows
+    from step_ray.pipeline.steps import qra_step, require_split
+    from step_ray.qra.records import read_parquet
+    from step_ray.train.stream import split_table, train_rows
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("qrabucket")
+    for item in synth_corpus["items"]:
+        with fs.open_output_stream(f"qrabucket/videos/{item['video_id']}.mp4") as f:
+            f.write(open(item["path"], "rb").read())
+    cfg = synth_corpus["cfg"]
+    assert stsg_step(cfg, ["s3://qrabucket/videos/"], "s3://qrabucket/stsg", use_ray=False)["ok"] == len(synth_corpus["items"])
+    q = qra_step(cfg, ["s3://qrabucket/stsg"], "s3://qrabucket/qra", use_ray=False)
+    assert q["graphs"] == len(synth_corpus["items"]) and q["samples"] > 0
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector("qrabucket/qra"))}
+    assert {"part-00000.parquet", "part-00000.jsonl", "stats.json", "card.md", "plots", "results"} <= names
+    assert "_work" not in names  # the finishing's scratch space is gone
+    rows = read_parquet("s3://qrabucket/qra")
+    assert len(rows) == q["samples"]
+    require_split("s3://qrabucket/qra", "train")
+    train = split_table("s3://qrabucket/qra", "train")
+    assert train.num_rows == train_rows("s3://qrabucket/qra") == q["by_split"]["train"]
+    test = load_rows("s3://qrabucket/qra", "test")
+    assert len(test) == q["by_split"].get("test", 0) and all(r["split"] == "test" for r in test)

@@ -36,6 +36,8 @@ from step_ray.utils.tally import TALLY_KEYS, TALLY_SCHEMA
 #: CPUs asked for by the flow's own small tasks (listing, reads, id assignment, writes) that run beside the
 #: stages' actor pools: Ray Data's default of one CPU each would wait behind the pools on a small cluster.
 TASK_CPUS = 0.25
+#: Blocks a write may lose to dead actors before the run stops (their inputs are recorded as errors).
+MAX_LOST_BLOCKS = 100
 #: Rows per block of the listing read tasks (before ids are assigned; listing rows are a few hundred bytes).
 LISTING_BLOCK_ROWS = 1000
 def new_run_id() -> str:
@@ -393,7 +395,8 @@ class RayFlow:
 
         ds = ray.data.read_datasource(listing.datasource(), num_cpus=TASK_CPUS)
         if previous is not None and previous.files:
-            prev = ray.data.read_parquet(list(previous.files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
+            prev = ray.data.read_parquet(list(previous.files), file_extensions=["parquet"],
+                                         num_cpus=TASK_CPUS)
             names = [previous.row_type.field(i).name for i in range(previous.row_type.num_fields)]
             prev = prev.map_batches(_previous_table, fn_args=(names, previous.row_type), batch_format="pyarrow",
                                     num_cpus=TASK_CPUS)
@@ -418,7 +421,8 @@ class RayFlow:
         ins = self.inputs(listing, block_rows=LISTING_BLOCK_ROWS).map_batches(
             lambda t: t.select(["video_id", "uri", "name"]).append_column("done", pa.array([False] * t.num_rows)),
             batch_format="pyarrow", num_cpus=TASK_CPUS)
-        done = ray.data.read_parquet(list(files), columns=["video_id"], file_extensions=["parquet"], num_cpus=TASK_CPUS).map_batches(
+        done = ray.data.read_parquet(list(files), columns=["video_id"], file_extensions=["parquet"],
+                                     num_cpus=TASK_CPUS).map_batches(
             lambda t: pa.table({"video_id": t["video_id"], "uri": pa.nulls(t.num_rows, pa.string()),
                                 "name": pa.nulls(t.num_rows, pa.string()), "done": pa.array([True] * t.num_rows)},
                                schema=schema), batch_format="pyarrow", num_cpus=TASK_CPUS)
@@ -436,6 +440,9 @@ class RayFlow:
         return map_stages(ds, stages)
 
     def write(self, ds: Any, sink: PartSink) -> None:
+        # A block whose actor died more often than the bounded retries allow is dropped (the step records its
+        # inputs as failed), up to MAX_LOST_BLOCKS: beyond that the run stops, it is a bug, not bad input.
+        ds.context.max_errored_blocks = MAX_LOST_BLOCKS
         ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": TASK_CPUS})
 
     def group_sums(self, files: Sequence[str], keys: Sequence[str], sums: Sequence[str]) -> list[dict]:
@@ -444,7 +451,8 @@ class RayFlow:
 
         if not files:
             return []
-        ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"], num_cpus=TASK_CPUS)
+        ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"],
+                                   num_cpus=TASK_CPUS)
         aggs = [Count(alias_name="n")] + [Sum(c, alias_name=c) for c in sums]
         return ds.groupby(list(keys), num_partitions=1).aggregate(*aggs).take_all()
 
@@ -454,8 +462,10 @@ class RayFlow:
 
         if not files:
             return []
-        ds = ray.data.read_parquet(list(files), columns=list(columns), filter=filter, file_extensions=["parquet"], num_cpus=TASK_CPUS)
-        return ds.sort(order_by).limit(limit).take_all()
+        ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
+        if filter is not None:
+            ds = ds.map_batches(lambda t: t.filter(filter), batch_format="pyarrow", num_cpus=TASK_CPUS)
+        return ds.select_columns(list(columns)).sort(order_by).limit(limit).take_all()
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
         """``fn`` on each item in Ray tasks (one item per task), the tally rows summed by key."""

@@ -87,23 +87,33 @@ def actor_class(stage: Stage) -> type:
 
 def map_stages(ds: Any, stages: Sequence[Stage]) -> Any:
     """``ds`` mapped through ``stages`` on Ray Data actor pools (lazy: nothing runs until a sink pulls)."""
-    import ray.data
+    import warnings
 
     for stage in stages:
         pool = stage.pool
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
-        ds = ds.map_batches(
-            actor_class(stage),
-            fn_constructor_kwargs={"stage": stage},
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-            num_cpus=pool.num_cpus,
-            batch_size=pool.batch_size,
-            batch_format="pyarrow",
-            zero_copy_batch=True,
-            **resources,
-            **fault_tolerance(pool),
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for actor restarts / task retries yet; the remote args that set
+            # them still work and warn of a future removal.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = _map_stage(ds, stage, pool, resources)
     return ds
+
+
+def _map_stage(ds: Any, stage: Stage, pool: PoolConfig, resources: dict) -> Any:
+    import ray.data
+
+    return ds.map_batches(
+        actor_class(stage),
+        fn_constructor_kwargs={"stage": stage},
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        num_cpus=pool.num_cpus,
+        batch_size=pool.batch_size,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        **resources,
+        **fault_tolerance(pool),
+    )
 
 
 # --------------------------------------------------------------------------------------------- compatibility
