@@ -137,6 +137,10 @@ class Stage:
     version: ClassVar[int] = 1
     #: Whether every input row gives exactly one output row (checked by :func:`run_batch`).
     one_row_per_input: ClassVar[bool] = True
+    #: The input column that names a row (unique within a run): the executor counts, per row, the processes
+    #: that died working on it, and a row that keeps killing its actor becomes an error row (see
+    #: :class:`RowStage` and ``runners.CrashLedger``). None: no such guard.
+    row_key: ClassVar[Optional[str]] = None
 
     pool: PoolConfig = field(default_factory=PoolConfig, metadata={RUNTIME: True})
 
@@ -207,18 +211,44 @@ class Stage:
         return out
 
 
+class RowGuard:
+    """What an executor may put around each row of a :class:`RowStage` (``stage.row_guard``): ``begin(key)``
+    returns how many processes already died working on that row, ``end(key)`` marks it done; a row whose
+    deaths exceed ``max_retries`` becomes an error row instead of being run again. The Ray executor's guard
+    is a small ledger actor (``runners.CrashLedger``); in-process there is none."""
+
+    max_retries: int = 0
+
+    def begin(self, key: str) -> int:
+        raise NotImplementedError
+
+    def end(self, key: str) -> None:
+        raise NotImplementedError
+
+
 @dataclass(kw_only=True)
 class RowStage(Stage):
     """A stage that works one row at a time: implement :meth:`process_row`. An exception on one row becomes
-    that row's error row; a returned row must have exactly the output columns."""
+    that row's error row; a returned row must have exactly the output columns; a row that keeps killing the
+    process working on it becomes an error row too (with a ``row_guard`` in place: the Ray executor's)."""
 
     def process_row(self, row: Row) -> Row:
         raise NotImplementedError
 
     def process(self, batch: pa.Table) -> pa.Table:
         names = set(self.outputs.names)
+        guard: Optional[RowGuard] = getattr(self, "row_guard", None)
         out = []
         for row in batch.to_pylist():
+            key = str(row[self.row_key]) if guard is not None and self.row_key else None
+            deaths = guard.begin(key) if key is not None else 0
+            if key is not None and deaths > guard.max_retries:
+                out.append(self.error_row(row, (
+                    f"the process working on it died {deaths} times (a crash such as a decoder segfault, or an "
+                    f"out-of-memory kill); {self.pool_path}.max_retries is {guard.max_retries}, the run went on "
+                    f"without it")))
+                guard.end(key)
+                continue
             try:
                 result = self.process_row(row)
                 keys = set(result)
@@ -228,6 +258,8 @@ class RowStage(Stage):
             except Exception as err:  # noqa: BLE001 - the contract: every input ends as a row
                 result = self.error_row(row, describe(err))
             out.append(result)
+            if key is not None:
+                guard.end(key)
         return pa.Table.from_pylist(out, schema=self.outputs)
 
 

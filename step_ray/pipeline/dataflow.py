@@ -36,8 +36,6 @@ from step_ray.utils.tally import TALLY_KEYS, TALLY_SCHEMA
 #: CPUs asked for by the flow's own small tasks (listing, reads, id assignment, writes) that run beside the
 #: stages' actor pools: Ray Data's default of one CPU each would wait behind the pools on a small cluster.
 TASK_CPUS = 0.25
-#: Blocks a write may lose to dead actors before the run stops (their inputs are recorded as errors).
-MAX_LOST_BLOCKS = 100
 #: Rows per block of the listing read tasks (before ids are assigned; listing rows are a few hundred bytes).
 LISTING_BLOCK_ROWS = 1000
 def new_run_id() -> str:
@@ -216,6 +214,10 @@ class TableSpec:
     select: Callable[[pa.Table], Optional[pa.Table]]
 
 
+def _all_rows(t: pa.Table) -> pa.Table:
+    return t
+
+
 class PartSink:
     """Writes each bundle of stage output as one Parquet part per table: ``{root}/{table}/{run}/part-*.parquet``
     (with a ``run`` column). Part names are stable per write task, so a retried task overwrites its own part
@@ -288,8 +290,9 @@ class LocalFlow:
 
     is_ray = False
 
-    def inputs(self, listing: InputListing, previous: Optional[Previous] = None, block_rows: int = 1
-               ) -> Iterator[pa.Table]:
+    def inputs(self, listing: InputListing, previous: Optional[Previous] = None, block_rows: int = 1,
+               scratch: str = "") -> tuple[Iterator[pa.Table], int]:
+        """The inputs with unique ids, in blocks of ``block_rows``, and how many there are."""
         groups: dict[str, list[pa.Table]] = {}
         blocks = list(listing.blocks())
         if previous is not None:
@@ -299,24 +302,9 @@ class LocalFlow:
                 groups.setdefault(name, []).append(b.filter(pc.equal(b["name"], name)))
         out = [assign_group(pa.concat_tables(ts)) for _, ts in sorted(groups.items())]
         if not out:
-            return iter(())
+            return iter(()), 0
         table = pa.concat_tables(out)
-        return (table.slice(i, block_rows) for i in range(0, table.num_rows, max(1, block_rows)))
-
-    def count_inputs(self, listing: InputListing) -> int:
-        return sum(b.num_rows for b in listing.blocks())
-
-    def missing_inputs(self, listing: InputListing, files: Sequence[str]) -> Iterator[pa.Table]:
-        """Inputs (with their ids) that have no row in ``files``."""
-        done = set()
-        for t in _read_batches(files, ["video_id"]):
-            done.update(t["video_id"].to_pylist())
-        for t in self.inputs(listing, block_rows=LISTING_BLOCK_ROWS):
-            keep = pa.array([v not in done for v in t["video_id"].to_pylist()], pa.bool_())
-            yield t.filter(keep).select(["video_id", "uri", "name"])
-
-    def map(self, batches: Iterable[pa.Table], fn: Callable[[pa.Table], pa.Table]) -> Iterator[pa.Table]:
-        return (fn(b) for b in batches)
+        return (table.slice(i, block_rows) for i in range(0, table.num_rows, max(1, block_rows))), table.num_rows
 
     def stages(self, batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[pa.Table]:
         return run_local(batches, stages)
@@ -390,9 +378,17 @@ class RayFlow:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.partitions = partitions or max(1, min(64, 2 * cpus))
 
-    def inputs(self, listing: InputListing, previous: Optional[Previous] = None, block_rows: int = 1) -> Any:
+    def inputs(self, listing: InputListing, previous: Optional[Previous] = None, block_rows: int = 1,
+               scratch: str = "") -> tuple[Any, int]:
+        """The inputs with unique ids as a lazy dataset in blocks of ``block_rows``, and how many there are.
+        Id assignment is a groupby, a barrier: it runs as its own job and writes the inputs to ``scratch``
+        (a few hundred bytes a row), so its shuffle never competes with the stages' actor pools for CPUs,
+        and the stages then stream from there."""
+        import pyarrow.parquet as pq
         import ray.data
 
+        if not scratch:
+            raise ValueError("RayFlow.inputs needs a scratch folder for the listed inputs")
         ds = ray.data.read_datasource(listing.datasource(), num_cpus=TASK_CPUS)
         if previous is not None and previous.files:
             prev = ray.data.read_parquet(list(previous.files), file_extensions=["parquet"],
@@ -403,36 +399,20 @@ class RayFlow:
             ds = ds.union(prev)
         ds = ds.groupby("name", num_partitions=self.partitions).map_groups(
             assign_group, batch_format="pyarrow", num_cpus=TASK_CPUS)
+        sink = PartSink(scratch, "inputs", [TableSpec("ids", _all_rows)], LISTING_BLOCK_ROWS)
+        self.write(ds, sink)
+        files = sink.files("ids")
+        count = 0
+        for f in files:
+            fs, p = storage.filesystem(f)
+            with fs.open_input_file(p) as fh:
+                count += pq.ParquetFile(fh).metadata.num_rows
+        if not files:
+            return ray.data.from_items([]), 0
+        ds = ray.data.read_parquet(files, file_extensions=["parquet"], num_cpus=TASK_CPUS)
         # Blocks sized to the first stage's batch: every actor gets work however large the corpus is, and no
         # block of thousands of videos ends up on one actor.
-        return ds.repartition(target_num_rows_per_block=max(1, block_rows))
-
-    def count_inputs(self, listing: InputListing) -> int:
-        import ray.data
-
-        return int(ray.data.read_datasource(listing.datasource(), num_cpus=TASK_CPUS).count())
-
-    def missing_inputs(self, listing: InputListing, files: Sequence[str]) -> Any:
-        """Inputs (with their ids) that have no row in ``files``: a groupby by id over both, on the cluster."""
-        import ray.data
-
-        schema = pa.schema([("video_id", pa.string()), ("uri", pa.string()), ("name", pa.string()),
-                            ("done", pa.bool_())])
-        ins = self.inputs(listing, block_rows=LISTING_BLOCK_ROWS).map_batches(
-            lambda t: t.select(["video_id", "uri", "name"]).append_column("done", pa.array([False] * t.num_rows)),
-            batch_format="pyarrow", num_cpus=TASK_CPUS)
-        done = ray.data.read_parquet(list(files), columns=["video_id"], file_extensions=["parquet"],
-                                     num_cpus=TASK_CPUS).map_batches(
-            lambda t: pa.table({"video_id": t["video_id"], "uri": pa.nulls(t.num_rows, pa.string()),
-                                "name": pa.nulls(t.num_rows, pa.string()), "done": pa.array([True] * t.num_rows)},
-                               schema=schema), batch_format="pyarrow", num_cpus=TASK_CPUS)
-        return ins.union(done).groupby("video_id", num_partitions=self.partitions).map_groups(
-            lambda g: g.filter(pc.invert(g["done"])).select(["video_id", "uri", "name"])
-            if not any(g["done"].to_pylist()) else g.slice(0, 0).select(["video_id", "uri", "name"]),
-            batch_format="pyarrow", num_cpus=TASK_CPUS)
-
-    def map(self, ds: Any, fn: Callable[[pa.Table], pa.Table]) -> Any:
-        return ds.map_batches(fn, batch_format="pyarrow", num_cpus=TASK_CPUS)
+        return ds.repartition(target_num_rows_per_block=max(1, block_rows)), count
 
     def stages(self, ds: Any, stages: Sequence[Stage]) -> Any:
         from step_ray.pipeline.runners import map_stages
@@ -440,9 +420,6 @@ class RayFlow:
         return map_stages(ds, stages)
 
     def write(self, ds: Any, sink: PartSink) -> None:
-        # A block whose actor died more often than the bounded retries allow is dropped (the step records its
-        # inputs as failed), up to MAX_LOST_BLOCKS: beyond that the run stops, it is a bug, not bad input.
-        ds.context.max_errored_blocks = MAX_LOST_BLOCKS
         ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": TASK_CPUS})
 
     def group_sums(self, files: Sequence[str], keys: Sequence[str], sums: Sequence[str]) -> list[dict]:

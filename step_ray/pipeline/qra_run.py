@@ -89,8 +89,10 @@ def run(cfg: StepRayConfig, inputs: Sequence[str], out_dir: str, use_ray: bool =
                            strip_suffix=STSG_SUFFIX)
     sink = PartSink(out, run_id, TABLES, ROWS_PER_FILE)
     start = time.perf_counter()
-    flow.write(flow.stages(flow.inputs(listing, block_rows=stage.pool.batch_size), [stage]), sink)
     work = storage.join(out, "_work")
+    batches, graphs = flow.inputs(listing, block_rows=stage.pool.batch_size, scratch=storage.join(work, "inputs"))
+    if graphs:
+        flow.write(flow.stages(batches, [stage]), sink)
     done = finish_corpus(flow, sink.files("_work/candidates"), work, out, cfg.qra, cfg.run.seed)
     _publish(done, out)
     seconds = time.perf_counter() - start

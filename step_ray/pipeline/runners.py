@@ -5,9 +5,11 @@
 * :func:`map_stages` — one Ray Data ``map_batches`` per stage on a lazy dataset, each with its own actor pool
   (``compute=ActorPoolStrategy(min_size, max_size)``), CPUs / GPUs per actor and rows per batch from the
   stage's ``pool``, shown by Ray Data under the stage's own name (``MapBatches(stsg-perception)``). Heavy
-  state is built by ``setup()`` inside each actor, never on the driver. Actor restarts and task retries are
-  bounded (:func:`fault_tolerance`): Ray Data's default retries without limit, so an input that kills its
-  actor would loop forever; with the bound the block fails and the step records its inputs as failed.
+  state is built by ``setup()`` inside each actor, never on the driver. An input that kills the process
+  working on it (a decoder segfault, an out-of-memory kill) is retried a bounded number of times
+  (``pool.max_retries``, each time on a restarted actor) and then becomes an error row while the run goes on:
+  a :class:`CrashLedger` actor counts, per row, the attempts that began and never ended (Ray Data alone would
+  retry it forever; bounding Ray's own restarts instead leaves a pool of dead actors and a hung run).
 
 Both go through :func:`step_ray.stage.run_batch`, the one place where a stage's declared inputs and
 outputs are checked, so a stage behaves the same in a test and on a cluster.
@@ -28,18 +30,58 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from step_ray.config import PoolConfig, StepRayConfig, from_dict, to_dict
-from step_ray.stage import Stage, run_batch
+from step_ray.stage import RowGuard, Stage, run_batch
 
-#: Bounds on Ray's fault tolerance for stage actors: restarts of a dead actor, and retries of a task
-#: whose actor died (a segfault or an OOM kill). A block that still fails is left out of the output and
-#: its inputs are recorded as failed by the step (see ``steps.account_for_lost_inputs``).
-ACTOR_RESTARTS = 2
-TASK_RETRIES = 2
+#: Times a row whose process died on it is run again before it becomes an error row, where the pool config
+#: does not say (``pool.max_retries``).
+MAX_RETRIES = 2
 
 
-def fault_tolerance(pool: PoolConfig) -> dict[str, int]:
-    """Ray remote args that bound actor restarts and task retries (Ray Data's defaults are unlimited)."""
-    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": TASK_RETRIES}
+class CrashLedger:
+    """A small Ray actor (no CPU) that counts, per stage and row, the attempts that began and never ended:
+    each one is a death of the process working on that row (an exception ends its attempt normally, as an
+    error row). Ray Data restarts a dead actor and retries its batch; the stage asks the ledger before each
+    row (:class:`step_ray.stage.RowGuard`) and turns a row that already killed ``max_retries + 1`` processes
+    into an error row. Counting per row keeps the other rows of the batch out of it (they are simply run
+    again: stages are idempotent); a row is forgotten once its attempts all ended, so the ledger holds only
+    the rows in flight and the ones that crashed."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def begin(self, key: str) -> int:
+        deaths = self.open.get(key, 0)
+        self.open[key] = deaths + 1
+        return deaths
+
+    def end(self, key: str) -> None:
+        left = self.open.get(key, 1) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
+
+
+class _LedgerGuard(RowGuard):
+    """The Ray executor's row guard: one round trip per row to begin it, a message to end it (calls from one
+    actor reach the ledger in order, so an end always lands before the next begin)."""
+
+    def __init__(self, ledger: Any, stage: str, max_retries: int):
+        self.ledger, self.stage, self.max_retries = ledger, stage, max_retries
+
+    def begin(self, key: str) -> int:
+        import ray
+
+        return ray.get(self.ledger.begin.remote(f"{self.stage}\x1f{key}"))
+
+    def end(self, key: str) -> None:
+        self.ledger.end.remote(f"{self.stage}\x1f{key}")
+
+
+def new_ledger() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(CrashLedger).remote()
 
 
 # --------------------------------------------------------------------------------------------- local
@@ -66,8 +108,10 @@ def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[
 class StageActor:
     """What Ray Data instantiates in each actor of a stage's pool: sets the stage up once, maps batches."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, ledger: Any = None):
         self.stage = stage
+        if ledger is not None and stage.row_key:
+            stage.row_guard = _LedgerGuard(ledger, stage.name, getattr(stage.pool, "max_retries", MAX_RETRIES))
         stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -85,34 +129,30 @@ def actor_class(stage: Stage) -> type:
     return type(stage.name, (StageActor,), {"__module__": __name__, "__qualname__": stage.name})
 
 
-def map_stages(ds: Any, stages: Sequence[Stage]) -> Any:
-    """``ds`` mapped through ``stages`` on Ray Data actor pools (lazy: nothing runs until a sink pulls)."""
-    import warnings
-
+def map_stages(ds: Any, stages: Sequence[Stage], ledger: Any = None) -> Any:
+    """``ds`` mapped through ``stages`` on Ray Data actor pools (lazy: nothing runs until a sink pulls). Rows
+    of stages with a ``row_key`` are guarded by a :class:`CrashLedger` (``ledger``, or a new one that lives
+    as long as the dataset)."""
+    ledger = ledger if ledger is not None else new_ledger()
     for stage in stages:
         pool = stage.pool
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
-        with warnings.catch_warnings():
-            # Ray 2.60 has no named parameter for actor restarts / task retries yet; the remote args that set
-            # them still work and warn of a future removal.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            ds = _map_stage(ds, stage, pool, resources)
+        ds = _map_stage(ds, stage, pool, resources, ledger)
     return ds
 
 
-def _map_stage(ds: Any, stage: Stage, pool: PoolConfig, resources: dict) -> Any:
+def _map_stage(ds: Any, stage: Stage, pool: PoolConfig, resources: dict, ledger: Any) -> Any:
     import ray.data
 
     return ds.map_batches(
         actor_class(stage),
-        fn_constructor_kwargs={"stage": stage},
+        fn_constructor_kwargs={"stage": stage, "ledger": ledger},
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.num_cpus,
         batch_size=pool.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
         **resources,
-        **fault_tolerance(pool),
     )
 
 
@@ -194,7 +234,6 @@ def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: boo
         fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.num_cpus, batch_size=pool.batch_size, batch_format="pandas", **resources,
-        **fault_tolerance(pool),
     )
     out = [{c: _plain(r.get(c)) for c in stage_cls.columns} for r in ds.take_all()]
     return out, time.perf_counter() - start

@@ -11,9 +11,9 @@ Output folder (local or ``s3://`` / ``gs://``): ``{video_id}.stsg.json`` per vid
 ``errors/`` (one folder per run, a row per input: :class:`~step_ray.stsg.stage.StsgResult`);
 ``summary.json`` (counts from aggregations over this run's results, error examples, the run id; written
 last, so it marks the run complete). A re-run hands each input its row of the runs since the last complete
-one and skips a video whose key (content + settings) is unchanged and whose graph is there. A block whose
-actor died more often than the bounded retries allow is left out by Ray Data; its inputs are then found by
-comparing the listing with the results and recorded as errors, so every input is accounted for.
+one and skips a video whose key (content + settings) is unchanged and whose graph is there. A video that
+keeps killing its actor becomes an error row after ``pool.max_retries`` restarts
+(:class:`step_ray.pipeline.runners.CrashLedger`), so every input is accounted for and the run goes on.
 """
 
 from __future__ import annotations
@@ -94,14 +94,16 @@ def run(cfg: StepRayConfig, inputs: Sequence[str], out_dir: str, use_ray: bool =
     listing = InputListing(inputs, VIDEO_SUFFIXES, manifests=True, previous_type=row_type)
     previous = Previous(tuple(run_files(out, "results", previous_runs(out))), row_type)
     sink = PartSink(out, run_id, TABLES, ROWS_PER_FILE)
+    scratch = storage.join(out, f"_work/{run_id}")
     start = time.perf_counter()
-    batches = flow.inputs(listing, previous=previous if previous.files else None, block_rows=stages[0].pool.batch_size)
-    flow.write(flow.stages(batches, stages), sink)
-    videos = flow.count_inputs(listing)
+    batches, videos = flow.inputs(listing, previous=previous if previous.files else None,
+                                  block_rows=stages[0].pool.batch_size, scratch=scratch)
+    if videos:
+        flow.write(flow.stages(batches, stages), sink)
     seconds = time.perf_counter() - start
-    lost = account_for_lost_inputs(flow, listing, sink, videos)
+    storage.delete_dir(storage.join(out, "_work"))
     summary = summarise(flow, sink, videos, seconds)
-    summary.update(run=run_id, output=out, lost_inputs=lost)
+    summary.update(run=run_id, output=out)
     if cfg.semantics.enabled:
         summary.update({k: summary.pop(f"_{k}", 0) for k in ("parse_samples", "parse_malformed", "parse_facts")})
     else:
@@ -140,23 +142,3 @@ def summarise(flow: Any, sink: PartSink, videos: int, seconds: float) -> dict[st
         "errors_total": failed,
         "results": storage.join(storage.join(sink.root, "results"), sink.run),
     }
-
-
-def _lost_rows(t: pa.Table) -> pa.Table:
-    reason = ("lost: the actor processing this video's block died (a crash or an OOM kill) more often than the "
-              "bounded retries allow")
-    rows = [{**{c: None for c in RESULT_COLUMNS}, "video_id": v, "uri": u, "name": n, "status": "error", "error": reason}
-            for v, u, n in zip(t["video_id"].to_pylist(), t["uri"].to_pylist(), t["name"].to_pylist())]
-    return pa.Table.from_pylist(rows, schema=arrow.schema_of(StsgResult))
-
-
-def account_for_lost_inputs(flow: Any, listing: InputListing, sink: PartSink, videos: int) -> int:
-    """Record as errors the inputs of blocks Ray Data gave up on (their actor died more often than the
-    bounded retries allow): the ids the listing gives that have no row in this run's results. Cheap when
-    nothing was lost (a count); the comparison (a groupby over the listing and the results) runs only then.
-    Returns how many were lost."""
-    written = sum(int(g.get("n") or 0) for g in flow.group_sums(sink.files("results"), ["status"], []))
-    if written >= videos:
-        return 0
-    flow.write(flow.map(flow.missing_inputs(listing, sink.files("results")), _lost_rows), sink)
-    return videos - written
