@@ -150,3 +150,53 @@ def test_qra_run_dir_on_s3_and_readers_of_its_parts(s3_server, synth_corpus):
     assert train.num_rows == train_rows("s3://qrabucket/qra") == q["by_split"]["train"]
     test = load_rows("s3://qrabucket/qra", "test")
     assert len(test) == q["by_split"].get("test", 0) and all(r["split"] == "test" for r in test)
+
+
+def test_a_rerun_skips_done_videos_from_the_results_table(synth_corpus, tmp_path):
+    """The re-run reads the earlier run's results rows: a finished video is skipped without its graph being
+    read (here the graph is replaced by junk to show it); without that row the graph itself is the judge."""
+    from step_ray.pipeline.stsg_run import read_summary
+
+    cfg = synth_corpus["cfg"]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for item in synth_corpus["items"][:2]:
+        shutil.copy(item["path"], folder / f"{item['video_id']}.mp4")
+    out = tmp_path / "stsg"
+    first = stsg_step(cfg, [str(folder)], out, use_ray=False)
+    counts = {r["video_id"]: (r["objects"], r["edges"]) for r in rows_of_last_run(str(out))}
+    vid = synth_corpus["items"][0]["video_id"]
+    (out / f"{vid}.stsg.json").write_text("junk")
+    again = stsg_step(cfg, [str(folder)], out, use_ray=False)
+    assert again["skipped_done"] == 2 and again["run"] != first["run"]
+    rows = rows_of_last_run(str(out))
+    assert all(r["skipped"] for r in rows)
+    assert {r["video_id"]: (r["objects"], r["edges"]) for r in rows} == counts  # carried from the earlier rows
+    shutil.rmtree(out / "results")
+    rebuilt = stsg_step(cfg, [str(folder)], out, use_ray=False)
+    assert rebuilt["skipped_done"] == 1 and schema.read(out / f"{vid}.stsg.json").graph["video_id"] == vid
+    assert read_summary(str(out))["run"] == rebuilt["run"]
+
+
+def test_manifest_ids_that_are_not_file_names_become_error_rows(synth_corpus, tmp_path):
+    """A manifest id names an output file, so one with a path in it is refused for that video only; the other
+    inputs go on, and two files with one stem get ids made unique by their URI."""
+    cfg = synth_corpus["cfg"]
+    a, b = synth_corpus["items"][:2]
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    shutil.copy(a["path"], tmp_path / "x" / "clip.mp4")
+    shutil.copy(b["path"], tmp_path / "y" / "clip.mp4")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"uri": "x/clip.mp4"}, {"uri": "y/clip.mp4"}, {"uri": "x/clip.mp4", "video_id": "../../outside"},
+        {"uri": "y/clip.mp4", "video_id": ".hidden"}]))
+    out = tmp_path / "out"
+    summary = stsg_step(cfg, [str(manifest)], out, use_ray=False)
+    rows = {r["video_id"]: r for r in rows_of_last_run(str(out))}
+    assert summary["videos"] == 4 and summary["ok"] == 2 and summary["failed"] == 2
+    assert all("not a plain file name" in rows[v]["error"] for v in ("../../outside", ".hidden"))
+    ok = sorted(v for v, r in rows.items() if r["status"] == "ok")
+    assert len(ok) == 2 and all(v.startswith("clip-") for v in ok)  # one stem, two files: hashed suffixes
+    assert sorted(p.name for p in out.glob("*.stsg.json")) == sorted(f"{v}.stsg.json" for v in ok)
+    assert not (tmp_path / "outside.stsg.json").exists() and not list(tmp_path.rglob(".hidden*"))

@@ -38,6 +38,8 @@ from step_ray.utils.tally import TALLY_KEYS, TALLY_SCHEMA
 TASK_CPUS = 0.25
 #: Rows per block of the listing read tasks (before ids are assigned; listing rows are a few hundred bytes).
 LISTING_BLOCK_ROWS = 1000
+
+
 def new_run_id() -> str:
     """Sortable by start time, unique across machines: ``20260101T120000-1a2b3c``."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
