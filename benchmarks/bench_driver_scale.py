@@ -12,7 +12,7 @@ Each size runs in a fresh Python process with its own local Ray (2 CPUs), so ``r
 own peak; sizes run one after another in the same invocation, and every ratio is against the 1k run of the
 same invocation. Wall times exclude starting Ray.
 
-    .venv/bin/python benchmarks/bench_driver_scale.py [--sizes 1000 10000 100000] [--repeats 1]
+    .venv/bin/python benchmarks/bench_driver_scale.py [--sizes 1000 10000 100000] [--repeats 3] [--largest-repeats 1]
 
 The last line reads ``driver_rss_ratio_100k_vs_1k=<x> wall_per_input_ratio_100k_vs_1k=<y>`` (the largest
 size against the smallest, medians over the repeats).
@@ -65,16 +65,25 @@ with open(manifest, "w") as f:
         f.write(json.dumps({"uri": str(root / "tiny.mp4"), "video_id": f"v{i:07d}"}) + "\n")
 init_ray(cfg.ray)
 from step_ray.pipeline import steps
+def cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
 perception = CheapPerception.from_config(cfg, out_dir=str(root / "stsg"))
 graph = GraphStage.from_config(cfg)
 import dataclasses
 stages = [dataclasses.replace(perception, settings=settings_key(perception, graph)), graph]
+rss0, c0 = rss_mb(), cpu_s()
 t0 = time.perf_counter()
 s = steps.stsg_step(cfg, [str(manifest)], root / "stsg", stages=stages)
 t1 = time.perf_counter()
 q = steps.qra_step(cfg, [str(root / "stsg")], root / "qra")
 t2 = time.perf_counter()
 print(json.dumps({"inputs": n, "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_at_start_mb": rss0, "driver_cpu_s": cpu_s() - c0,
                   "stsg_s": t1 - t0, "qra_s": t2 - t1, "ok": s["ok"], "accounted_for": s["accounted_for"],
                   "graphs": q["graphs"], "samples": q["samples"], "parts": len(q["parts"])}))
 """
@@ -93,12 +102,13 @@ def run_size(n: int, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    ap.add_argument("--repeats", type=int, default=1, help="runs per size (medians are reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per size (medians and min-max are reported)")
+    ap.add_argument("--largest-repeats", type=int, default=1, help="runs of the largest size (it takes longest)")
     args = ap.parse_args()
     sizes = sorted(args.sizes)
     rows = []
     for n in sizes:
-        runs = [run_size(n, r) for r in range(args.repeats)]
+        runs = [run_size(n, r) for r in range(args.largest_repeats if n == sizes[-1] else args.repeats)]
         for r in runs:
             assert r["ok"] == n and r["accounted_for"] and r["graphs"] == n, r
         rss = [r["driver_rss_mb"] for r in runs]
@@ -107,12 +117,14 @@ def main() -> None:
             "inputs": n, "driver_rss_mb": statistics.median(rss), "rss_min_max": f"{min(rss):.0f}-{max(rss):.0f}",
             "stsg_s": statistics.median(r["stsg_s"] for r in runs), "qra_s": statistics.median(r["qra_s"] for r in runs),
             "ms_per_input": statistics.median(wall), "ms_min_max": f"{min(wall):.3g}-{max(wall):.3g}",
+            "rss_at_start_mb": statistics.median(r["rss_at_start_mb"] for r in runs),
+            "driver_cpu_ms_per_input": statistics.median(r["driver_cpu_s"] / n * 1000 for r in runs),
             "samples": runs[0]["samples"], "qra_parts": runs[0]["parts"],
         })
     base, top = rows[0], rows[-1]
     rss_ratio = top["driver_rss_mb"] / base["driver_rss_mb"]
     wall_ratio = top["ms_per_input"] / base["ms_per_input"]
-    report("driver_scale", rows, {"repeats": args.repeats, "sizes": sizes,
+    report("driver_scale", rows, {"repeats": args.repeats, "largest_repeats": args.largest_repeats, "sizes": sizes,
                                   "driver_rss_ratio": round(rss_ratio, 3), "wall_per_input_ratio": round(wall_ratio, 3)})
     label = f"{_k(top['inputs'])}_vs_{_k(base['inputs'])}"
     print(f"driver_rss_ratio_{label}={rss_ratio:.3f} wall_per_input_ratio_{label}={wall_ratio:.3f}")

@@ -66,6 +66,7 @@ class QraStage(RowStage):
 
     name: ClassVar[str] = "qra-sample"
     pool_path: ClassVar[str] = "qra.pool"
+    row_key: ClassVar[str] = "video_id"
     inputs: ClassVar[pa.Schema] = stage_schema(("video_id", pa.string()), ("uri", pa.string()),
                                                ("input_error", pa.string()))
     outputs: ClassVar[pa.Schema] = OUTPUTS

@@ -117,6 +117,7 @@ class PerceptionStage(RowStage):
 
     name: ClassVar[str] = "stsg-perception"
     pool_path: ClassVar[str] = "perception.pool"
+    row_key: ClassVar[str] = "video_id"
     inputs: ClassVar[pa.Schema] = INPUT_SCHEMA
     outputs: ClassVar[pa.Schema] = pa.schema(list(RESULT_SCHEMA) + [pa.field("perceived", PERCEIVED_TYPE),
                                                                     pa.field("semantics", SEMANTICS_TYPE)])
@@ -272,6 +273,7 @@ class GraphStage(RowStage):
 
     name: ClassVar[str] = "stsg-graph"
     pool_path: ClassVar[str] = "stsg.pool"
+    row_key: ClassVar[str] = "video_id"
     inputs: ClassVar[pa.Schema] = PerceptionStage.outputs
     outputs: ClassVar[pa.Schema] = RESULT_SCHEMA
 
