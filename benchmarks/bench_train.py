@@ -52,7 +52,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, seq_file: str,
     from step_ray.config import from_dict
     from step_ray.models.families import family_of
     from step_ray.models.loading import load_model_and_processor
-    from step_ray.train.data import collate
+    from step_ray.models.encoding import collate
     from step_ray.train.loss import step_loss
 
     torch.set_num_threads(1)  # as the stack's 0.5-CPU workers

@@ -1,6 +1,6 @@
 """Benchmark inputs: long, realistic-looking H.264 videos made on the spot (nothing is downloaded).
 
-The content is the real ``carphone`` clip (``../shared/videos/carphone_pristine.mp4``), upscaled, played back
+The content is the real ``carphone`` clip (``tests/data/carphone_pristine.mp4``), upscaled, played back
 and forth (no artificial cuts) with a light per-frame grain, so the encoder sees camera-like residuals and the
 decoder does realistic work; a hard cut to a brightened copy every ``cut_every`` seconds gives shots to split.
 Encoded with libx264 (yuv420p, CRF 23, ``veryfast``, default GOP and B-frames), the way phones and web
@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "videos" / "carphone_pristine.mp4"
+SOURCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "carphone_pristine.mp4"
 
 
 def _source_frames() -> list[np.ndarray]:

@@ -1,7 +1,9 @@
 """``step-ray``: the command line of the STEP loop.
 
-Every subcommand takes ``--config FILE`` and ``section.field=value`` overrides (see ``step-ray fields``).
-A bad config value or input exits with code 2 and one line naming the field; no traceback.
+Every subcommand takes ``--config FILE`` and ``section.field=value`` overrides (see ``step-ray fields``),
+anywhere on the command line. Exit codes: 0 done; 1 the step ran but nothing usable came out (or a bug);
+2 a bad config value, input file or output location, with one line naming the field or file and no
+traceback, before any work starts; 130 interrupted (SIGINT), with what was kept.
 """
 
 from __future__ import annotations
@@ -9,18 +11,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
 
-from step_ray.config import ConfigError, StepRayConfig, field_docs, load_config
+from step_ray import __version__
+from step_ray.config import ConfigError, StepRayConfig, dump_config, field_docs, load_config
 
 EPILOG = """\
 config:
   --config FILE        YAML with any subset of the sections (see configs/demo.yaml)
-  section.field=value  override one field, e.g. train.steps=50 perception.detector=yolo
-  `step-ray fields` lists every field with its default and meaning.
+  section.field=value  override one field, e.g. train.steps=50 perception.detector=yolo; overrides may
+                       stand anywhere, also after --input (a file whose name looks like one: ./a.b=c.mp4)
+  `step-ray fields` lists every field with its default and meaning; `step-ray config` prints the
+  resolved config.
+exit codes: 0 done, 1 nothing usable came out, 2 bad config / input / output, 130 interrupted.
 """
+
+#: ``section.field[.field...]=value``: taken as an override wherever it stands on the command line. A path
+#: never matches (no ``/``); a file named like one is passed as ``./name``.
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
 
 
 def _common(p: argparse.ArgumentParser, ray: bool = False) -> None:
@@ -37,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="step-ray", formatter_class=fmt, epilog=EPILOG,
         description="STEP self-training for Video-LLMs on Ray: videos -> scene graphs -> reasoning QRA -> "
                     "fine-tuning -> evaluation by number of reasoning steps.")
+    parser.add_argument("--version", action="version", version=f"step-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", formatter_class=fmt, epilog=EPILOG,
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scene graphs -> question / rationale / answer samples (Parquet)",
                        description="Sample reasoning paths of qra.min_steps..qra.max_steps edges on each STSG and "
                                    "render multiple-choice questions with step-by-step rationales to the parts "
-                                   "DIR/part-*.parquet (+ .jsonl; schema qra/2, docs/qra_schema.md), split into "
+                                   "DIR/part-*.parquet (+ .jsonl; schema qra/3, docs/qra_schema.md), split into "
                                    "train/val/test by video (a split column), with a dataset card DIR/card.md. Graphs "
                                    "that give no samples are listed with the reason.")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
@@ -113,16 +125,47 @@ def build_parser() -> argparse.ArgumentParser:
                                    "without LoRA). configs/train_*.yaml and configs/gpu_*.yaml are examples.")
     p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--init", metavar="MODEL", help="start from this model (train.init): a training or pretraining "
+                                                   "output, an adapter (merged into its base first), a HF folder")
+    p.add_argument("--merged", action="store_true", help="also export base + adapter merged into DIR/merged")
     _common(p)
+
+    p = sub.add_parser("pretrain", formatter_class=fmt, epilog=EPILOG,
+                       help="a base model that perceives: full fine-tuning on 1-step perception questions",
+                       description="The laptop's stand-in for a pretrained Video-LLM: train model.name_or_path (for "
+                                   "'tiny': from random weights), vision tower included, on 1-step perception "
+                                   "questions (pretrain.families) of a synthetic corpus of its own (pretrain.videos, "
+                                   "pretrain.seed, the world of synth.*), and save a Hugging Face model folder "
+                                   "(DIR/model) that every other step loads with model.name_or_path=DIR/model. Its "
+                                   "held-out accuracy, with black frames beside it, is in DIR/pretrain.json. "
+                                   "A finished DIR with the same settings is reused. On GPUs, skip this and point "
+                                   "model.name_or_path at a real checkpoint.")
+    p.add_argument("--output", metavar="DIR", help="output folder (default: pretrain.output, else step-ray's cache)")
+    _common(p, ray=True)
+
+    p = sub.add_parser("ablate", formatter_class=fmt, epilog=EPILOG,
+                       help="train several lambdas / loss formats / seeds on the same QRA and tabulate them",
+                       description="Mine the QRA once (synth unless --input, stsg, qra), then train every "
+                                   "(ablation.rationale_weights x ablation.loss_formats x ablation.seeds) run from "
+                                   "the same base (pretrain.enabled: the pretrained one), evaluate each by steps "
+                                   "with 95% intervals and under the vision controls (eval.vision_controls), and "
+                                   "write OUT/ablation.json, ablation.md, ablation.html. Finished runs are skipped "
+                                   "on a re-run. configs/step_miniature.yaml is the STEP-in-miniature experiment.")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="videos (default: a synthetic corpus per synth.*)")
+    _common(p, ray=True)
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=EPILOG,
                        help="multiple-choice accuracy by number of reasoning steps",
                        description="Score every option of each test-split question by its likelihood under the "
                                    "model and report accuracy overall, by steps (1, 2, 3+) and by family.")
     p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
-    p.add_argument("--model", metavar="DIR", help="a `step-ray train` output folder (default: the base model)")
+    p.add_argument("--model", metavar="DIR", help="any model: a `step-ray train` or `pretrain` output, an adapter, "
+                                                "a merged or Hugging Face folder (default: the base model)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (writes NAME.json)")
     p.add_argument("--name", default="eval", help="result file name (default: eval)")
+    p.add_argument("--vision", choices=("real", "blank", "shuffled"), default="real",
+                   help="vision control: real frames (default), black frames, or the same moments of another video")
     _common(p)
 
     p = sub.add_parser("self-train", formatter_class=fmt, epilog=EPILOG,
@@ -166,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plan", add_help=False, help="estimate hours, GPU-hours and pool sizes for a corpus on a cluster",
                    description="See `step-ray plan --help` (docs/scaling.md: the cost model).")
 
+    p = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG,
+                       help="print the resolved config (defaults < --config FILE < overrides) as YAML",
+                       description="Load --config FILE (or the defaults), apply the overrides, validate, and print "
+                                   "the whole tree as YAML: what a step would run with. The output is itself a "
+                                   "valid --config file.")
+    _common(p)
+
     p = sub.add_parser("fields", help="list every config field with its default and meaning")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table (docs/config.md)")
     return parser
@@ -189,13 +239,43 @@ def _print_summary(title: str, summary: dict) -> None:
         print(f"  {k:<22} {v}")
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(arguments, overrides): every ``section.field=value`` token, wherever it stands (argparse would give one
+    after ``--input a.mp4`` to --input as a path). Tokens after a literal ``--`` are left to argparse."""
+    args: list[str] = []
+    overrides: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            args.extend(argv[i:])
+            break
+        (overrides if OVERRIDE.match(token) else args).append(token)
+    return args, overrides
+
+
+def output_of(args: argparse.Namespace) -> str | None:
+    """The output location of a command (checked writable before any work), or None."""
+    if args.command == "synth":
+        return args.out  # (its flag is --out)
+    if args.command in ("stsg-eval", "qra-check"):
+        return str(Path(args.output).parent) if args.output else None
+    if args.command == "show-stsg":
+        return None  # next to its input by default; checked when written
+    return getattr(args, "output", None)
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["plan"]:  # its own options (the corpus, the cluster, the rates): docs/scaling.md
         from step_ray.pipeline.plan import main as plan
 
         return plan(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    rest, moved = split_overrides(argv)
+    args = parser.parse_args(rest)
+    if moved:
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no config overrides: {' '.join(moved)}")
+        args.overrides = [*args.overrides, *moved]
     if args.command == "fields":
         rows = field_docs()
         if args.markdown:
@@ -209,8 +289,20 @@ def run(argv: list[str] | None = None) -> int:
         return 0
 
     cfg = _load(args)
+    if args.command == "config":
+        print(f"# step-ray {__version__}: resolved config", end="")
+        print(f" from {args.config}" if args.config else " (defaults)", end="")
+        print(f" with {' '.join(args.overrides)}" if args.overrides else "")
+        print(dump_config(cfg), end="")
+        return 0
     from step_ray.pipeline import steps
 
+    out, flag = output_of(args), "--out" if args.command == "synth" else "--output"
+    if args.command == "self-train" and out is None:
+        out, flag = cfg.run.output_dir, "run.output_dir"
+    if out is not None:
+        steps.check_output(out, flag)  # before any work: a bad --output must not fail after hours of it
+    _INTERRUPT_NOTE[0] = interrupt_note(args.command, out)
     use_ray = not getattr(args, "no_ray", False)  # Ray itself is started (or joined) by the steps that use it
     if args.command == "synth":
         _print_summary("synth", steps.synth_step(cfg, args.out))
@@ -226,15 +318,27 @@ def run(argv: list[str] | None = None) -> int:
         _print_summary("qra-filter", steps.qra_filter_step(cfg, args.input, args.output, use_ray=use_ray,
                                                            model=args.model))
     elif args.command == "train":
-        summary = steps.train_step(cfg, args.input, args.output)
+        if args.init:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=args.init))
+        summary = steps.train_step(cfg, args.input, args.output, merged=args.merged)
         _print_summary("train", {k: v for k, v in summary.items() if k != "history"})
     elif args.command == "eval":
-        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name)
+        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name, vision=args.vision)
         _print_summary("eval", {k: v for k, v in result.items() if k != "predictions"})
     elif args.command == "stsg-eval":
         _stsg_eval(cfg, args)
     elif args.command == "show-stsg":
         _show_stsg(cfg, args)
+    elif args.command == "pretrain":
+        from step_ray.pipeline.pretrain import pretrain_step
+
+        _print_summary("pretrain", pretrain_step(cfg, args.output, use_ray=use_ray))
+    elif args.command == "ablate":
+        from step_ray.pipeline.ablate import ablate
+
+        ablate(cfg, args.output, inputs=args.input, use_ray=use_ray)
     elif args.command == "self-train":
         from step_ray.pipeline.self_train import self_train
 
@@ -244,6 +348,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def _stsg_eval(cfg: StepRayConfig, args) -> None:
     from step_ray.stsg.scoring import ScoreSettings, evaluate_dirs, format_table
+    from step_ray.utils.env import show_progress
     from step_ray.utils.inputs import InputError
 
     for flag, folder in (("--pred", args.pred), ("--gt", args.gt)):
@@ -258,7 +363,7 @@ def _stsg_eval(cfg: StepRayConfig, args) -> None:
     if not any(Path(args.gt).glob("*.stsg.json")):
         raise InputError(f"--gt {args.gt}: folder holds no .stsg.json files")
     report = evaluate_dirs(args.pred, args.gt, ScoreSettings(iou=args.iou, time_tol=args.time_tol),
-                           default_near_factor=cfg.stsg.near_factor, progress=True)
+                           default_near_factor=cfg.stsg.near_factor, progress=show_progress())
     print(format_table(report))
     for e in report["errors"]:
         print(f"unreadable {e['side']}: {e['path']}: {e['error']}")
@@ -297,8 +402,42 @@ def _show_stsg(cfg: StepRayConfig, args) -> None:
     _print_summary("show-stsg", summary)
 
 
+#: What an interrupted command keeps (set once the command is known, printed on SIGINT).
+_INTERRUPT_NOTE = ["finished outputs are kept and a re-run resumes"]
+
+
+def interrupt_note(command: str, out: str | None) -> str:
+    where = out or "the output folder"
+    return {
+        "stsg": f"finished graphs in {where} are kept; a re-run skips them",
+        "train": f"checkpoints in {where}/checkpoints are kept; a re-run with the same --output resumes from the "
+                 f"latest one",
+        "self-train": f"finished steps in {where} are kept; a re-run skips them and resumes training from its "
+                      f"latest checkpoint",
+        "synth": f"finished videos in {where} are kept; a re-run skips them",
+    }.get(command, f"nothing partial is left in {where}; re-run the command")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, ``kill``, a pod's shutdown): handled like Ctrl-C, with exit code 143."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - the signal module's signature
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from step_ray.pipeline.errors import NothingUsable
     from step_ray.utils.inputs import InputError
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    from step_ray.utils.env import quiet_library_bars
+
+    quiet_library_bars()  # job and CI logs: lines, not bar redraws
 
     # DeepSpeed picks its accelerator when imported; on a driver without an NVIDIA driver that must be the CPU.
     # (Training workers get their own setting from train.use_gpu.)
@@ -309,9 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as err:
         print(f"step-ray: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("step-ray: interrupted; finished outputs are kept and a re-run resumes", file=sys.stderr)
-        return 130
+    except NothingUsable as err:
+        print(f"step-ray: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"step-ray: {'terminated' if terminated else 'interrupted'}; {_INTERRUPT_NOTE[0]}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 def _has_cuda() -> bool:

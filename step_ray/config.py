@@ -9,6 +9,7 @@ CLI turns it into a one-line message and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,11 +49,17 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = datacl
 class RunConfig:
     """Where a run writes and how it is seeded."""
 
-    output_dir: str = _f("runs/demo", "Run directory: stsg/, qra/, checkpoints/, eval/ and report.md go here.")
+    output_dir: str = _f("runs/demo", "Run directory: round_<r>/ (stsg/, qra/, train/, eval/), report.md and "
+                                      "report.html go here.")
     seed: int = _f(0, "Global seed for sampling, splits, training and evaluation.")
+    rounds: int = _f(1, "Self-training rounds: round r+1 mines its QRA with the model of round r (its semantics "
+                        "parsing when semantics.enabled, its self-consistency filter when qra.filter.enabled) and "
+                        "fine-tunes that model further.")
 
     def validate(self, path: str) -> None:
         _require(bool(self.output_dir), f"{path}.output_dir", "must not be empty")
+        _require(self.rounds >= 1, f"{path}.rounds", "must be >= 1")
+        _require(self.seed >= 0, f"{path}.seed", "must be >= 0")
 
 
 @dataclass
@@ -93,9 +100,20 @@ class SynthConfig:
     object_size: int = _f(28, "Typical object size in pixels (sizes vary by +-25%).")
     pause_prob: float = _f(0.3, "Chance that an object bouncing in a scene stops for a while and then moves on.")
     recolor_prob: float = _f(0.25, "Chance that an object bouncing in a scene changes its colour once.")
+    shapes: list[str] = _f(factory=lambda: ["circle", "square", "triangle"],
+                           help="Shapes objects may have (one shape: objects differ by colour alone, and questions "
+                                "about shape are trivial, so none are asked).")
+    motion: bool = _f(True, "Objects move (bounce, enter, leave, collide, pause). false: every object stands still "
+                            "where it is placed, so a scene is one configuration and its relations hold throughout.")
+    layout: Literal["free", "grid", "row"] = _f(
+        "free", "Where objects start: 'free' anywhere apart from the others; 'grid' at the centres of distinct cells "
+                "of a synth.grid x synth.grid grid (crisp left / right / above / below relations); 'row' in one "
+                "horizontal row of synth.grid slots, a random slot each.")
+    grid: int = _f(4, "Cells per side of the 'grid' layout; slots of the 'row' layout.")
 
     def validate(self, path: str) -> None:
         _require(self.videos >= 1, f"{path}.videos", "must be >= 1")
+        _require(self.seed >= 0, f"{path}.seed", "must be >= 0")
         for name in ("width", "height"):
             v = getattr(self, name)
             _require(v >= 64 and v % 2 == 0, f"{path}.{name}", "must be even and >= 64")
@@ -108,6 +126,20 @@ class SynthConfig:
                  "must be between 8 and a third of the frame's short side")
         for name in ("pause_prob", "recolor_prob"):
             _require(0 <= getattr(self, name) <= 1, f"{path}.{name}", "must be in [0, 1]")
+        _require(bool(self.shapes) and set(self.shapes) <= {"circle", "square", "triangle"}
+                 and len(set(self.shapes)) == len(self.shapes), f"{path}.shapes",
+                 "must be a non-empty list of distinct shapes among circle, square, triangle")
+        _require(self.max_objects <= 8 * len(self.shapes), f"{path}.max_objects",
+                 f"must be <= {8 * len(self.shapes)}: 8 colours x {len(self.shapes)} shape(s) distinct kinds")
+        if self.layout in ("grid", "row"):
+            cells = self.grid * self.grid if self.layout == "grid" else self.grid
+            _require(2 <= self.grid <= 8, f"{path}.grid", "must be in 2..8")
+            _require(self.max_objects <= cells, f"{path}.max_objects",
+                     f"must be <= {cells} (one object per {'cell' if self.layout == 'grid' else 'slot'})")
+            cell = min(self.width, self.height) / self.grid if self.layout == "grid" else self.width / self.grid
+            _require(self.object_size * 1.25 <= 0.9 * cell, f"{path}.object_size",
+                     f"objects (up to 1.25 x object_size) must fit a grid cell of {cell:.0f} px: at most "
+                     f"{int(0.9 * cell / 1.25)}")
 
 
 @dataclass
@@ -153,12 +185,19 @@ class PoolConfig:
     num_cpus: float = _f(1.0, "CPUs per actor.")
     num_gpus: float = _f(0.0, "GPUs per actor; a fraction (0.5) lets several actors share a GPU.")
     batch_size: int = _f(1, "Rows per batch handed to an actor.")
+    max_retries: int = _f(2, "Times a row whose actor died on it (a segfault, an out-of-memory kill) is run again, "
+                             "each time on a restarted actor, before it becomes an error row and the run goes on.")
 
     def validate(self, path: str) -> None:
         _require(self.min_size >= 1, f"{path}.min_size", "must be >= 1")
+        _require(self.max_retries >= 0, f"{path}.max_retries", "must be >= 0")
         _require(self.max_size >= self.min_size, f"{path}.max_size", "must be >= min_size")
         _require(self.num_cpus > 0, f"{path}.num_cpus", "must be > 0 (Ray needs an explicit CPU count per actor)")
         _require(self.num_gpus >= 0, f"{path}.num_gpus", "must be >= 0")
+        for name in ("num_cpus", "num_gpus"):  # Ray's own rule for resource requests
+            value = getattr(self, name)
+            _require(value <= 1 or value == int(value), f"{path}.{name}",
+                     f"must be a fraction below 1 or a whole number (Ray refuses {value:g})")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
 
 
@@ -187,6 +226,7 @@ class PerceptionConfig:
         _require(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{path}.imgsz", "must be a multiple of 32")
         _require(0 <= self.conf <= 1, f"{path}.conf", "must be in [0, 1]")
         _require(self.batch >= 1, f"{path}.batch", "must be >= 1")
+        _require(self.min_area >= 1, f"{path}.min_area", "must be >= 1 (pixels)")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"{path}.device", "must be 'auto', 'cpu' or 'cuda[:N]'")
         _require(not self.device.startswith("cuda") or self.pool.num_gpus > 0, f"{path}.device",
@@ -199,6 +239,10 @@ class StsgConfig:
 
     min_track_keyframes: int = _f(1, "Drop tracks seen on fewer keyframes than this (tracker noise).")
     near_factor: float = _f(1.5, "Two objects are 'near' when their centre distance < near_factor x mean box size.")
+    relations: Literal["all", "nearest"] = _f(
+        "all", "Spatial relations at keyframes. 'all': every pair of objects has its dominant direction (left_of, "
+               "right_of, above, below); 'nearest': directions hold only between an object and its nearest neighbour "
+               "that way (directly_left_of, ...), so walks along them always have one answer.")
     motion_min_px_per_s: float = _f(8.0, "Speed (pixels/s at the sampled size) above which an object is moving.")
     min_pause_seconds: float = _f(
         0.5, "An object that stands still at least this long between two moves stops and starts moving (events).")
@@ -214,6 +258,7 @@ class StsgConfig:
     def validate(self, path: str) -> None:
         _require(self.min_track_keyframes >= 1, f"{path}.min_track_keyframes", "must be >= 1")
         _require(self.near_factor > 0, f"{path}.near_factor", "must be > 0")
+        _require(self.motion_min_px_per_s >= 0, f"{path}.motion_min_px_per_s", "must be >= 0")
         _require(self.min_pause_seconds > 0, f"{path}.min_pause_seconds", "must be > 0")
         _require(self.merge_max_jump >= 0, f"{path}.merge_max_jump", "must be >= 0")
         _require(self.merge_max_speed >= 0, f"{path}.merge_max_speed", "must be >= 0")
@@ -273,6 +318,11 @@ class FamilyWeights:
                  "at least one family needs a weight > 0")
 
 
+#: The hop types of QRA paths (``step_ray.qra.paths.OPS``; a test keeps the two equal).
+HOP_TYPES: tuple[str, ...] = ("changed_to", "count_events", "count_related", "event_of", "motion", "next_event",
+                              "next_own", "participant", "prev_event", "relation", "same_as")
+
+
 @dataclass
 class QraFilterConfig:
     """STEP's model-side self-consistency filter: ask the Video-LLM n times (options in n seeded orders)."""
@@ -301,6 +351,13 @@ class QraConfig:
     step_weights: list[float] = _f(factory=list, help="Target share of each step count min_steps..max_steps "
                                    "(one weight each; empty: even).")
     family_weights: FamilyWeights = _f(factory=FamilyWeights, help="Target share of each question family.")
+    ops: list[str] = _f(factory=list, help="Hop types a path may take (relation, participant, event_of, next_event, "
+                        "prev_event, next_own, same_as, motion, changed_to, count_events, count_related); empty: all. "
+                        "A family whose paths need another hop is not sampled.")
+    times: Literal["when_needed", "always"] = _f(
+        "when_needed", "Times in questions and rationales: 'when_needed' leaves out the time of a fact that holds "
+                       "throughout its clip (\"Which object is left of the red circle?\"); 'always' states every "
+                       "hop's time.")
     max_answer_share: float = _f(0.4, "Answer-prior balancing: within a family no answer may exceed this share "
                                  "(or 1/k for k distinct answers, if larger); extra samples are dropped.")
     num_options: int = _f(4, "Multiple-choice options per question (answer included; yes / no questions have 2).")
@@ -328,6 +385,8 @@ class QraConfig:
         _require(0 <= self.val_fraction < 1 and self.test_fraction + self.val_fraction < 1, f"{path}.val_fraction",
                  "must be >= 0 with test_fraction + val_fraction < 1")
         _require(self.pool.num_gpus == 0, f"{path}.pool.num_gpus", "the QRA stage runs on CPU actors: must be 0")
+        unknown = sorted(set(self.ops) - set(HOP_TYPES))
+        _require(not unknown, f"{path}.ops", f"unknown hop type(s) {', '.join(unknown)} (known: {', '.join(HOP_TYPES)})")
 
 
 @dataclass
@@ -339,10 +398,14 @@ class TinyModelConfig:
     num_heads: int = _f(4, "Attention heads (head_dim = hidden_size / num_heads).")
     vision_depth: int = _f(2, "Vision transformer blocks.")
     vision_hidden_size: int = _f(64, "Vision transformer width.")
+    rope_theta: float = _f(10000.0, "Rotary base of the text decoder. The rows and columns of a small frame's "
+                                    "visual tokens are positions 0..5 of M-RoPE's slowest frequencies: a small base "
+                                    "(20) lets a tiny model tell them apart.")
 
     def validate(self, path: str) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "vision_depth", "vision_hidden_size"):
             _require(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
+        _require(self.rope_theta > 1, f"{path}.rope_theta", "must be > 1")
         _require(self.hidden_size % self.num_heads == 0, f"{path}.hidden_size", "must be divisible by num_heads")
         _require((self.hidden_size // self.num_heads) % 4 == 0, f"{path}.num_heads",
                  "head_dim (hidden_size / num_heads) must be a multiple of 4 for mrope")
@@ -364,8 +427,15 @@ class ModelConfig:
         "checkpoint's config.json (and means qwen2_5_vl for 'tiny', which builds a tiny model of this family).",
     )
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint. Off unless you trust the source.")
-    frames: int = _f(2, "Video frames given to the model per question (the frame cap: frames are sampled evenly "
-                        "over the question's time span).")
+    frames: int = _f(2, "Video frames given to the model per question: one slot of the model's temporal patch "
+                        "(Qwen-VL: 2 frames) per moment the question names (its path's keyframes and event "
+                        "times, in order); rows that name no moment get frames spread over their span.")
+    prompt: Literal["chat", "compact"] = _f(
+        "chat", "Prompt format. 'chat': the model's chat template with its default system prompt; 'compact': no "
+                "system prompt (what the tiny laptop models use: every token is compute). A trained model "
+                "records the format it was trained with, and is always asked that way.")
+    options_in_prompt: bool = _f(True, "Show the lettered options in the prompt (scoring by likelihood does "
+                                       "not need them).")
     frame_size: int = _f(112, "Frames are resized to frame_size x frame_size (a multiple of 28): the pixel cap "
                               "handed to the processor, so no frame exceeds frame_size^2 pixels.")
     max_length: int = _f(768, "Token cap per training sequence.")
@@ -398,6 +468,7 @@ class LoraConfig:
 
     def validate(self, path: str) -> None:
         _require(self.r >= 1, f"{path}.r", "must be >= 1")
+        _require(self.alpha >= 1, f"{path}.alpha", "must be >= 1 (the adapter's scale is alpha / r)")
         _require(0 <= self.dropout < 1, f"{path}.dropout", "must be in [0, 1)")
         _require(len(self.target_modules) > 0, f"{path}.target_modules", "must name at least one module")
 
@@ -412,6 +483,8 @@ class TrainDataConfig:
     min_actors: int = _f(1, "Fewest decode/encode actors.")
     max_actors: int = _f(1, "Most decode/encode actors (Ray Data adds actors up to this when training waits).")
     batch_size: int = _f(4, "QRA rows per batch handed to a decode/encode actor.")
+    frame_cache_mb: int = _f(512, "Decoded frames each decode/encode actor keeps for the later passes over the data "
+                                  "(MiB; decoding is most of an encode's cost). 0: decode on every pass.")
     prefetch_batches: int = _f(2, "Micro-batches each training worker prefetches from its shard.")
     shuffle_buffer: int = _f(0, "Local shuffle buffer in the workers, in micro-batches. 0: stream order, which keeps "
                                 "a question's answer and rationale sequences in one micro-batch (the questions "
@@ -422,6 +495,7 @@ class TrainDataConfig:
         _require(self.min_actors >= 1, f"{path}.min_actors", "must be >= 1")
         _require(self.max_actors >= self.min_actors, f"{path}.max_actors", "must be >= min_actors")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.frame_cache_mb >= 0, f"{path}.frame_cache_mb", "must be >= 0")
         _require(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "must be >= 0")
         _require(self.shuffle_buffer >= 0, f"{path}.shuffle_buffer", "must be >= 0")
 
@@ -463,7 +537,13 @@ class TrainConfig:
     max_failures: int = _f(1, "Worker-group restarts Ray Train tries before failing the run (each restart resumes "
                               "from the latest checkpoint).")
     log_every: int = _f(10, "Report metrics every N steps.")
-    progress: bool = _f(True, "Show a progress bar (rank 0) while training.")
+    progress: bool = _f(True, "Show a progress bar (rank 0) while training, when stderr is a terminal (never in "
+                              "job or CI logs; STEP_RAY_PROGRESS=1 forces bars).")
+    tensorboard: bool = _f(True, "Write the reported metrics as TensorBoard scalars to OUT/tensorboard "
+                                 "(`tensorboard --logdir OUT/tensorboard`).")
+    init: Optional[str] = _f(None, "Start from this model instead of model.name_or_path: any model reference (a "
+                                   "training or pretraining output, an adapter, a merged or HF folder; adapters are "
+                                   "merged into its base first). Self-training rounds set it to the last round's model.")
     lora: LoraConfig = _f(factory=LoraConfig, help="LoRA settings.")
     data: TrainDataConfig = _f(factory=TrainDataConfig, help="The Ray Data stream that feeds the workers.")
 
@@ -482,6 +562,8 @@ class TrainConfig:
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
         _require(self.lr > 0, f"{path}.lr", "must be > 0")
+        _require(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+        _require(self.weight_decay >= 0, f"{path}.weight_decay", "must be >= 0")
         _require(self.rationale_weight >= 0, f"{path}.rationale_weight", "must be >= 0")
         _require(self.checkpoint_every >= 1, f"{path}.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
@@ -495,10 +577,78 @@ class EvalConfig:
 
     max_samples: int = _f(0, "Cap on evaluated samples (0: all of the held-out split).")
     batch_size: int = _f(8, "Questions scored per forward batch.")
+    vision_controls: list[str] = _f(
+        factory=lambda: ["blank"],
+        help="Vision controls evaluated beside each evaluation of self-train and ablate: 'blank' (black frames) "
+             "and / or 'shuffled' (the same moments of another video). A model that keeps its accuracy without "
+             "its video answers from text priors.")
 
     def validate(self, path: str) -> None:
         _require(self.max_samples >= 0, f"{path}.max_samples", "must be >= 0")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        bad = sorted(set(self.vision_controls) - {"blank", "shuffled"})
+        _require(not bad, f"{path}.vision_controls", f"unknown control(s) {', '.join(bad)} (known: blank, shuffled)")
+
+
+@dataclass
+class PretrainConfig:
+    """A base model that perceives: the laptop's stand-in for a pretrained Video-LLM checkpoint.
+
+    `step-ray pretrain` trains the model of ``model`` (for 'tiny': from random weights) with full fine-tuning,
+    vision tower included, on 1-step perception questions of a synthetic corpus of its own (the world of
+    ``synth`` with this section's videos and seed, ground-truth graphs), and saves a Hugging Face model folder
+    that every other step loads like any checkpoint. On GPUs, skip it and point ``model.name_or_path`` at a
+    real checkpoint (Qwen2.5-VL or the like)."""
+
+    enabled: bool = _f(False, "self-train: pretrain (or reuse) this base first and fine-tune it instead of model.")
+    output: Optional[str] = _f(None, "Where the base is kept; null: step-ray's cache, keyed by every setting that "
+                                     "shapes it (a second run with the same settings reuses it).")
+    videos: int = _f(2000, "Videos of the perception corpus (synthetic, ground-truth graphs).")
+    seed: int = _f(1000, "World seed of the perception corpus (keep it apart from synth.seed: other videos).")
+    samples_per_video: int = _f(4, "Questions per video.")
+    max_steps: int = _f(1, "Reasoning steps of its questions (1: perception).")
+    families: list[str] = _f(factory=lambda: ["relation", "attribute"],
+                             help="Question families of the perception corpus.")
+    ops: list[str] = _f(factory=list, help="Hop types of its questions (empty: qra.ops).")
+    steps: int = _f(3000, "Optimizer steps.")
+    batch_size: int = _f(16, "Questions per micro-batch per worker.")
+    lr: float = _f(1e-3, "Peak learning rate.")
+    rationale_weight: float = _f(0.0, "lambda of the pretraining loss (0: answers only).")
+    test_fraction: float = _f(0.1, "Share of its videos held out to measure how well the base perceives.")
+
+    def validate(self, path: str) -> None:
+        _require(self.videos >= 2, f"{path}.videos", "must be >= 2")
+        _require(self.samples_per_video >= 1, f"{path}.samples_per_video", "must be >= 1")
+        _require(1 <= self.max_steps <= 8, f"{path}.max_steps", "must be in 1..8")
+        _require(len(self.families) > 0, f"{path}.families", "must name at least one family")
+        unknown = sorted(set(self.families) - {f.name for f in dataclasses.fields(FamilyWeights)})
+        _require(not unknown, f"{path}.families", f"unknown famil(y/ies) {', '.join(unknown)}")
+        bad_ops = sorted(set(self.ops) - set(HOP_TYPES))
+        _require(not bad_ops, f"{path}.ops", f"unknown hop type(s) {', '.join(bad_ops)}")
+        _require(self.steps >= 1, f"{path}.steps", "must be >= 1")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.lr > 0, f"{path}.lr", "must be > 0")
+        _require(self.rationale_weight >= 0, f"{path}.rationale_weight", "must be >= 0")
+        _require(0 < self.test_fraction < 1, f"{path}.test_fraction", "must be in (0, 1)")
+
+
+@dataclass
+class AblationConfig:
+    """`step-ray ablate`: the same QRA, the same base, several lambdas, loss formats and seeds."""
+
+    rationale_weights: list[float] = _f(factory=lambda: [0.0, 1.0], help="The lambdas to train.")
+    loss_formats: list[str] = _f(factory=lambda: ["multitask"], help="Loss formats to train (multitask, joint). "
+                                                                     "lambda 0 is trained once (answers only).")
+    seeds: list[int] = _f(factory=lambda: [0, 1, 2], help="Training seeds (the seed of each run's LoRA init, data "
+                                                           "order and dropout; the data and the base stay the same).")
+
+    def validate(self, path: str) -> None:
+        _require(len(self.rationale_weights) > 0 and all(w >= 0 for w in self.rationale_weights),
+                 f"{path}.rationale_weights", "must be a non-empty list of numbers >= 0")
+        bad = sorted(set(self.loss_formats) - {"multitask", "joint"})
+        _require(self.loss_formats and not bad, f"{path}.loss_formats", "must be a non-empty list of multitask / joint")
+        _require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds), f"{path}.seeds",
+                 "must be a non-empty list of distinct integers")
 
 
 @dataclass
@@ -516,6 +666,8 @@ class StepRayConfig:
     model: ModelConfig = _f(factory=ModelConfig, help="The Video-LLM.")
     train: TrainConfig = _f(factory=TrainConfig, help="Fine-tuning.")
     eval: EvalConfig = _f(factory=EvalConfig, help="Evaluation.")
+    pretrain: PretrainConfig = _f(factory=PretrainConfig, help="A base model that perceives (tiny models).")
+    ablation: AblationConfig = _f(factory=AblationConfig, help="Lambda / loss-format / seed ablation.")
 
 
 # --------------------------------------------------------------------------------------------- machinery
@@ -576,13 +728,19 @@ def _coerce(value: Any, tp: Any, path: str, base: Any = None) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # No knob of step-ray means anything at infinity or NaN (YAML spells them .inf and .nan).
+            if not math.isfinite(number):
+                raise ConfigError(path, f"must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -645,6 +803,26 @@ def _set_path(data: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain PyYAML keeps the last one, so a
+    section pasted twice would silently override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError("--config", f"key {key!r} appears twice in one mapping (lines "
+                                              f"{seen[key] + 1} and {key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`ConfigError` on duplicated keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StepRayConfig:
     """Load ``path`` (YAML; None: all defaults), apply ``key=value`` overrides, validate, return the tree."""
     data: dict = {}
@@ -657,7 +835,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError("--config", f"cannot read {p}: {err}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = safe_load_unique(text)
+        except ConfigError as err:
+            raise ConfigError("--config", f"{p}: {str(err).removeprefix('--config: ')}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

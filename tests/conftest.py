@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from step_ray.utils.env import configure_ultralytics  # noqa: E402
 
 configure_ultralytics()
 
-REAL_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "videos" / "carphone_pristine.mp4"
+# A real H.264 clip kept in the repository (tests/data/README.md: source and licence).
+REAL_VIDEO = Path(__file__).resolve().parent / "data" / "carphone_pristine.mp4"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that start a Ray of their own (`ray start --head`, marked own_ray) run first, before the session's
+    Ray starts: two local Rays at once confuse Ray Train's cleanup."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +62,24 @@ def synth_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     items = generate_corpus(out, cfg.synth, cfg.video, cfg.stsg)
     return {"dir": out, "items": items, "cfg": cfg}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3-compatible server (moto) on loopback, and the environment pyarrow's S3 client reads."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    yield port
+    server.stop()

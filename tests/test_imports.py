@@ -29,13 +29,12 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: (importer module, imported module) -> why it is allowed for now and what removes it.
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("step_ray.qra.filter", "step_ray.eval.evaluate"):
-        "the filter loads the model for scoring; phase 2 of issue 10 moves it above qra onto the model layer "
-        "(issue 9: loading any run's model, option scoring)",
-    ("step_ray.qra.filter", "step_ray.eval.scoring"):
-        "option scoring moves into step_ray/models/ (issue 9); the filter then moves above qra (issue 10 phase 2)",
-    ("step_ray.qra.filter", "step_ray.train.frames"):
-        "frame reading for scoring moves with the model layer (issue 9); the filter moves above qra (issue 10 phase 2)",
+    ("step_ray.qra.filter", "step_ray.models.runtime"):
+        "the filter loads the model for scoring through the model layer (issue 9); phase 2 of issue 10 moves it "
+        "above qra (a qra-filter stage built by the pipeline, handed its model loader)",
+    ("step_ray.qra.filter", "step_ray.models.inputs"):
+        "the filter reads a question's frames through the model layer (issue 9); it moves above qra with the "
+        "model loading (issue 10 phase 2)",
     ("step_ray.qra.filter", "step_ray.pipeline.runners"):
         "the filter runs on the compatibility path run_stage until it adopts the stage contract (issue 10 phase 2)",
 }

@@ -3,7 +3,6 @@ content + settings key that makes re-runs idempotent."""
 
 import json
 import shutil
-import socket
 
 import pytest
 
@@ -77,27 +76,6 @@ def test_a_changed_video_or_setting_is_rebuilt_and_nothing_else(synth_corpus, tm
     assert schema.read(out / "y.stsg.json").graph["key"].startswith(storage.content_key(str(folder / "y.mp4"))[:16])
     changed = load_config(None, ["stsg.near_factor=2.0", "synth.videos=6", "synth.seed=3", "video.sample_fps=5"])
     assert stsg_step(changed, [str(folder)], out, use_ray=False)["skipped_done"] == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A local S3-compatible server (moto) on loopback, and the environment pyarrow's S3 client reads."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    yield port
-    server.stop()
 
 
 def test_videos_and_graphs_on_s3(s3_server, synth_corpus, tmp_path):
@@ -178,25 +156,32 @@ def test_a_rerun_skips_done_videos_from_the_results_table(synth_corpus, tmp_path
     assert read_summary(str(out))["run"] == rebuilt["run"]
 
 
-def test_manifest_ids_that_are_not_file_names_become_error_rows(synth_corpus, tmp_path):
-    """A manifest id names an output file, so one with a path in it is refused for that video only; the other
-    inputs go on, and two files with one stem get ids made unique by their URI."""
+def test_ids_that_are_not_file_names_are_refused_or_error_rows(synth_corpus, tmp_path):
+    """An id names an output file. A manifest that gives one with a path in it is a bad input file, refused
+    before any work with its line; a file whose stem cannot be an id (``.hidden.mp4``) is an error row for that
+    video only while the other inputs go on; two files with one stem get ids made unique by their URI."""
     cfg = synth_corpus["cfg"]
     a, b = synth_corpus["items"][:2]
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
     shutil.copy(a["path"], tmp_path / "x" / "clip.mp4")
     shutil.copy(b["path"], tmp_path / "y" / "clip.mp4")
+    shutil.copy(b["path"], tmp_path / "y" / ".hidden.mp4")
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in [{"uri": "x/clip.mp4"},
+                                                          {"uri": "x/clip.mp4", "video_id": "../../outside"}]))
+    with pytest.raises(InputError, match=r"bad.jsonl: line 2: video_id '../../outside' must be a plain file name"):
+        stsg_step(cfg, [str(bad)], out, use_ray=False)
+    assert not out.exists()
     manifest = tmp_path / "list.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"uri": "x/clip.mp4"}, {"uri": "y/clip.mp4"}, {"uri": "x/clip.mp4", "video_id": "../../outside"},
-        {"uri": "y/clip.mp4", "video_id": ".hidden"}]))
-    out = tmp_path / "out"
+        {"uri": "x/clip.mp4"}, {"uri": "y/clip.mp4"}, {"uri": "y/.hidden.mp4"}]))
     summary = stsg_step(cfg, [str(manifest)], out, use_ray=False)
     rows = {r["video_id"]: r for r in rows_of_last_run(str(out))}
-    assert summary["videos"] == 4 and summary["ok"] == 2 and summary["failed"] == 2
-    assert all("not a plain file name" in rows[v]["error"] for v in ("../../outside", ".hidden"))
+    assert summary["videos"] == 3 and summary["ok"] == 2 and summary["failed"] == 1
+    assert "not a plain file name" in rows[".hidden"]["error"]
     ok = sorted(v for v, r in rows.items() if r["status"] == "ok")
     assert len(ok) == 2 and all(v.startswith("clip-") for v in ok)  # one stem, two files: hashed suffixes
     assert sorted(p.name for p in out.glob("*.stsg.json")) == sorted(f"{v}.stsg.json" for v in ok)
-    assert not (tmp_path / "outside.stsg.json").exists() and not list(tmp_path.rglob(".hidden*"))
+    assert not (tmp_path / "outside.stsg.json").exists() and not list(out.rglob(".hidden*"))

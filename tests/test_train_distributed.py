@@ -78,6 +78,11 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     assert summary["steps"] == 8 and summary["restores"] >= 1
     steps = [h["step"] for h in summary["history"]]
     assert steps == list(range(1, 9))  # restored history + the steps after the restart, each once
+    # The restarted workers' stream began at the restored checkpoint's position, not at 0 again (the dataset
+    # restarts from where the driver started it; positions the checkpoint covers are dropped).
+    resumes = summary["resumes"]
+    assert len(resumes) >= 2 and resumes[0][:2] == [0, 0], resumes
+    assert all(step > 0 and position > 0 and first >= position for step, position, first in resumes[1:]), resumes
     kept = [p for p in storage.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
     # Keep the last N (2); the folder the killed attempt was writing was never reported, so Ray Train does not
     # manage (or delete) it: at most one more.

@@ -1,13 +1,10 @@
-"""Evaluate a model on the held-out QRA questions: accuracy overall, by number of steps and by family.
+"""Evaluate a model on held-out QRA questions: accuracy overall, by number of steps and by family, each with
+its 95% Wilson interval, and the vision controls that show whether the model uses its frames.
 
-``evaluate`` runs on the driver in one process (CPU is enough for the tiny and demo models). It accepts
-
-* ``None``                   - the base model of ``cfg.model`` (for 'tiny': the build of ``cfg.run.seed``);
-* an output dir of ``run_training`` (``adapter/`` + ``base/``, or ``model/``) or a Ray Train checkpoint
-  directory of the run (``adapter/`` + ``state.json``; the base is ``cfg.model``);
-* a peft adapter directory (``adapter_config.json``; the base is a sibling ``base/``, else the adapter's
-  ``base_model_name_or_path`` when that directory exists, else ``cfg.model``);
-* a Hugging Face model directory (``config.json``), e.g. a merged export.
+The model is any reference the model layer resolves (:mod:`step_ray.models.sources`: None for the base, a
+training or pretraining output, a checkpoint, an adapter, a merged or hub model), asked the way its card says
+it was trained (:mod:`step_ray.models.runtime`). ``vision`` picks the evidence: ``real`` frames, ``blank``
+frames, or ``shuffled`` (the same moments of another video).
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ import numpy as np
 import torch
 
 from step_ray.config import StepRayConfig
-from step_ray.eval.scoring import score_questions
-from step_ray.train.frames import FrameDecodeError, read_frames
+from step_ray.models.inputs import FrameDecodeError, VisionControl, frames_for_row, shuffled_sources
 
 logger = logging.getLogger(__name__)
 
@@ -39,55 +35,16 @@ def steps_bucket(steps: Any) -> str:
 
 
 def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
-    """The QRA rows of ``split`` (file or directory of Parquet), in a stable order (by id)."""
+    """The QRA rows of ``split`` (a QRA output folder of parts, or one file), in a stable order (by id)."""
     import pyarrow.compute as pc
 
     from step_ray.qra.records import qra_dataset
 
+    # qra_dataset reads a QRA output's parts only (not the results / errors tables or the card beside them),
+    # from a local folder, an object store, an older run's qra.parquet or one file.
     table = qra_dataset(qra_path).to_table(filter=pc.field("split") == split)
     rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
     return rows[:max_samples] if max_samples > 0 else rows
-
-
-def _resolve(cfg: StepRayConfig, source: Optional[str | Path]) -> tuple[Optional[str], Optional[str], str]:
-    """(base path or None for cfg.model, adapter path or None, description)."""
-    if source is None:
-        return None, None, f"base:{cfg.model.name_or_path}"
-    path = Path(source)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no model directory at {source}")
-    if (path / "adapter" / "adapter_config.json").is_file():
-        base = path / "base"
-        return (str(base) if (base / "config.json").is_file() else None), str(path / "adapter"), f"adapter:{path}"
-    if (path / "model" / "config.json").is_file():
-        return str(path / "model"), None, f"model:{path / 'model'}"
-    if (path / "adapter_config.json").is_file():
-        sibling = path.parent / "base"
-        if (sibling / "config.json").is_file():
-            return str(sibling), str(path), f"adapter:{path}"
-        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if named and (Path(named) / "config.json").is_file():
-            return named, str(path), f"adapter:{path}"
-        return None, str(path), f"adapter:{path}"
-    if (path / "config.json").is_file():
-        return str(path), None, f"model:{path}"
-    raise FileNotFoundError(f"{source}: neither a run output, a checkpoint, an adapter nor a model directory")
-
-
-def load_for_eval(cfg: StepRayConfig, source: Optional[str | Path], device: str = "cpu") -> tuple[Any, Any, str]:
-    """(model, processor, description) ready for scoring: base, base + adapter, or a full model."""
-    from step_ray.models.loading import load_model_and_processor
-
-    base_path, adapter, what = _resolve(cfg, source)
-    model, processor = load_model_and_processor(cfg.model, device=device, dtype=torch.float32,
-                                                seed=cfg.run.seed, path=base_path)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-        model.to(device)
-    model.eval()
-    return model, processor, what
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -96,11 +53,11 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def summarise(predictions: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall, by steps bucket and by family, from per-sample predictions."""
+    """Accuracy overall, by steps bucket and by family, each ``{accuracy, correct, n, low, high}`` (95% Wilson)."""
+    from step_ray.eval.stats import accuracy_cell
+
     def acc(items: list[Mapping[str, Any]]) -> dict[str, Any]:
-        n = len(items)
-        correct = sum(1 for p in items if p["correct"])
-        return {"accuracy": correct / n if n else None, "correct": correct, "n": n}
+        return accuracy_cell([bool(p["correct"]) for p in items])
 
     by_steps: dict[str, list] = defaultdict(list)
     by_family: dict[str, list] = defaultdict(list)
@@ -109,9 +66,7 @@ def summarise(predictions: list[Mapping[str, Any]]) -> dict[str, Any]:
         by_family[str(p["family"])].append(p)
     overall = acc(list(predictions))
     return {
-        "accuracy": overall["accuracy"],
-        "correct": overall["correct"],
-        "n": overall["n"],
+        **overall,
         "by_steps": {k: acc(by_steps[k]) for k in sorted(by_steps, key=lambda s: (len(s), s))},
         "by_family": {k: acc(by_family[k]) for k in sorted(by_family)},
     }
@@ -119,39 +74,55 @@ def summarise(predictions: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(
     cfg: StepRayConfig,
-    model_dir_or_checkpoint: Optional[str | Path],
+    model_source: Optional[str | Path],
     qra_path: str | Path,
     split: str = "test",
     out_path: Optional[str | Path] = None,
+    vision: VisionControl = "real",
+    llm: Any = None,
 ) -> dict[str, Any]:
-    """Multiple-choice accuracy of a model on the ``split`` questions of ``qra_path``.
+    """Multiple-choice accuracy of a model on the ``split`` questions of ``qra_path``, by option likelihood.
 
-    Returns ``{"accuracy", "correct", "n", "by_steps": {"1"|"2"|"3+": {"accuracy", "correct", "n"}},
-    "by_family": {...}, "skipped", "predictions": [per question: id, steps, family, pred_index, answer_index,
-    correct, scores], "model", "seconds"}``; with ``out_path`` also written there as JSON. Questions whose
-    video cannot be decoded are skipped and counted.
+    Returns ``{"accuracy", "correct", "n", "low", "high", "by_steps": {"1"|"2"|"3+": {...}}, "by_family",
+    "skipped", "skipped_rows", "predictions": [per question: id, steps, family, pred_index, answer_index,
+    correct, scores, rationale], "model", "vision", "chance", "seconds"}``; with ``out_path`` also written there
+    as JSON. Questions whose video cannot be decoded are skipped and counted. ``llm``: an already loaded
+    :class:`~step_ray.models.runtime.VideoLLM` (the controls reuse it).
     """
+    from step_ray.models.runtime import load_video_llm
+
     started = time.perf_counter()
     torch.manual_seed(cfg.run.seed)
-    model, processor, what = load_for_eval(cfg, model_dir_or_checkpoint)
+    if llm is None:
+        llm = load_video_llm(cfg, None if model_source is None else str(model_source))
     rows = load_rows(qra_path, split, cfg.eval.max_samples)
 
     usable, frames, skipped = [], [], []
     for row in rows:
         try:
-            frames.append(read_frames(str(row["video_uri"]), row.get("start"), row.get("end"),
-                                      cfg.model.frames, cfg.model.frame_size))
+            frames.append(frames_for_row(row, llm.model_cfg, "blank" if vision == "blank" else "real"))
             usable.append(row)
         except FrameDecodeError as err:
             logger.warning("eval: skipping %s: %s", row.get("id"), err)
             skipped.append({"id": row.get("id"), "reason": str(err)})
+    if vision == "shuffled":
+        # The same questions as under real frames (those whose own video reads), each shown the same moments
+        # of another readable video.
+        frames = [frames_for_row(row, llm.model_cfg, uri=other) if other else np.zeros_like(fr)
+                  for row, fr, other in zip(usable, frames, shuffled_sources(usable, cfg.run.seed))]
 
     predictions = []
-    indices = list(range(len(usable)))
-    for chunk in _batches(indices, cfg.eval.batch_size):
-        scores = score_questions(model, processor, cfg.model, [usable[i] for i in chunk], [frames[i] for i in chunk])
-        for i, sc in zip(chunk, scores):
-            row = usable[i]
+    for chunk in _batches(list(range(len(usable))), cfg.eval.batch_size):
+        batch_rows = [usable[i] for i in chunk]
+        batch_frames = [frames[i] for i in chunk]
+        rationales = None
+        if llm.answer_format == "joint":
+            from step_ray.models.prompts import TASK_JOINT
+            from step_ray.models.runtime import split_joint
+
+            rationales = [split_joint(t)[0] for t in llm.generate(batch_rows, batch_frames, TASK_JOINT)]
+        scores = llm.score_options(batch_rows, batch_frames, rationales)
+        for j, (row, sc) in enumerate(zip(batch_rows, scores)):
             pred = int(np.argmax(sc))
             answer_index = int(row["answer_index"])
             predictions.append({
@@ -160,20 +131,26 @@ def evaluate(
                 "steps": row.get("steps"),
                 "steps_bucket": steps_bucket(row.get("steps")),
                 "family": row.get("family"),
+                "question": row.get("question"),
+                "options": [str(o) for o in row["options"]],
                 "pred_index": pred,
                 "prediction": str(row["options"][pred]),
                 "answer_index": answer_index,
                 "answer": row.get("answer"),
                 "correct": pred == answer_index,
                 "scores": [float(s) for s in sc],
+                "rationale": rationales[j] if rationales is not None else None,
             })
 
     result = summarise(predictions)
     result.update({
+        "chance": chance_of(predictions),
         "skipped": len(skipped),
         "skipped_rows": skipped,
         "predictions": predictions,
-        "model": what,
+        "model": llm.description,
+        "answer_format": llm.answer_format,
+        "vision": vision,
         "split": split,
         "seconds": time.perf_counter() - started,
     })
@@ -181,3 +158,9 @@ def evaluate(
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=1))
     return result
+
+
+def chance_of(predictions: list[Mapping[str, Any]]) -> Optional[float]:
+    """Accuracy of guessing: the mean over questions of one over their number of options."""
+    preds = [p for p in predictions if p.get("scores")]
+    return sum(1.0 / len(p["scores"]) for p in preds) / len(preds) if preds else None

@@ -30,6 +30,11 @@ class Family:
     vision_module: str  # the vision tower's attribute on the inner model (frozen by default)
     qwen_video: bool  # Qwen-VL video processor (pixel budget, temporal metadata) vs a plain resize
 
+    @property
+    def temporal_patch(self) -> int:
+        """Frames the vision tower merges into one time slot (Qwen-VL: pairs; LLaVA-OneVision: each frame)."""
+        return 2 if self.qwen_video else 1
+
     def lora_target_regex(self, target_modules: list[str]) -> str:
         """A peft ``target_modules`` regex matching only the language model's attention / MLP projections.
 

@@ -97,6 +97,9 @@ _WORDS = {
     ),
     "digits": "0 1 2 3 4 5 6 7 8 9 10 11 12 0.0 0.5 1.0 1.5 2.0 2.5 3.0 3.5 4.0 4.5 5.0 6.0 7.5 8.0",
     "punctuation": ". , ; : ? ! ( ) [ ] - ' \" / s t = + * #",
+    # The chat template's role names and the joint format's answer mark: whole tokens, not letters (they
+    # are in every sequence; spelled out they cost the tiny models ten tokens each).
+    "chat": "system user assistant Answer: [answer] [explain] system\n user\n assistant\n",
 }
 
 _TEMPLATES = (
@@ -119,6 +122,9 @@ def training_corpus() -> list[str]:
     shapes = ["circle", "square", "triangle"]
     rels = ["left of", "right of", "above", "below", "near"]
     lines = [" ".join(v.split()) for v in _WORDS.values()]
+    # The role names start a line in the template (no space before them), "Answer:" follows a newline: as lines
+    # of their own, often enough for BPE to merge each into one token.
+    lines += [w for w in _WORDS["chat"].split() for _ in range(16)]
     # Every combination once, in a fixed order: a fixed corpus gives the same merges every time.
     for i, template in enumerate(_TEMPLATES):
         for j, colour in enumerate(colours):
@@ -233,7 +239,7 @@ def _text_config(tiny: TinyModelConfig, tokenizer: Any, mrope: bool) -> dict[str
     """The tiny Qwen2 text decoder shared by every family (M-RoPE sections only for the Qwen-VL families)."""
     head_dim = tiny.hidden_size // tiny.num_heads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(tiny.rope_theta)}
     if mrope:
         rope["mrope_section"] = mrope_section(head_dim)
     return {

@@ -25,11 +25,11 @@ import numpy as np
 from step_ray.config import ModelConfig, SemanticsConfig, VideoConfig
 from step_ray.perception.tracks import RELATIONS, Box, Event, Perceived, Track
 
-#: ``load_model(model_cfg, device, dtype, seed=..., path=...) -> (model, processor)``: how the parser gets its
-#: Video-LLM. It is handed in by the layer that builds the stage (the pipeline passes
-#: :func:`step_ray.models.loading.load_model_and_processor`): perception stands below the model layer and
-#: does not import it.
-ModelLoader = Callable[..., tuple[Any, Any]]
+#: ``load_model(model_cfg, source, device, seed=...) -> (model, processor, resolved)``: how the parser gets its
+#: Video-LLM (``source``: any model reference, ``semantics.model_path``; None: the base). It is handed in by
+#: the layer that builds the stage (the pipeline passes :func:`step_ray.models.runtime.load_model_source`):
+#: perception stands below the model layer and does not import it.
+ModelLoader = Callable[..., tuple[Any, Any, Any]]
 
 LABEL = re.compile(r"^[a-z][a-z -]{0,30}$")  # an attribute value or action: a few lower-case words
 
@@ -207,11 +207,9 @@ class SemanticsParser:
         self.template = load_template(cfg.prompt)  # fail fast on a bad template name, on the driver too
 
     def setup(self) -> None:
-        import torch
-
-        dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
-        self.model, self.processor = self.load_model(self.model_cfg, self.device, dtype, seed=self.seed,
-                                                     path=self.cfg.model_path)
+        # Any model reference: a base, a training run's output (adapter + base), a merged or pretrained model.
+        self.model, self.processor, _ = self.load_model(self.model_cfg, self.cfg.model_path, self.device,
+                                                        seed=self.seed)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues every prompt at its end
 
     def generate(self, prompts: Sequence[str], images: Sequence[np.ndarray]) -> list[list[str]]:

@@ -8,7 +8,7 @@
                     counts, balancing cut-offs, options, splits; Ray Data jobs over the parts)
                  ─► part-00000.parquet ... (+ .jsonl), stats.json, card.md
 
-Output folder (local or ``s3://`` / ``gs://``): the QRA parts (schema ``qra/2``, a ``split`` column),
+Output folder (local or ``s3://`` / ``gs://``): the QRA parts (schema ``qra/3``, a ``split`` column),
 ``results/<run>/`` and ``errors/<run>/`` (a row per input graph), ``stats.json`` (the summary, from
 aggregations; it lists the parts) and the dataset card. Sampling is cheap next to the bookkeeping, so a
 re-run samples every graph again and replaces the parts (stale ones are removed at the end).

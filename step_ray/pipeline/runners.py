@@ -16,8 +16,9 @@ outputs are checked, so a stage behaves the same in a test and on a cluster.
 
 :func:`run_stage` is the *compatibility path* for stages that still use the old row-dict protocol (today
 only the QRA filter, :class:`step_ray.qra.filter.QraFilterStage`): it collects its (small) input on the
-driver and its output with ``take_all``. It goes away when the filter adopts the contract (see the
-module docstring of :mod:`step_ray.stage`).
+driver and its output with ``take_all``; its rows are guarded by the same :class:`CrashLedger` (keyed by
+the row's index). It goes away when the filter adopts the contract (see the module docstring of
+:mod:`step_ray.stage`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from step_ray.config import PoolConfig, StepRayConfig, from_dict, to_dict
 from step_ray.stage import RowGuard, Stage, run_batch
+from step_ray.utils.env import configure_ultralytics, show_progress
 
 #: Times a row whose process died on it is run again before it becomes an error row, where the pool config
 #: does not say (``pool.max_retries``).
@@ -109,6 +111,7 @@ class StageActor:
     """What Ray Data instantiates in each actor of a stage's pool: sets the stage up once, maps batches."""
 
     def __init__(self, stage: Stage, ledger: Any = None):
+        configure_ultralytics()  # before any stage can load a YOLO checkpoint (safe loading, no downloads)
         self.stage = stage
         if ledger is not None and stage.row_key:
             stage.row_guard = _LedgerGuard(ledger, stage.name, getattr(stage.pool, "max_retries", MAX_RETRIES))
@@ -182,18 +185,44 @@ def _legacy_error_row(columns: tuple[str, ...], base: Row, reason: str) -> Row:
     return row
 
 
-class _LegacyActor:
-    """Compatibility path: a row-dict stage (``cls(cfg, **kwargs)``, ``pool()``, ``process(row)``)."""
+#: Internal column that carries each input row's index through the compatibility path on Ray (the ledger's
+#: key for the row; stages drop unknown keys).
+ROW_INDEX = "_step_ray_row"
 
-    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict):
+
+class _LegacyActor:
+    """Compatibility path: a row-dict stage (``cls(cfg, **kwargs)``, ``pool()``, ``process(row)``), its rows
+    guarded by the :class:`CrashLedger` like a :class:`~step_ray.stage.RowStage`'s."""
+
+    def __init__(self, stage_cls: type, cfg_data: dict, stage_kwargs: dict, ledger: Any = None,
+                 max_retries: int = MAX_RETRIES):
+        configure_ultralytics()
         self.stage = stage_cls(from_dict(cfg_data), **stage_kwargs)
         self.stage.setup()
+        self.guard = _LedgerGuard(ledger, stage_cls.name, max_retries) if ledger is not None else None
+
+    def _process(self, row: Row) -> Row:
+        index = row.get(ROW_INDEX)
+        if self.guard is None or index is None:
+            return _safe_process(self.stage, row)
+        key = str(int(index))
+        deaths = self.guard.begin(key)
+        if deaths > self.guard.max_retries:
+            out = _legacy_error_row(self.stage.columns, row, (
+                f"the process working on it died {deaths} times (a crash such as a decoder segfault, or an "
+                f"out-of-memory kill); {self.stage.name}'s pool.max_retries is {self.guard.max_retries}, the run "
+                f"went on without it"))
+        else:
+            out = _safe_process(self.stage, row)
+        self.guard.end(key)
+        return out
 
     def __call__(self, batch):
         import pandas as pd
 
         rows = [{k: _plain(v) for k, v in r.items()} for r in batch.to_dict("records")]
-        return pd.DataFrame([_safe_process(self.stage, r) for r in rows], columns=list(self.stage.columns))
+        out = [{**self._process(r), ROW_INDEX: r.get(ROW_INDEX)} for r in rows]
+        return pd.DataFrame(out, columns=[*self.stage.columns, ROW_INDEX])
 
 
 def _plain(value: Any) -> Any:
@@ -212,13 +241,16 @@ def _plain(value: Any) -> Any:
 def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: bool = True,
               **stage_kwargs: Any) -> tuple[list[Row], float]:
     """Compatibility path for a row-dict stage (the QRA filter): run it over ``rows`` on a Ray Data actor
-    pool or in this process; (its rows, wall seconds)."""
+    pool or in this process; (its rows in input order, wall seconds). On Ray a row that keeps killing its
+    actor becomes an error row (:class:`CrashLedger`), and so does a row Ray Data never handed back."""
     start = time.perf_counter()
     if not use_ray:
         stage = stage_cls(cfg, **stage_kwargs)
         stage.setup()
-        out = [_safe_process(stage, r) for r in tqdm(rows, desc=stage_cls.name, unit="row")]
+        out = [_safe_process(stage, r) for r in tqdm(rows, desc=stage_cls.name, unit="row",
+                                                     disable=not show_progress())]
         return out, time.perf_counter() - start
+    import ray
     import ray.data
 
     from step_ray.utils.ray_session import init_ray
@@ -228,12 +260,25 @@ def run_stage(stage_cls: type, cfg: StepRayConfig, rows: list[Row], use_ray: boo
         return [], time.perf_counter() - start
     pool = stage_cls(cfg, **stage_kwargs).pool()
     resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, pool.max_size * 4)))
+    indexed = [{**r, ROW_INDEX: i} for i, r in enumerate(rows)]
+    ledger = new_ledger()
+    ds = ray.data.from_items(indexed, override_num_blocks=min(len(rows), max(1, pool.max_size * 4)))
     ds = ds.map_batches(
         _LegacyActor,
-        fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs},
+        fn_constructor_kwargs={"stage_cls": stage_cls, "cfg_data": to_dict(cfg), "stage_kwargs": stage_kwargs,
+                               "ledger": ledger, "max_retries": getattr(pool, "max_retries", MAX_RETRIES)},
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.num_cpus, batch_size=pool.batch_size, batch_format="pandas", **resources,
     )
-    out = [{c: _plain(r.get(c)) for c in stage_cls.columns} for r in ds.take_all()]
-    return out, time.perf_counter() - start
+    done: dict[int, Row] = {}
+    try:
+        for r in ds.take_all():
+            index = _plain(r.get(ROW_INDEX))
+            if index is not None:
+                done.setdefault(int(index), {c: _plain(r.get(c)) for c in stage_cls.columns})
+    finally:
+        ray.kill(ledger)
+    for i, r in enumerate(rows):  # never expected: the contract is one output row per input row, so say so if not
+        if i not in done:
+            done[i] = _legacy_error_row(stage_cls.columns, r, "no output came back for it from Ray Data")
+    return [done[i] for i in range(len(rows))], time.perf_counter() - start

@@ -1,64 +1,189 @@
-"""``self-train``: the whole STEP loop into one run directory.
+"""``self-train``: the whole STEP loop into one run directory, for ``run.rounds`` rounds.
 
-    corpus/   synthetic videos + ground-truth graphs (unless --input names videos)
-    stsg/     predicted scene graphs, results/ and errors/ (sharded Parquet), summary.json
-    qra/      part-*.parquet (the QRA samples, a split column), stats.json, card.md
-    train/    checkpoints/, adapter/, base/, summary.json
-    eval/     base.json, trained.json
-    report.md, plots/*.png, summary.json, config.yaml
+    pretrain.json      the base (with pretrain.enabled: a model that perceives, pretrained or reused)
+    corpus/            synthetic videos + ground-truth graphs (unless --input names videos)
+    round_<r>/         r = 1 .. run.rounds; model 0 is the base, model r the one round r trains
+      stsg/            scene graphs (semantics parsed by model r-1 when semantics.enabled), results/ and
+                       errors/ (sharded Parquet), summary.json
+      qra/             part-*.parquet: the QRA samples with a split column (self-consistency filter by model
+                       r-1 when qra.filter.enabled), stats.json, card.md
+      train/           fine-tuning from model r-1: checkpoints/, adapter/ (or model/), merged/
+      eval/            base.json (round 1), trained.json, trained_train_split.json, and each vision control
+                       beside them (base_blank.json, trained_blank.json, ...)
+    report.md, report.html, plots/*.png, summary.json, config.yaml
+
+Round r+1 repeats the mining with the model of round r where the model takes part (semantics parsing, the
+filter) and reuses round r's graphs / questions where it does not (they would come out the same). Each stage
+records its summary in ``<stage>/stage.json`` when it finishes; a re-run skips finished stages and resumes at
+the first unfinished stage of the first unfinished round (training itself resumes from its last checkpoint).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
 
+STAGE_FILE = "stage.json"
 
-def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
-               use_ray: bool = True) -> dict:
-    run = Path(run_dir or cfg.run.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_config(cfg))
-    times: dict[str, float] = {}
-    summary: dict = {"run_dir": str(run)}
 
-    def timed(name: str, fn, *args, **kwargs):
+def _done(folder: Path) -> Optional[dict]:
+    path = folder / STAGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class _Runner:
+    """Runs stages once: a stage whose folder holds ``stage.json`` is skipped and its summary read back."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def stage(self, name: str, folder: Path, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
+        done = _done(folder)
+        if done is not None:
+            print(f"[step-ray] {name}: done before, skipped", flush=True)
+            return done
         print(f"\n[step-ray] {name} ...", flush=True)
         start = time.perf_counter()
         out = fn(*args, **kwargs)
-        times[name] = round(time.perf_counter() - start, 1)
-        print(f"[step-ray] {name} done in {times[name]:.1f} s", flush=True)
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"[step-ray] {name} done in {self.seconds[name]:.1f} s", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        steps.write_json(folder / STAGE_FILE, _compact(out))
         return out
 
+
+def _compact(result: Any) -> Any:
+    """A stage summary without its bulky per-question lists (those stay in their own files)."""
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if k not in ("predictions", "history", "skipped_rows")}
+    return result
+
+
+def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: Path, model: Optional[str], eval_dir: Path,
+                           name: str, label: str, **kwargs: Any) -> dict[str, dict]:
+    """``name.json`` and, beside it, ``name_<control>.json`` for every ``eval.vision_controls``; the model is
+    loaded once for all of them."""
+    from step_ray.models.runtime import load_video_llm
+
+    out: dict[str, dict] = {}
+    llm = None
+    for vision in ["real", *cfg.eval.vision_controls]:
+        key = name if vision == "real" else f"{name}_{vision}"
+        result_file = eval_dir / f"{key}.json"
+        if result_file.is_file():
+            out[key] = json.loads(result_file.read_text())
+            continue
+        if llm is None:
+            llm = load_video_llm(cfg, model)
+        print(f"\n[step-ray] eval {label}{'' if vision == 'real' else f' ({vision} frames)'} ...", flush=True)
+        start = time.perf_counter()
+        out[key] = steps.eval_step(cfg, qra, model, eval_dir, key, vision=vision, llm=llm, **kwargs)
+        run.seconds[f"eval {label} {vision}"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def with_base(cfg: StepRayConfig, run: _Runner, run_dir: Path, use_ray: bool) -> tuple[StepRayConfig, Optional[dict]]:
+    """With ``pretrain.enabled``: pretrain (or reuse) the base and make it ``model.name_or_path``."""
+    if not cfg.pretrain.enabled:
+        return cfg, None
+    from step_ray.pipeline.pretrain import pretrain_dir, pretrain_step
+
+    # Not a run stage: the base lives in its own keyed folder (the cache by default), which says itself whether
+    # it is finished; a run only records which base it used.
+    print(f"\n[step-ray] base model: {pretrain_dir(cfg)} ...", flush=True)
+    start = time.perf_counter()
+    summary = pretrain_step(cfg, use_ray=use_ray)
+    run.seconds["pretrain"] = round(time.perf_counter() - start, 1)
+    held = (summary.get("accuracy") or {}).get("held_out") or {}
+    print(f"[step-ray] base model {'reused' if summary.get('reused') else 'pretrained'}: {summary['model_dir']} "
+          f"(held-out accuracy {held.get('accuracy') if held else summary.get('note')})", flush=True)
+    steps.write_json(run_dir / "pretrain.json", summary)
+    model = dataclasses.replace(cfg.model, name_or_path=summary["model_dir"])
+    return dataclasses.replace(cfg, model=model), summary
+
+
+def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
+               use_ray: bool = True) -> dict:
+    run_path = Path(run_dir or cfg.run.output_dir)
+    run_path.mkdir(parents=True, exist_ok=True)
+    (run_path / "config.yaml").write_text(dump_config(cfg))
+    runner = _Runner()
+    summary: dict = {"run_dir": str(run_path), "rounds": []}
+
+    cfg, summary["pretrain"] = with_base(cfg, runner, run_path, use_ray)
     if not inputs:
-        summary["synth"] = timed("synth", steps.synth_step, cfg, run / "corpus")
+        summary["synth"] = runner.stage("synth", run_path / "corpus", steps.synth_step, cfg, run_path / "corpus")
         inputs = [summary["synth"]["videos_dir"]]
-    summary["stsg"] = timed("stsg", steps.stsg_step, cfg, inputs, run / "stsg", use_ray=use_ray)
-    if not summary["stsg"]["ok"]:
-        raise RuntimeError(f"no video gave a scene graph; see {run / 'stsg' / 'errors'}")
-    # The stsg folder itself: the qra step reads the graphs of its last run from its results table.
-    summary["qra"] = timed("qra", steps.qra_step, cfg, [str(run / "stsg")], run / "qra", use_ray=use_ray)
-    if not summary["qra"]["samples"]:
-        raise RuntimeError(f"no QRA samples were produced from {run / 'stsg'}; see {run / 'qra' / 'stats.json'}")
-    summary["eval_base"] = timed("eval (base)", steps.eval_step, cfg, run / "qra", None, run / "eval", "base")
-    summary["train"] = timed("train", steps.train_step, cfg, run / "qra", run / "train")
-    summary["eval_trained"] = timed("eval (trained)", steps.eval_step, cfg, run / "qra", str(run / "train"),
-                                    run / "eval", "trained")
-    # The same model on questions it was trained on (as many as the held-out split has): separates "did not
-    # learn" from "learned but does not generalise" when reading the held-out table.
-    summary["eval_trained_seen"] = timed("eval (trained, train split)", steps.eval_step, cfg, run / "qra",
-                                         str(run / "train"), run / "eval", "trained_train_split", split="train",
-                                         max_samples=max(1, summary["eval_trained"]["n"]))
-    summary["seconds"] = times
+
+    previous_model: Optional[str] = None  # model 0: the base (cfg.model)
+    graphs_dir: Optional[Path] = None
+    qra_dir: Optional[Path] = None
+    for r in range(1, cfg.run.rounds + 1):
+        rdir = run_path / f"round_{r}"
+        rs: dict[str, Any] = {"round": r, "dir": str(rdir), "init": previous_model or f"base:{cfg.model.name_or_path}"}
+        # The model of the last round takes part in mining only through semantics parsing and the filter.
+        mine_cfg = cfg
+        if previous_model is not None and cfg.semantics.enabled:
+            mine_cfg = dataclasses.replace(mine_cfg, semantics=dataclasses.replace(cfg.semantics,
+                                                                                   model_path=previous_model))
+        if previous_model is not None and cfg.qra.filter.enabled:
+            mine_cfg = dataclasses.replace(mine_cfg, qra=dataclasses.replace(
+                cfg.qra, filter=dataclasses.replace(cfg.qra.filter, model=previous_model)))
+        if graphs_dir is None or cfg.semantics.enabled:
+            rs["stsg"] = runner.stage(f"round {r}: stsg", rdir / "stsg", steps.stsg_step, mine_cfg, inputs, rdir / "stsg",
+                                      use_ray=use_ray)
+            graphs_dir = rdir / "stsg"
+        else:
+            rs["stsg"] = {"reused": str(graphs_dir)}
+        if qra_dir is None or cfg.semantics.enabled or cfg.qra.filter.enabled:
+            # The stsg folder itself: the qra step reads the graphs of its last run from its results table
+            # (streamed; no list of graphs on the driver). Both steps raise NothingUsable when nothing came out.
+            rs["qra"] = runner.stage(f"round {r}: qra", rdir / "qra", steps.qra_step, mine_cfg, [str(graphs_dir)],
+                                     rdir / "qra", use_ray=use_ray)
+            qra_dir = rdir / "qra"
+        else:
+            rs["qra"] = {"reused": str(qra_dir)}
+        if r == 1:
+            rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, rdir / "eval", "base", "base (model 0)")
+        train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=previous_model))
+        last = r == cfg.run.rounds
+        rs["train"] = runner.stage(f"round {r}: train", rdir / "train", steps.train_step, train_cfg, qra_dir,
+                                   rdir / "train", merged=not last and cfg.train.lora.enabled)
+        model_r = str(rdir / "train")
+        rs["eval_trained"] = evaluate_with_controls(runner, cfg, qra_dir, model_r, rdir / "eval", "trained",
+                                                    f"model {r}")
+        # The same model on questions it was trained on (as many as the held-out split has): separates "did not
+        # learn" from "learned but does not generalise" when reading the held-out table.
+        n_test = max(1, rs["eval_trained"]["trained"]["n"])
+        rs["eval_trained_seen"] = runner.stage(
+            f"round {r}: eval model {r} (train split)", rdir / "eval" / "train_split", steps.eval_step, cfg, qra_dir,
+            model_r, rdir / "eval", "trained_train_split", split="train", max_samples=n_test)
+        summary["rounds"].append(rs)
+        merged = rdir / "train" / "merged"
+        previous_model = str(merged) if (merged / "config.json").is_file() else model_r
+    summary["seconds"] = runner.seconds
 
     from step_ray.eval.report import print_console_summary, write_report
 
-    write_report(run, summary)
-    compact = {k: ({kk: vv for kk, vv in v.items() if kk not in ("predictions", "history")} if isinstance(v, dict) else v)
-               for k, v in summary.items()}
-    steps.write_json(run / "summary.json", compact)
+    write_report(run_path, summary, cfg.model)
+    steps.write_json(run_path / "summary.json", _summary_json(summary))
     print_console_summary(summary)
     return summary
+
+
+def _summary_json(summary: dict) -> dict:
+    """summary.json: the run's summary without per-question lists."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in ("predictions", "history", "skipped_rows")}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(summary)

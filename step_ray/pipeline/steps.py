@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from step_ray.config import ConfigError, StepRayConfig
+from step_ray.pipeline.errors import NothingUsable
 from step_ray.utils import storage
 
 
@@ -22,15 +23,57 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> None:
     storage.write_text(str(path), "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
 
 
+def in_ray_job_working_dir() -> bool:
+    """Whether this process is the driver of a ``ray job submit --working-dir ...`` job: its current folder is
+    then Ray's temporary copy of the uploaded working dir."""
+    import os
+
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return False
+    try:
+        return bool(json.loads(config).get("runtime_env", {}).get("working_dir"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def check_output(out: str | Path, name: str = "--output") -> None:
+    """Fail (:class:`~step_ray.utils.inputs.InputError`, exit 2) before any work when ``out`` cannot become an
+    output folder: it is a file, sits under a file, is not writable, or is relative inside a Ray job (it would
+    land in the job's temporary copy of the working dir, deleted with the job). Nothing is created here. An
+    object-store prefix is checked by the first write (it has no permissions to look at beforehand)."""
+    import os
+
+    from step_ray.utils.inputs import InputError
+
+    if storage.is_remote(str(out)):
+        return
+    if not Path(out).is_absolute() and in_ray_job_working_dir():
+        raise InputError(f"{name} {out}: a relative path inside a Ray job lands in Ray's temporary copy of the "
+                         f"working dir ({Path.cwd()}), deleted with the job: give an absolute path on shared "
+                         f"storage (e.g. /mnt/shared/runs/NAME)")
+    p = Path(out).absolute()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{name} {out}: is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{name} {out}: {probe} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{name} {out}: {probe} is not writable")
+
+
 # --------------------------------------------------------------------------------------------- synth
 
 
 def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
     """Write the synthetic corpus (videos/ and gt/ under ``out_dir``)."""
     from step_ray.synth.corpus import generate_corpus
+    from step_ray.utils.env import show_progress
 
     start = time.perf_counter()
-    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=True)
+    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
     return {
         "videos": len(items),
         "objects": sum(i.get("objects", 0) for i in items),
@@ -59,15 +102,19 @@ def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ra
         raise ConfigError("perception.yolo_weights", f"no such file: {weights} (nothing is downloaded)")
     load_model = None
     if cfg.semantics.enabled:
-        from step_ray.models.loading import load_model_and_processor
+        from step_ray.models.runtime import load_model_source
         from step_ray.perception.semantics import load_template
 
         try:
             load_template(cfg.semantics.prompt)
         except FileNotFoundError as err:
             raise ConfigError("semantics.prompt", str(err)) from None
-        load_model = load_model_and_processor  # handed down: perception does not import the model layer
-    return stsg_run.run(cfg, inputs, str(out_dir), use_ray=use_ray, stages=stages, load_model=load_model)
+        load_model = load_model_source  # handed down: perception does not import the model layer
+    summary = stsg_run.run(cfg, inputs, str(out_dir), use_ray=use_ray, stages=stages, load_model=load_model)
+    if summary["videos"] and not summary["ok"]:
+        raise NothingUsable(f"none of the {summary['videos']} videos gave a scene graph; reasons in "
+                            f"{storage.join(str(out_dir), 'errors')}")
+    return summary
 
 
 def graphs_of_last_run(stsg_dir: str | Path) -> list[str]:
@@ -111,6 +158,9 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
     summary["card"] = str(write_card(stats, summary, out))
     summary["parts"] = parts
     write_json(storage.join(out, "stats.json"), summary)
+    if not summary["samples"]:
+        raise NothingUsable(f"no QRA sample came out of {summary['graphs']} graph(s) ({summary['graphs_failed']} "
+                            f"failed); reasons in {storage.join(out, 'stats.json')} and {storage.join(out, 'errors')}")
     return summary
 
 
@@ -163,34 +213,79 @@ def find_qra(path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------- train / eval
 
 
-def require_split(qra_path: str | Path, split: str) -> None:
-    """Fail with a clear message when ``qra_path`` has no rows of ``split`` (a tiny corpus may put every video
-    on one side of the train / test split)."""
+def has_split(qra: str | Path, split: str) -> bool:
+    """Whether the QRA output (a folder of parts, a folder holding ``qra.parquet``, or one file; local or on
+    an object store) has rows of ``split``."""
     import pyarrow.compute as pc
 
     from step_ray.qra.records import qra_dataset
+
+    splits = qra_dataset(find_qra(qra)).to_table(columns=["split"])["split"]
+    return bool(pc.any(pc.equal(splits, split)).as_py())
+
+
+def require_split(qra_path: str | Path, split: str) -> None:
+    """Fail with a clear message (exit 2) when ``qra_path`` is not a QRA output (unreadable Parquet, or without
+    the columns training and evaluation read) or has no rows of ``split`` (a tiny corpus may put every video
+    on one side of the train / test split)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from step_ray.qra.records import CORE_FIELDS, QRA_SCHEMA_VERSION, qra_dataset
     from step_ray.utils.inputs import InputError
 
-    splits = qra_dataset(qra_path).to_table(columns=["split"])["split"]
+    try:
+        ds = qra_dataset(qra_path)
+        missing = [c for c in CORE_FIELDS if c not in ds.schema.names]
+        if missing:
+            raise InputError(f"{qra_path}: not a QRA output (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
+                             f"no column {', '.join(missing)}")
+        splits = ds.to_table(columns=["split"])["split"]
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{qra_path}: not readable as Parquet ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
                          f"or change qra.test_fraction")
 
 
-def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path) -> dict:
+def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
+    """``cfg`` whose ``model.name_or_path`` is the folder of ``train.init`` (an adapter is merged into its base
+    under ``out_dir/init`` first), so training starts from that model."""
+    import dataclasses
+
+    if not cfg.train.init:
+        return cfg
+    from step_ray.models.export import materialize
+    from step_ray.models.sources import ModelSourceError
+
+    try:
+        folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
+    except ModelSourceError as err:
+        raise ConfigError("train.init", str(err)) from None
+    model = dataclasses.replace(cfg.model, name_or_path=folder)
+    return dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, init=None))
+
+
+def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, merged: bool = False,
+               card_kind: str = "train") -> dict:
+    """Fine-tune on the train split of ``qra`` into ``out_dir`` (from ``train.init`` when set); ``merged``:
+    also export base + adapter merged (what the next self-training round starts from)."""
     from step_ray.train.trainer import run_training
     from step_ray.utils.ray_session import init_ray
 
     qra_path = find_qra(qra)
     require_split(qra_path, "train")
+    cfg = with_init(cfg, out_dir)
     init_ray(cfg.ray)
-    return run_training(cfg, qra_path, Path(out_dir))
+    return run_training(cfg, qra_path, Path(out_dir), merged=merged, card_kind=card_kind)
 
 
 def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str,
-              split: str = "test", max_samples: int | None = None) -> dict:
-    """Accuracy of ``model`` (a training output folder, or None for the configured base model) on ``split``;
-    ``max_samples`` overrides ``eval.max_samples``."""
+              split: str = "test", max_samples: int | None = None, vision: str = "real", llm: Any = None) -> dict:
+    """Accuracy of ``model`` (any model reference; None: the configured base model) on ``split``, written to
+    ``out_dir/<name>.json``; ``max_samples`` overrides ``eval.max_samples``; ``vision``: 'real' frames or a
+    vision control ('blank', 'shuffled')."""
     import dataclasses
 
     from step_ray.eval.evaluate import evaluate
@@ -200,7 +295,7 @@ def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: s
     qra_path = find_qra(qra)
     require_split(qra_path, split)
     start = time.perf_counter()
-    result = evaluate(cfg, model, qra_path, split=split)
+    result = evaluate(cfg, model, qra_path, split=split, vision=vision, llm=llm)  # type: ignore[arg-type]
     result["seconds"] = round(time.perf_counter() - start, 2)
     write_json(Path(out_dir) / f"{name}.json", result)
     return result

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from step_ray.qra.families import FAMILIES
+from step_ray.qra.records import QRA_SCHEMA_VERSION
 from step_ray.utils import storage
 from step_ray.utils.tally import Tally, tally_dict
 
@@ -131,7 +132,7 @@ def write_card(stats: dict[str, Any] | list[dict[str, Any]], summary: dict[str, 
     out = str(out_dir)
     st = card_stats(stats) if isinstance(stats, list) else stats
     lines = ["# QRA dataset card", "",
-             f"{st['samples']} samples from {st['videos']} videos (schema `qra/2`, `docs/qra_schema.md`); "
+             f"{st['samples']} samples from {st['videos']} videos (schema `{QRA_SCHEMA_VERSION}`, `docs/qra_schema.md`); "
              f"graphs: {summary.get('graphs', '?')}, failed: {summary.get('graphs_failed', 0)}, "
              f"without samples: {len(summary.get('graphs_without_samples', {}))}.", ""]
     if st["samples"]:

@@ -102,7 +102,9 @@ def family_of(program: Program) -> str:
 # reaches. Times come first inside relative clauses ("that, at 1.4s, is left of ...") so that a nested
 # phrase's own time never dangles at the end of an outer one.
 
-PREDICATE_TEXT = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below", "near": "near"}
+PREDICATE_TEXT = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below", "near": "near",
+                  "directly_left_of": "directly left of", "directly_right_of": "directly right of",
+                  "directly_above": "directly above", "directly_below": "directly below"}
 EVENT_NOUN = {"enter": "entrance", "leave": "exit", "collide": "collision", "start_moving": "start of motion",
               "stop_moving": "stop", "change": "colour change", "action": "action"}
 #: "How many times does X {verb}?" per event kind.
@@ -117,6 +119,7 @@ EVENT_ANCHOR = "the {noun}{of}{at}"  # "the collision of the red circle and the 
 # hop -> (noun phrase of the result, question when the hop is last and the query reads the result directly)
 NOUN = {
     "relation": "the object that, at {t}, is {pred} {np}",
+    "relation_timeless": "the object that is {pred} {np}",  # true throughout the clip (qra/moments.py)
     "participant": "the object that took part in {np}",
     "participant_enter": "the object that entered the scene{at}",
     "participant_leave": "the object that left the scene{at}",
@@ -134,6 +137,7 @@ NOUN = {
 }
 ASK = {
     "relation": "At {t}, which object is {pred} {np}?",
+    "relation_timeless": "Which object is {pred} {np}?",
     "participant": "Which object took part in {np}?",
     "participant_enter": "Which object entered the scene{at}?",
     "participant_leave": "Which object left the scene{at}?",
@@ -147,9 +151,11 @@ ASK = {
     "next_own": "What did {actor} do right after {np}?",
     "same_as": "Which object in scene {scene} is the same as {np}?",
     "motion": "At {t}, which direction does {np} move?",
+    "motion_timeless": "Which direction does {np} move?",
     "changed_to": "What colour does {np} turn into{at}?",
     "count_events": "How many times does {np} {verb}?",
     "count_related": "At {t}, how many objects are {pred} {np}?",
+    "count_related_timeless": "How many objects are {pred} {np}?",
     "event_of": "What is {np}?",  # not sampled by any family; kept so every program renders
 }
 ASK_QUERY = {"color": "What colour is {np}?", "shape": "What shape is {np}?"}
@@ -159,6 +165,7 @@ VERIFY = {
     "color": "Is {np} {v}?",
     "shape": "Is {np} a {v}?",
     "direction": "At {t}, does {np} move {v}?",
+    "direction_timeless": "Does {np} move {v}?",
 }
 COMPARE_ASK = {
     "earlier": "Did {a} happen before {b}?",
@@ -169,6 +176,7 @@ COMPARE_ASK = {
 # Rationale: one sentence per hop, grounded on the objects the path actually visits.
 SENTENCE = {
     "relation": "At {t}, the {dst} is {pred} the {src}.",
+    "relation_timeless": "The {dst} is {pred} the {src}.",
     "participant": "The {dst} is the object that {vp} at {t}.",
     "event": "At {t}, {clause}.",  # event_of: the event told from the object's side
     "next_event": "After {src_clause} at {t0}, the next event is at {t}: {clause}.",
@@ -176,9 +184,11 @@ SENTENCE = {
     "next_own": "After that ({t0}), the next thing the {actor} does is at {t}: it {vp}.",
     "same_as": "The {src} in scene {src_scene} is the same object as the {dst} in scene {dst_scene}.",
     "motion": "At {t}, the {src} moves {dst}.",
+    "motion_timeless": "The {src} moves {dst}.",
     "changed_to": "At {t}, the {src} changes {attr} from {old} to {dst}.",
     "count_events": "The {src} {vp} {n} time{s}{when}.",
     "count_related": "At {t}, {n} object{s} {be} {pred} the {src}{who}.",
+    "count_related_timeless": "{n} object{s} {be} {pred} the {src}{who}.",
     "earlier": "The first event is at {ta} and the second at {tb}, so the first is {order}.",
     "same_color": "The {a} is {va} and the {b} is {vb}.",
     "same_shape": "The {a} is a {va} and the {b} is a {vb}.",

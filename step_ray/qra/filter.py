@@ -2,8 +2,8 @@
 
 Each sample is put to the model ``qra.filter.asks`` times, each time with its options in another order (a
 permutation seeded by the sample id and ``run.seed``), and scored the way the evaluation scores questions
-(option likelihood after the answer prompt: :func:`step_ray.eval.scoring.score_questions`, frames from
-:func:`step_ray.train.frames.read_frames`, the model from :func:`step_ray.eval.evaluate.load_for_eval`). The
+(option likelihood, asked the way the model was trained: :meth:`step_ray.models.runtime.VideoLLM.score_options`,
+frames at the moments the question names: :func:`step_ray.models.inputs.frames_for_row`). The
 option picked most often is the model's answer; ``consistency`` is the share of asks that picked it. A
 sample below ``qra.filter.min_agreement`` is flagged ``inconsistent``; with ``require_correct`` also
 ``model_disagrees`` when the consistent pick is not the graph's answer; ``action: drop`` removes flagged
@@ -25,7 +25,7 @@ from step_ray.config import PoolConfig, StepRayConfig
 from step_ray.stage import Row
 
 #: Record fields the filter needs (the row it ships to the actor).
-_FIELDS = ("id", "video_uri", "start", "end", "question", "options", "answer", "answer_index")
+_FIELDS = ("id", "video_uri", "start", "end", "times", "question", "options", "answer", "answer_index")
 
 
 def permutations(rec_id: str, n_options: int, asks: int, seed: int) -> list[list[int]]:
@@ -61,8 +61,7 @@ class QraFilterStage:
     def __init__(self, cfg: StepRayConfig, model: Optional[str] = None):
         self.cfg = cfg
         self.source = model if model is not None else cfg.qra.filter.model
-        self.model: Any = None
-        self.processor: Any = None
+        self.llm: Any = None
 
     def pool(self) -> PoolConfig:
         return self.cfg.qra.filter.pool
@@ -70,30 +69,28 @@ class QraFilterStage:
     def setup(self) -> None:
         import torch
 
-        from step_ray.eval.evaluate import load_for_eval
+        from step_ray.models.runtime import load_video_llm
 
         torch.manual_seed(self.cfg.run.seed)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.processor, _ = load_for_eval(self.cfg, self.source, device=device)
+        self.llm = load_video_llm(self.cfg, self.source)
 
     def process(self, row: Row) -> Row:
         import numpy as np
 
-        from step_ray.eval.scoring import score_questions
-        from step_ray.train.frames import FrameDecodeError, read_frames
+        from step_ray.models.inputs import FrameDecodeError, frames_for_row
 
         rec = json.loads(row["record"])
         base = {"id": rec["id"]}
-        fcfg, mcfg = self.cfg.qra.filter, self.cfg.model
+        fcfg = self.cfg.qra.filter
         try:
-            frames = read_frames(str(rec["video_uri"]), rec.get("start"), rec.get("end"), mcfg.frames, mcfg.frame_size)
+            frames = frames_for_row(rec, self.llm.model_cfg)
         except FrameDecodeError as err:
             return {**base, "status": "ok", "error": f"unreadable video: {err}", "consistency": None, "pick": None,
                     "flags": json.dumps(["unreadable_video"])}
         options = list(rec["options"])
         perms = permutations(rec["id"], len(options), fcfg.asks, self.cfg.run.seed)
         asked = [dict(rec, options=[options[j] for j in p]) for p in perms]
-        scores = score_questions(self.model, self.processor, mcfg, asked, [frames] * len(asked))
+        scores = self.llm.score_options(asked, [frames] * len(asked))
         picks = [p[int(np.argmax(s))] for p, s in zip(perms, scores)]
         consistency, pick, flags = verdict(picks, int(rec["answer_index"]), fcfg.min_agreement, fcfg.require_correct)
         return {**base, "status": "ok", "error": None, "consistency": consistency, "pick": pick,
@@ -107,7 +104,7 @@ def apply_filter(cfg: StepRayConfig, qra_path: Path, out_dir: Path, use_ray: boo
     from step_ray.qra.records import read_parquet, write_single_part
 
     records = read_parquet(qra_path)
-    rows = [{"id": r["id"], "record": json.dumps({k: r[k] for k in _FIELDS})} for r in records]
+    rows = [{"id": r["id"], "record": json.dumps({k: r.get(k) for k in _FIELDS})} for r in records]
     results, seconds = run_stage(QraFilterStage, cfg, rows, use_ray=use_ray, model=model)
     by_id = {r["id"]: r for r in results}
     kept, flagged, dropped, failed = [], Counter(), 0, 0

@@ -6,11 +6,12 @@ A QRA output is a folder of parts, ``part-00000.parquet``, ``part-00001.parquet`
 :func:`qra_dataset`, which accept such a folder (local or ``s3://`` / ``gs://``), a folder of an older
 run with one ``qra.parquet``, or a single Parquet file, and read only the columns and split they need.
 
-Version ``qra/2``, stored in the Parquet schema metadata; ``docs/qra_schema.md`` documents it. One row per
+Version ``qra/3``, stored in the Parquet schema metadata; ``docs/qra_schema.md`` documents it. One row per
 question. The first sixteen fields are those of ``qra/1`` with the same names and meaning (the trainer and the
 evaluator read them); ``qra/2`` adds ``open_answer``, ``answer_type``, ``graph_source``, ``flags``,
-``consistency`` and the split ``val``. :func:`read_parquet` accepts ``qra/1`` files (the added fields get
-their defaults).
+``consistency`` and the split ``val``; ``qra/3`` adds ``times``, the moments the question's frames are taken
+at. :func:`read_parquet` accepts ``qra/1`` and ``qra/2`` files (the added fields get their defaults; no
+``times``: frames spread over the span).
 
 ==============  ==============  ===========================================================================
 field           type            meaning
@@ -35,6 +36,8 @@ answer_type     str             object, color, shape, direction, event, action, 
 graph_source    str             the graph's ``source``: ground_truth or perception
 flags           list[str]       set by the model-side filter (``inconsistent``, ``model_disagrees``)
 consistency     float or null   the filter's agreement share over its n asks (null: not filtered)
+times           list[float]     the moments (s) the path visits, in order: its relation / motion hops'
+                                keyframes and its events' times; the model's frames are taken there
 ==============  ==============  ===========================================================================
 """
 
@@ -50,9 +53,9 @@ import pyarrow as pa
 
 from step_ray.utils import storage
 
-QRA_SCHEMA_VERSION = "qra/2"
+QRA_SCHEMA_VERSION = "qra/3"
 #: Versions :func:`read_parquet` reads (older ones get the added fields' defaults).
-READABLE_VERSIONS = ("qra/1", "qra/2")
+READABLE_VERSIONS = ("qra/1", "qra/2", "qra/3")
 
 QRA_SCHEMA = pa.schema(
     [
@@ -77,6 +80,7 @@ QRA_SCHEMA = pa.schema(
         pa.field("graph_source", pa.string(), nullable=False),
         pa.field("flags", pa.list_(pa.string()), nullable=False),
         pa.field("consistency", pa.float64(), nullable=True),
+        pa.field("times", pa.list_(pa.float64()), nullable=False),
     ],
     metadata={"qra_schema_version": QRA_SCHEMA_VERSION},
 )
@@ -108,13 +112,14 @@ def split_of(video_id: str, test_fraction: float, val_fraction: float = 0.0) -> 
 
 
 def with_defaults(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record with the ``qra/2`` fields it lacks filled in (``qra/1`` files, hand-made rows)."""
+    """A record with the ``qra/2`` and ``qra/3`` fields it lacks filled in (older files, hand-made rows)."""
     out = dict(rec)
     out.setdefault("open_answer", str(rec.get("answer", "")))
     out.setdefault("answer_type", "")
     out.setdefault("graph_source", "")
     out.setdefault("flags", [])
     out.setdefault("consistency", None)
+    out.setdefault("times", [])
     return out
 
 

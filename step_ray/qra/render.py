@@ -82,11 +82,17 @@ def _actor_np(program: Program, i: int, nps: list[str]) -> str:
     return nps[0]
 
 
+def _timed(key: str, params: dict) -> str:
+    """The template key of a timed hop: its ``_timeless`` form when the fact holds throughout the clip."""
+    return f"{key}_timeless" if params.get("timeless") else key
+
+
 def _fields(program: Program, i: int, nps: list[str]) -> tuple[str, dict[str, str]]:
     hop = program.hops[i]
     p, np = hop.params, nps[i]
     if hop.op in ("relation", "count_related"):
-        return hop.op, {"t": fmt_time(p["time"]), "pred": F.PREDICATE_TEXT.get(p["predicate"], p["predicate"]), "np": np}
+        return _timed(hop.op, p), {"t": fmt_time(p["time"]), "pred": F.PREDICATE_TEXT.get(p["predicate"], p["predicate"]),
+                                   "np": np}
     if hop.op == "participant":
         return _participant_form(program, i, nps)
     if hop.op == "event_of":
@@ -98,7 +104,7 @@ def _fields(program: Program, i: int, nps: list[str]) -> tuple[str, dict[str, st
     if hop.op == "same_as":
         return "same_as", {"scene": str(int(p["clip"]) + 1), "np": np}
     if hop.op == "motion":
-        return "motion", {"t": fmt_time(p["time"]), "np": np}
+        return _timed("motion", p), {"t": fmt_time(p["time"]), "np": np}
     if hop.op == "changed_to":
         return "changed_to", {"np": np, "at": _at(p.get("time"))}
     if hop.op == "count_events":
@@ -138,7 +144,8 @@ def render_question(program: Program) -> str:
         nps = noun_phrases(program)
         last = program.hops[-1] if program.hops else None
         if last is not None and last.op == "motion":
-            return _cap(F.VERIFY["direction"].format(t=fmt_time(last.params["time"]), np=nps[-1], v=program.check))
+            return _cap(F.VERIFY[_timed("direction", last.params)].format(t=fmt_time(last.params["time"]), np=nps[-1],
+                                                                           v=program.check))
         return _cap(F.VERIFY[program.query].format(np=nps[-1], v=program.check))
     return _ask(program)
 
@@ -172,7 +179,7 @@ def event_clause(ix: GraphIndex, e: str, subject: Optional[str] = None, with_sub
 def _hop_sentence(ix: GraphIndex, s: Any) -> str:
     p = s.params
     if s.op == "relation":
-        return F.SENTENCE["relation"].format(t=fmt_time(p["time"]), dst=ix.desc[s.dst],
+        return F.SENTENCE[_timed("relation", p)].format(t=fmt_time(p["time"]), dst=ix.desc[s.dst],
                                              pred=F.PREDICATE_TEXT.get(p["predicate"], p["predicate"]), src=ix.desc[s.src])
     if s.op == "participant":
         return F.SENTENCE["participant"].format(dst=ix.desc[s.dst], vp=event_clause(ix, s.src, s.dst, with_subject=False),
@@ -189,7 +196,7 @@ def _hop_sentence(ix: GraphIndex, s: Any) -> str:
         return F.SENTENCE["same_as"].format(src=ix.desc[s.src], dst=ix.desc[s.dst], src_scene=(ix.clip_of(s.src) or 0) + 1,
                                             dst_scene=(ix.clip_of(s.dst) or 0) + 1)
     if s.op == "motion":
-        return F.SENTENCE["motion"].format(t=fmt_time(p["time"]), src=ix.desc[s.src], dst=s.dst)
+        return F.SENTENCE[_timed("motion", p)].format(t=fmt_time(p["time"]), src=ix.desc[s.src], dst=s.dst)
     if s.op == "changed_to":
         t = p.get("time")
         edges = [d for d in ix.changes(s.src, p["attribute"]) if str(d["to"]) == s.dst]
@@ -207,7 +214,8 @@ def _hop_sentence(ix: GraphIndex, s: Any) -> str:
         objs = OPS["relation"].apply(ix, s.src, p, None)  # type: ignore[arg-type]
         n = len(objs)
         who = (": " + ", ".join(f"the {ix.desc[o]}" for o in objs)) if objs else ""
-        return F.SENTENCE["count_related"].format(t=fmt_time(p["time"]), n=n if n else "no", s="" if n <= 1 else "s",
+        return F.SENTENCE[_timed("count_related", p)].format(t=fmt_time(p["time"]), n=n if n else "no",
+                                                             s="" if n <= 1 else "s",
                                                   be="is" if n <= 1 else "are",
                                                   pred=F.PREDICATE_TEXT.get(p["predicate"], p["predicate"]),
                                                   src=ix.desc[s.src], who=who)

@@ -32,6 +32,7 @@ import networkx as nx
 from step_ray.config import QraConfig
 from step_ray.qra import records as R
 from step_ray.qra.families import FAMILIES, INTERMEDIATE_OPS, Family, family_of
+from step_ray.qra.moments import drop_needless_times, question_moments
 from step_ray.qra.paths import (
     COMPARE, NODE_TYPES, OPS, QUERIES, Anchor, Ctx, GraphIndex, Hop, Program, object_anchor, resolve_anchor,
     TIME_TOL, round_time, trace,
@@ -135,6 +136,12 @@ class _Sampler:
 
     def __init__(self, ix: GraphIndex, cfg: QraConfig, seed: int):
         self.ix, self.cfg, self.seed = ix, cfg, seed
+        # The hop types paths may take (qra.ops; empty: all), in the order the families list them.
+        allowed = set(cfg.ops) if cfg.ops else None
+        self.intermediate = tuple(o for o in INTERMEDIATE_OPS if allowed is None or o in allowed)
+        self.finals = {f.name: tuple(o for o in f.final_ops if allowed is None or o in allowed)
+                       for f in FAMILIES.values()}
+        self.same_as_allowed = allowed is None or "same_as" in allowed
         self.rng = random.Random(f"qra\x1f{ix.video_id}\x1f{seed}")
         self.rejected: Counter = Counter()
         self.anchors: dict[str, Anchor] = {}
@@ -371,10 +378,13 @@ class _Sampler:
         """A program of family ``fam`` with ``n`` steps and the nodes its walk visited, or None and why."""
         if fam.form == "compare":
             return self._compare(n)
+        final_ops = self.finals[fam.name]
+        if not final_ops or not self.intermediate and n > 1 or fam.needs_same_as and not self.same_as_allowed:
+            return None, "infeasible"  # qra.ops leaves this family no path of n hops
         same_pos = self.rng.randrange(n - 1) if fam.needs_same_as else None
-        plan = tuple(fam.final_ops if i == n - 1 else ("same_as",) if i == same_pos else INTERMEDIATE_OPS
+        plan = tuple(final_ops if i == n - 1 else ("same_as",) if i == same_pos else self.intermediate
                      for i in range(n))
-        finals = tuple(sorted({OPS[o].dst for o in fam.final_ops}))
+        finals = tuple(sorted({OPS[o].dst for o in final_ops}))
         walk, why = self.walk(plan, finals)
         if walk is None:
             return None, why
@@ -419,7 +429,9 @@ class _Sampler:
         n1 = self.rng.randint(lo, n - 1 - lo)
         parts = []
         for k in (n1, n - 1 - n1):
-            walk, why = self.walk((INTERMEDIATE_OPS,) * k, (etype,))
+            if k and not self.intermediate:
+                return None, "infeasible"
+            walk, why = self.walk((self.intermediate,) * k, (etype,))
             if walk is None:
                 return None, why
             node, named, hops, visited, _ = walk
@@ -445,6 +457,10 @@ class _Sampler:
             return None, "executor_mismatch"
         if family_of(program) != fam.name or program.steps != n:
             return None, "wrong_shape"
+        if self.cfg.times == "when_needed":
+            timeless = drop_needless_times(program, ix, tr)
+            if timeless is not program:  # the same denotation (the hops keep their times), fewer words
+                program, tr = timeless, trace(timeless, ix)
         question = render_question(program)
         atype = answer_type(program)
         assert tr.answer is not None
@@ -482,6 +498,7 @@ class _Sampler:
             "path_nodes": tr.nodes,
             "seed": int(self.seed),
             "graph_source": ix.source,
+            "times": question_moments(ix, tr),
             R.POOLS: option_pools(ix, program, tr),
         }
         return rec, ""

@@ -48,6 +48,15 @@ def read_graph(path: str | Path) -> nx.MultiDiGraph:
     g = schema.from_json(data)
     if not g.graph.get("video_id"):
         raise schema.StsgFormatError("graph has no video_id")
+    uri = str(g.graph.get("uri") or "")
+    if uri and "://" not in uri and not Path(uri).is_absolute():
+        # A relative uri (the synthetic corpus's ground truth: gt/x.stsg.json -> videos/x.mp4) is relative to
+        # the graph's folder or the one above it; questions need a path that opens from anywhere.
+        here = Path(path).resolve().parent
+        for root in (here, here.parent):
+            if (root / uri).is_file():
+                g.graph["uri"] = str(root / uri)
+                break
     return g
 
 

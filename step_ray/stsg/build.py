@@ -27,7 +27,8 @@ def build_stsg(p: Perceived, cfg: StsgConfig, source: str, semantics: Any = None
     """Build the graph of one video. ``source`` is ``ground_truth`` or ``perception``; ``semantics`` (a
     :class:`step_ray.perception.semantics.ParsedSemantics`) adds what the Video-LLM agreed on."""
     g = schema.new_graph(p.video_id, p.uri, p.duration, p.width, p.height, source,
-                         {**p.provenance, "near_factor": cfg.near_factor})  # relations depend on it (scoring)
+                         {**p.provenance, "near_factor": cfg.near_factor,  # relations depend on them (scoring)
+                          "relations": cfg.relations})
     clips = {c.index: c for c in p.clips}
     for c in p.clips:
         cid = schema.clip_id(c.index)
@@ -111,6 +112,37 @@ def spatial_predicates(a: Box, b: Box, near_factor: float) -> list[str]:
     return preds
 
 
+#: 'nearest' scope: a direction holds only for the nearest object that way ("directly left of").
+DIRECTLY = {"left_of": "directly_left_of", "right_of": "directly_right_of", "above": "directly_above",
+            "below": "directly_below"}
+NEAREST_TIE = 1.05  # the nearest must be this much nearer than the next one that way, else neither is "directly"
+
+
+def keyframe_relations(boxes: list[tuple[Any, Box]], near_factor: float, scope: str = "all"
+                       ) -> set[tuple[Any, Any, str]]:
+    """(a, b, predicate) of every ordered pair of the objects seen at one keyframe.
+
+    ``scope`` 'all': every pair has its dominant direction (and ``near``); 'nearest': the direction predicates
+    become ``directly_*`` and hold only between an object and its nearest neighbour in that direction (unique
+    by construction, so walks along them chain: "the object directly right of the object directly right of
+    ..."); a near-tie (within :data:`NEAREST_TIE`) is neither's.
+    """
+    out: set[tuple[Any, Any, str]] = set()
+    candidates: dict[tuple[Any, str], list[tuple[float, Any]]] = defaultdict(list)
+    for (ta, ba), (tb, bb) in permutations(boxes, 2):
+        for pred in spatial_predicates(ba, bb, near_factor):
+            if scope == "all" or pred == "near":
+                out.add((ta, tb, pred))
+            else:
+                (ax, ay), (bx, by) = center(ba), center(bb)
+                candidates[(tb, pred)].append((((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5, ta))
+    for (tb, pred), found in candidates.items():
+        found.sort(key=lambda x: x[0])
+        if len(found) == 1 or found[1][0] > NEAREST_TIE * found[0][0]:
+            out.add((found[0][1], tb, DIRECTLY[pred]))
+    return out
+
+
 def _spans(times: list[float], keyframes: list[float]) -> list[tuple[float, float]]:
     """Merge the keyframe times at which a predicate held into runs of consecutive keyframes."""
     index = {t: i for i, t in enumerate(keyframes)}
@@ -126,11 +158,10 @@ def _spans(times: list[float], keyframes: list[float]) -> list[tuple[float, floa
 def _add_relations(g: nx.MultiDiGraph, c: Clip, tracks: list[Track], cfg: StsgConfig) -> None:
     held: dict[tuple[int, int, str], list[float]] = defaultdict(list)
     for k in c.keyframe_times:
-        present = [(t, _box_at(t, k, c)) for t in tracks]
+        present = [(t.track_id, _box_at(t, k, c)) for t in tracks]
         present = [(t, b) for t, b in present if b is not None]
-        for (ta, ba), (tb, bb) in permutations(present, 2):
-            for pred in spatial_predicates(ba, bb, cfg.near_factor):
-                held[(ta.track_id, tb.track_id, pred)].append(k)
+        for a, b, pred in keyframe_relations(present, cfg.near_factor, cfg.relations):
+            held[(a, b, pred)].append(k)
     for (a, b, pred), times in sorted(held.items()):
         for start, end in _spans(times, c.keyframe_times):
             g.add_edge(schema.object_id(c.index, a), schema.object_id(c.index, b), type="relation", predicate=pred,

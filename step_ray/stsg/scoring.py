@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from itertools import combinations, permutations
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +24,7 @@ import networkx as nx
 import numpy as np
 
 from step_ray.stsg import schema
-from step_ray.stsg.build import spatial_predicates
+from step_ray.stsg.build import keyframe_relations
 from step_ray.perception.tracks import Box
 
 STSG_GLOB = "*.stsg.json"
@@ -249,10 +249,10 @@ def true_relations(gt: nx.MultiDiGraph, t: int, near_factor: float,
     from their track boxes, with the builder's own geometry. ``tracks``: the objects' tracks, if at hand."""
     tracks = tracks if tracks is not None else {n: object_track(gt, n) for n in _objects(gt)}
     present = [(n, tr[t]) for n, tr in sorted(tracks.items()) if t in tr]
+    scope = str((gt.graph.get("provenance") or {}).get("relations", "all"))
     out = set()
-    for (a, ba), (b, bb) in permutations(present, 2):
-        if gt.nodes[a]["clip"] == gt.nodes[b]["clip"]:
-            out |= {(a, b, p) for p in spatial_predicates(ba, bb, near_factor)}
+    for clip in sorted({gt.nodes[n]["clip"] for n, _ in present}):
+        out |= keyframe_relations([(n, b) for n, b in present if gt.nodes[n]["clip"] == clip], near_factor, scope)
     return out
 
 

@@ -168,7 +168,8 @@ def _plan_actors(rng: np.random.Generator, k: int, synth: SynthConfig, prev: Sce
         count = min(n, len(pool), 1 + int(rng.random() < 0.3))
         carried = [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
     colors = {o.color for o in carried}
-    fresh = world.new_objects(rng, n - len(carried), kinds, colors, synth.object_size, first_id=len(seen))
+    fresh = world.new_objects(rng, n - len(carried), kinds, colors, synth.object_size, first_id=len(seen),
+                              shapes=tuple(synth.shapes))
     # The video ran out of unused colour-shape kinds: bring back earlier objects (they are the same
     # physical objects, so uniqueness of kinds still holds), preferring colours not in the scene yet.
     back = [o for o in seen if o not in carried and o.identity not in changed]
@@ -182,7 +183,11 @@ def _plan_actors(rng: np.random.Generator, k: int, synth: SynthConfig, prev: Sce
         roles.append("bounce" if first_of_video else names[int(rng.choice(len(names), p=weights / weights.sum()))])
     order = [int(i) for i in rng.permutation(len(objects))]  # track ids need not reveal who returned
     objects, roles = [objects[i] for i in order], [roles[i] for i in order]
-    actors = world.place_actors(rng, objects, roles, synth.width, synth.height, duration)
+    if synth.layout in ("grid", "row"):
+        actors = world.place_on_grid(rng, objects, synth.width, synth.height, synth.grid, still=not synth.motion,
+                                     rows=1 if synth.layout == "row" else None)
+    else:
+        actors = world.place_actors(rng, objects, roles, synth.width, synth.height, duration, still=not synth.motion)
     world.plan_changes(rng, actors, duration, frames_per_scene(synth), kinds, synth.pause_prob, synth.recolor_prob)
     returning = [i for i, o in enumerate(objects) if o in carried]
     return actors, returning

@@ -123,7 +123,7 @@ def plan_background(rng: np.random.Generator, previous: Background | None) -> Ba
 
 
 def new_objects(rng: np.random.Generator, count: int, used_kinds: set[tuple[str, str]], scene_colors: set[str],
-                object_size: int, first_id: int) -> list[WorldObject]:
+                object_size: int, first_id: int, shapes: tuple[str, ...] = SHAPES) -> list[WorldObject]:
     """Up to ``count`` new objects whose (colour, shape) is unused in the video (``used_kinds``, updated).
 
     Colours are also kept distinct within a scene when the palette allows, so "the red object" names one
@@ -132,7 +132,7 @@ def new_objects(rng: np.random.Generator, count: int, used_kinds: set[tuple[str,
     """
     out: list[WorldObject] = []
     for _ in range(count):
-        free = [(c, s) for c in COLOR_NAMES for s in SHAPES if (c, s) not in used_kinds]
+        free = [(c, s) for c in COLOR_NAMES for s in shapes if (c, s) not in used_kinds]
         if not free:
             break
         fresh = [k for k in free if k[0] not in scene_colors]
@@ -162,20 +162,42 @@ def _overlaps(pos: tuple[float, float], half: float, others: list[tuple[tuple[fl
 _EDGE_ANGLE = {"left": math.pi, "right": 0.0, "top": -math.pi / 2, "bottom": math.pi / 2}
 
 
+def place_on_grid(rng: np.random.Generator, objects: list[WorldObject], width: int, height: int, grid: int,
+                  still: bool, rows: int | None = None) -> list[Actor]:
+    """Each object at the centre of its own cell of a ``rows`` x ``grid`` grid (``rows`` None: square; 1: one
+    horizontal row of ``grid`` slots), jittered by up to a tenth of a cell, all on one layer; still objects have
+    no velocity, moving ones a random one (they bounce as usual)."""
+    rows = grid if rows is None else rows
+    cells = rng.permutation(rows * grid)[:len(objects)]
+    speeds = speed_range(width, height)
+    actors = []
+    for obj, cell in zip(objects, cells):
+        row, col = divmod(int(cell), grid)
+        jitter = 0.1 * min(width / grid, height / rows)  # a tenth of the cell's short side, both ways
+        x = (col + 0.5) * width / grid + float(rng.uniform(-jitter, jitter))
+        y = (row + 0.5) * height / rows + float(rng.uniform(-jitter, jitter))
+        vel = (0.0, 0.0) if still else _random_velocity(rng, speeds)
+        actors.append(Actor(obj=obj, role="bounce", layer=0, pos=(x, y), vel=vel))
+    return actors
+
+
 def place_actors(rng: np.random.Generator, objects: list[WorldObject], roles: list[str], width: int, height: int,
-                 duration: float) -> list[Actor]:
+                 duration: float, still: bool = False) -> list[Actor]:
     """Give each object a layer, a start position and a velocity that fit its role.
 
     ``bounce`` actors start fully inside and apart from same-layer actors; ``enter`` actors start outside an
     edge, aimed to come in between 15% and 50% of the scene; ``leave`` actors start inside, aimed to be
-    fully out between 45% and 85% of the scene.
+    fully out between 45% and 85% of the scene. ``still``: every actor is a bouncer without velocity, placed
+    apart from every other actor (no layer passes over another: nothing moves to uncover it).
     """
-    speeds = speed_range(width, height)
+    if still:
+        roles = ["bounce"] * len(roles)
+    speeds = (0.0, 0.0) if still else speed_range(width, height)
     placed: dict[int, list[tuple[tuple[float, float], float]]] = {layer: [] for layer in range(LAYERS)}
     actors: list[Actor] = []
     for obj, role in zip(objects, roles):
         half = obj.size / 2.0
-        layer = int(rng.integers(LAYERS))
+        layer = 0 if still else int(rng.integers(LAYERS))
         pos, vel = (width / 2.0, height / 2.0), _random_velocity(rng, speeds)
         for attempt in range(400):
             if attempt == 200 and role != "bounce":
@@ -209,7 +231,7 @@ def plan_changes(rng: np.random.Generator, actors: list[Actor], duration: float,
     for a in actors:
         if a.role != "bounce":
             continue
-        if rng.random() < pause_prob:
+        if rng.random() < pause_prob and (a.vel[0] or a.vel[1]):  # a still object has no motion to pause
             stop = float(rng.uniform(0.2, 0.5)) * duration
             a.pause = (round(stop, 6), round(stop + float(rng.uniform(0.25, 0.4)) * duration, 6))
         if rng.random() < recolor_prob:

@@ -85,13 +85,25 @@ def lora_target_regex(target_modules: list[str]) -> str:
     return FAMILIES["qwen2_5_vl"].lora_target_regex(target_modules)
 
 
+def load_dtype(cfg: StepRayConfig) -> torch.dtype:
+    """The dtype the base is loaded in: the training precision for a real checkpoint (a 7B model in fp32 is
+    33 GB, more than a 24 GB GPU or a 32 GB node holds before DeepSpeed would cast it), fp32 for the tiny model
+    (its exported base is checked against the workers' weights by fingerprint, in fp32)."""
+    from step_ray.models.loading import TINY
+
+    if cfg.model.name_or_path == TINY:
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+
+
 def build_model(cfg: StepRayConfig, device: torch.device) -> tuple[Any, Any]:
-    """(model, processor): the base in fp32, everything frozen but LoRA (or the whole language model)."""
+    """(model, processor): the base in :func:`load_dtype`, everything frozen but LoRA (or the whole language
+    model)."""
     from step_ray.models.families import family_of
     from step_ray.models.loading import load_model_and_processor
 
     family = family_of(cfg.model)
-    model, processor = load_model_and_processor(cfg.model, device=device, dtype=torch.float32, seed=cfg.run.seed)
+    model, processor = load_model_and_processor(cfg.model, device=device, dtype=load_dtype(cfg), seed=cfg.run.seed)
     model.requires_grad_(False)
     if cfg.train.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and under ZeRO-3's parameter hooks.
@@ -167,8 +179,9 @@ def restore(engine: Any) -> dict[str, Any]:
 
 def micro_batches(
     shard: Any, collate: Any, batch_size: int, prefetch: int, shuffle_batches: int, seed: int
-) -> Iterator[tuple[Optional[dict[str, torch.Tensor]], int, int]]:
-    """Endless ``(micro-batch or None, questions, skipped rows)`` from this worker's shard, epoch after epoch.
+) -> Iterator[tuple[Optional[dict[str, torch.Tensor]], int, int, int]]:
+    """Endless ``(micro-batch or None, questions, skipped rows, lowest stream position or -1)`` from this
+    worker's shard, epoch after epoch.
 
     ``batch_size`` stream rows (sequences) become exactly one item, usable or not, so all workers advance
     through their (equal-size, ``equal=True``) shards in lockstep and meet at the same epoch boundaries: Ray
@@ -330,14 +343,20 @@ def train_loop_per_worker(config: dict) -> None:
     history: list[dict] = list(state.get("history", []))
     counters = {k: int(state.get(k, 0)) for k in ("rows", "skipped", "samples", "micro_batches", "restores")}
     counters["restores"] += 1 if state else 0  # a restart after a failure, or a re-run of the same run name
+    # Where the stream resumed: (step, the checkpoint's position, the first position this rank trained on).
+    resumes: list = list(state.get("resumes", []))
     if rank == 0 and tc.lora.enabled:
         engine.module.print_trainable_parameters()
 
     batch_rows = tc.batch_size * sequences_per_row(cfg)
-    batches = micro_batches(ray.train.get_dataset_shard("train"), ShardCollate(int(processor.tokenizer.pad_token_id
-                                                                                   or 0)),
+    # The checkpoint's stream position (questions consumed, all ranks): positions below it were trained on
+    # before this (re)start and are dropped if the stream delivers them again (see step_ray.train.stream).
+    position = counters["rows"]
+    collate = ShardCollate(int(processor.tokenizer.pad_token_id or 0), start=position)
+    batches = micro_batches(ray.train.get_dataset_shard("train"), collate,
                             batch_rows, tc.data.prefetch_batches, tc.data.shuffle_buffer,
                             seed=cfg.run.seed * 100_003 + rank * 1009 + step)
+    first_position = None
     bar = progress_bar(cfg, rank, step)
 
     # Running sums since the last log: loss, answer, rationale, micro-batches, questions, skipped rows,
@@ -349,7 +368,9 @@ def train_loop_per_worker(config: dict) -> None:
     state_mb = None
     while step < tc.steps:
         waited = time.perf_counter()
-        batch, questions, skipped = next(batches)
+        batch, questions, skipped, first = next(batches)
+        if first_position is None and first >= 0:
+            first_position = first
         window[8] += time.perf_counter() - waited
         window[4] += questions
         window[5] += skipped
@@ -418,7 +439,14 @@ def train_loop_per_worker(config: dict) -> None:
             if bar is not None:
                 bar.set_description(f"train loss {metrics['loss']:.3f} {metrics['samples_per_s']:.1f} samples/s")
         if ckpt_now:
-            state = {"step": step, "history": history, **counters, "world_size": world,
+            if not any(r[0] == start_step for r in resumes):  # the same on every rank: a matched collective
+                # The lowest first position over the ranks: where this (re)start's stream began.
+                none = 2**62
+                low = torch.tensor([none if first_position is None else first_position], dtype=torch.int64,
+                                   device=device)
+                dist.all_reduce(low, op=dist.ReduceOp.MIN)
+                resumes.append([start_step, position, -1 if int(low.item()) == none else int(low.item())])
+            state = {"step": step, "history": history, **counters, "world_size": world, "resumes": resumes,
                      "seconds": time.perf_counter() - run_start, "start_step": start_step,
                      "base_fingerprint": base_fingerprint}
             save_checkpoint(engine, cfg, processor, state, metrics, rank)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from step_ray.train.data import IGNORE_INDEX, TASK_ANSWER, TASK_RATIONALE
+from step_ray.models.encoding import token_nll
+from step_ray.models.prompts import TASK_ANSWER, TASK_RATIONALE
 
 
 class StepLoss(NamedTuple):
@@ -25,22 +25,6 @@ class StepLoss(NamedTuple):
     rationale: torch.Tensor
     answer_tokens: int
     rationale_tokens: int
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood of the next token, and the mask of target positions.
-
-    ``logits[:, t]`` predicts ``labels[:, t + 1]`` (causal shift); both results have shape ``(B, T - 1)``.
-    """
-    shift_logits = logits[:, :-1, :].float()  # fp32 log-softmax even when the model runs in bf16
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.clamp_min(0).reshape(-1),
-        reduction="none",
-    ).view_as(shift_labels)
-    return nll * mask, mask
 
 
 def step_loss(

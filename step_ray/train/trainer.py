@@ -14,15 +14,25 @@ Outputs in ``out_dir``:
 * ``base/``    - the base model + processor the adapter applies to (a copy of the tiny build, or a symlink to a
   local checkpoint directory; nothing for a hub id, whose name is in the summary);
 * ``merged/``  - with ``merged=True``, base + adapter merged into one ``from_pretrained`` directory;
-* ``train_summary.json`` - the summary dict returned.
+* ``step_ray_model.json`` in ``adapter/`` / ``model/`` / ``merged/`` - the model card: the prompt and loss
+  format the model was trained with (:mod:`step_ray.models.card`), which evaluation follows;
+* ``train_summary.json`` - the summary dict returned;
+* ``tensorboard/`` - the reported metrics as TensorBoard scalars (``train.tensorboard``).
+
+Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` here as anywhere else in step-ray: the workers stop with the driver,
+the checkpoints already reported stay, and the same call resumes from the latest one. (``fit()`` runs in a
+helper thread for that: in the main thread Ray Train installs its own SIGINT handler, which aborts the run and
+exits the process with code 1 and no message.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -113,10 +123,12 @@ def worker_env(cfg: StepRayConfig) -> dict[str, str]:
 
 
 def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str,
-                  user_ds: Optional[dict] = None) -> Any:
-    """The ``TorchTrainer`` of this run (not started)."""
+                  user_ds: Optional[dict] = None, tensorboard_dir: Optional[str] = None) -> Any:
+    """The ``TorchTrainer`` of this run (not started); metrics also go to TensorBoard in ``tensorboard_dir``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from step_ray.train.tracking import TensorBoardCallback
 
     tc = cfg.train
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}
@@ -134,6 +146,7 @@ def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg)},
+            callbacks=[TensorBoardCallback(tensorboard_dir)] if tensorboard_dir else None,
         ),
         datasets={"train": dataset},
     )
@@ -180,21 +193,6 @@ def point_adapter_at(adapter_dir: Path, base_dir: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def export_merged(base_dir: Path, adapter_dir: Path, target: Path) -> Path:
-    """Base + LoRA merged into one Hugging Face directory (model and processor)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    base = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    if target.exists():
-        shutil.rmtree(target)
-    merged.save_pretrained(str(target))
-    AutoProcessor.from_pretrained(str(base_dir)).save_pretrained(str(target))
-    return target
-
-
 def run_training(
     cfg: StepRayConfig,
     qra_path: str | Path,
@@ -202,6 +200,7 @@ def run_training(
     name: Optional[str] = None,
     storage_path: Optional[str] = None,
     merged: bool = False,
+    card_kind: str = "train",
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the train split of ``qra_path`` with Ray Train + DeepSpeed; export; summarise.
 
@@ -225,11 +224,18 @@ def run_training(
 
         ensure_tiny(cfg.model, cfg.run.seed)  # build once here, not concurrently in every worker
 
-    from step_ray.train.stream import build_stream
+    from step_ray.train.stream import build_stream, resume_position
+    from step_ray.utils.env import show_progress
 
+    if cfg.train.progress and not show_progress():  # no bar redraws in non-interactive logs
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     user_ds = preflight(cfg, qra_path)
+    # A re-run of the same run starts the data stream where its latest checkpoint left it (no replay).
+    start = resume_position(storage.rstrip("/") + "/" + name)
     started = time.perf_counter()
-    result = build_trainer(cfg, build_stream(cfg, qra_path), name, storage, user_ds).fit()
+    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start), name, storage, user_ds,
+                            str(out / "tensorboard") if cfg.train.tensorboard else None)
+    result = fit_interruptible(trainer)
     wall = time.perf_counter() - started
     if result.error is not None:
         raise result.error
@@ -247,9 +253,16 @@ def run_training(
     base = export_base(cfg, out, state.get("base_fingerprint"))
     if base is not None and cfg.train.lora.enabled:
         point_adapter_at(weights, base)
+    from step_ray.models.card import ModelCard, write_card
+
+    # How the model was trained (prompt format, loss format, frames): evaluation asks it the same way.
+    write_card(weights, ModelCard.of_training(cfg, kind=card_kind, base=cfg.model.name_or_path,
+                                              steps=int(state["step"])))
     merged_dir = None
     if merged and cfg.train.lora.enabled and base is not None:
-        merged_dir = export_merged(base, weights, out / "merged")
+        from step_ray.models.export import merge_adapter
+
+        merged_dir = merge_adapter(base, weights, out / "merged", cfg.model.trust_remote_code)
 
     from step_ray.models.families import family_of
 
@@ -272,6 +285,8 @@ def run_training(
         "peak_rss_mb": max((h.get("peak_rss_mb", 0) for h in history), default=None),
         "state_mb": last.get("state_mb"),
         "skipped_rows": state.get("skipped", 0),
+        "stream_start": start,
+        "resumes": state.get("resumes", []),
         "train_seconds": state.get("seconds"),
         "seconds_per_step": (state["seconds"] / steps_run) if steps_run > 0 and state.get("seconds") else None,
         "wall_seconds": wall,
@@ -290,6 +305,26 @@ def run_training(
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def fit_interruptible(trainer: Any) -> Any:
+    """``trainer.fit()`` in a helper thread, so that SIGINT raises ``KeyboardInterrupt`` in the caller (see the
+    module docstring) instead of Ray Train's handler exiting the process."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # short waits: a pending SIGINT is raised in this (the main) thread
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _mean_after_first(history: list[dict], key: str) -> Optional[float]:

@@ -13,8 +13,11 @@ def cache_dir() -> Path:
 
 
 def configure_ultralytics() -> None:
-    """Keep ultralytics offline and quiet: no downloads, no auto-installs, settings in our cache, and a local
-    font where it looks for Arial (otherwise plotting tries to download one)."""
+    """Keep ultralytics offline, quiet and safe: no downloads, no auto-installs, settings in our cache, a local
+    font where it looks for Arial (otherwise plotting tries to download one), and YOLO ``.pt`` files loaded with
+    ``weights_only=True`` and ultralytics' allow-list of model classes (``ULTRALYTICS_SAFE_LOAD``; by default it
+    unpickles them, which runs whatever code a crafted file carries). Must run before ultralytics is imported."""
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -47,8 +50,8 @@ def worker_env() -> dict[str, str]:
     DS_ACCELERATOR is deliberately not passed on: the driver may sit on a CPU-only head node while the
     training workers have GPUs; the trainer sets it per worker from ``train.use_gpu``."""
     configure_ultralytics()
-    keys = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR", "HF_HUB_OFFLINE", "STEP_RAY_CACHE",
-            "TORCH_EXTENSIONS_DIR")
+    keys = ("ULTRALYTICS_SAFE_LOAD", "YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_VERBOSE", "YOLO_CONFIG_DIR",
+            "HF_HUB_OFFLINE", "STEP_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -62,3 +65,27 @@ def limit_threads(cpus: float) -> int:
     cv2.setNumThreads(n)
     torch.set_num_threads(n)
     return n
+
+
+def quiet_library_bars() -> None:
+    """Outside a terminal, also switch off the bars of the libraries (tqdm's own, Hugging Face's): set before
+    they are imported, and passed on to the Ray workers by :func:`worker_env`."""
+    if not show_progress():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: only where a person watches (stderr is a terminal), so that logs of jobs,
+    CI and `nohup` runs hold lines, not thousands of bar redraws. ``STEP_RAY_PROGRESS=1`` / ``0`` forces it."""
+    import sys
+
+    forced = os.environ.get("STEP_RAY_PROGRESS", "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False

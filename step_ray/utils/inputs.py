@@ -12,13 +12,17 @@ An argument may be:
 
 Listing is a generator (:func:`iter_argument`): a folder is walked one directory at a time and a manifest is
 read line by line, so a corpus of millions of files is never a list in memory. The steps run these
-generators inside Ray Data read tasks (:mod:`step_ray.pipeline.sources`); :func:`check_arguments` checks up
-front, cheaply, that each argument names something, so a typo fails before any work with one line.
+generators inside Ray Data read tasks (:mod:`step_ray.pipeline.dataflow`); :func:`check_arguments` checks up
+front that each argument names something, so a typo fails before any work with one line.
 
 Ids: the manifest's ``video_id``, else the file stem; where two inputs share one, both get a short hash of
-their URI appended (:func:`unique_ids`). An id becomes a file name (``{video_id}.stsg.json``), so one that
-is not a plain file name (a path separator, ``..``, a leading dot, control characters, over 200
-characters) is never used: :func:`id_problem` says why, and the input ends as an error row with that reason.
+their URI appended (:func:`unique_ids`). An id becomes a file name (``{video_id}.stsg.json``), so it must be a
+plain file name: a string (or an integer) of at most 200 characters, without ``/``, ``\\``, control
+characters or a leading ``.``. A manifest that gives another (``../../x``, ``/tmp/x``, a list) is a bad input
+file: :func:`check_arguments` reads every manifest through (streamed, constant memory) and refuses it with
+the manifest's line, before any work (:func:`check_video_id`). An id that comes from a file's stem and is
+not usable (``.hidden.mp4``) is never used either: :func:`id_problem` says why, and that input ends as an
+error row with the reason while the others go on.
 """
 
 from __future__ import annotations
@@ -51,23 +55,46 @@ def _has_glob(item: str) -> bool:
     return any(c in item for c in "*?[")
 
 
+def check_video_id(value: object, where: str) -> Optional[str]:
+    """A manifest's ``video_id`` as a plain name, None when absent (the file stem is used), or
+    :class:`InputError` naming ``where``: an id becomes an output file name and must never leave the output
+    folder."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: video_id must be a string, got {type(value).__name__} {value!r}"[:300])
+    if id_problem(value) is not None:
+        raise InputError(f"{where}: video_id {value[:80]!r} must be a plain file name (no '/', '\\', leading '.' "
+                         f"or control characters, at most {MAX_ID_LENGTH} characters)")
+    return value
+
+
 def is_manifest(item: str) -> bool:
     return str(item).lower().endswith(MANIFEST_SUFFIXES)
 
 
 def check_arguments(items: Iterable[str], suffixes: tuple[str, ...], manifests: bool = True) -> None:
     """Fail (:class:`InputError`) when an argument names nothing: no such file, folder or object, or a glob
-    or local folder without a single matching file. Cheap: stops at the first match."""
+    or local folder without a single matching file (cheap: stops at the first match); or when a manifest is a
+    bad input file (a malformed line, an id that is not a plain file name, no videos): it is read through,
+    line by line in constant memory, so a bad line fails before any work rather than in the middle of a run."""
     for item in map(str, items):
         if storage.is_remote(item):
             import pyarrow.fs as pafs
 
             fs, path = storage.filesystem(item)
-            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
                 raise InputError(f"--input {item}: no such object or prefix")
+            if manifests and is_manifest(item) and info.type == pafs.FileType.File:
+                _read_through(item)
             continue
         p = Path(item)
         if p.is_file():
+            if manifests and is_manifest(item):
+                _read_through(item)
             continue
         if p.is_dir():
             if next(_walk_local(p, suffixes), None) is None:
@@ -75,6 +102,11 @@ def check_arguments(items: Iterable[str], suffixes: tuple[str, ...], manifests: 
             continue
         if not _has_glob(item) or next(_glob(item, suffixes), None) is None:
             raise InputError(f"--input {item}: no such file or folder, and no {'/'.join(suffixes)} file matches it")
+
+
+def _read_through(manifest: str) -> None:
+    for _ in iter_manifest(manifest):
+        pass
 
 
 def iter_argument(item: str, suffixes: tuple[str, ...], manifests: bool = True) -> Iterator[Entry]:
@@ -161,9 +193,7 @@ def iter_manifest(uri: str) -> Iterator[Entry]:
                     raise InputError(f"--input {uri}: line {n} is not JSON ({err})") from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("uri"), str):
                     raise InputError(f"--input {uri}: line {n} has no string 'uri'")
-                vid = obj.get("video_id")
-                if vid is not None and not isinstance(vid, str):
-                    raise InputError(f"--input {uri}: line {n}: 'video_id' must be a string")
+                vid = check_video_id(obj.get("video_id"), f"--input {uri}: line {n}")
                 count += 1
                 yield _resolve(base, obj["uri"]), vid
         elif name.endswith(".csv"):
@@ -172,8 +202,9 @@ def iter_manifest(uri: str) -> Iterator[Entry]:
                 raise InputError(f"--input {uri}: a CSV manifest needs a 'uri' column")
             for r in reader:
                 if r.get("uri"):
+                    vid = check_video_id(r.get("video_id"), f"--input {uri}: line {reader.line_num}")
                     count += 1
-                    yield _resolve(base, r["uri"]), r.get("video_id") or None
+                    yield _resolve(base, r["uri"]), vid
         else:
             for line in f:
                 line = line.strip()

@@ -1,0 +1,77 @@
+"""Where a model comes from: resolve any step-ray model reference to a base, an optional adapter and a card.
+
+A *model source* is one of
+
+* ``None``                   - the base model of ``cfg.model`` (for 'tiny': the build of ``cfg.run.seed``);
+* an output folder of ``step-ray train`` (``adapter/`` + ``base/``, or ``model/``; ``merged/`` is equal to
+  adapter + base and not needed) or of ``step-ray pretrain`` (``model/``);
+* a Ray Train checkpoint folder of a run (``adapter/`` + ``state.json``; the base is ``cfg.model``);
+* a peft adapter folder (``adapter_config.json``; the base is a sibling ``base/``, else the adapter's
+  ``base_model_name_or_path`` when that folder exists, else ``cfg.model``);
+* a Hugging Face model folder (``config.json``), e.g. a merged export, a pretrained base, a local checkpoint;
+* a hub id (anything that is not a local folder but looks like ``org/name``), handed to ``from_pretrained``.
+
+The card (:mod:`step_ray.models.card`) is looked up in the adapter or model folder, then in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from step_ray.models.card import ModelCard, read_card
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ModelSourceError(FileNotFoundError):
+    """A model reference that is neither a step-ray output, an adapter, a model folder nor a hub id."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    base: Optional[str]  # what from_pretrained loads first; None: the configured base (cfg.model)
+    adapter: Optional[str]  # a peft adapter folder applied on top, or None
+    description: str  # 'base:tiny', 'adapter:/runs/x/train', 'model:/runs/x/pretrain/model', ...
+    card: Optional[ModelCard]
+
+
+def _card(*folders: Optional[Path]) -> Optional[ModelCard]:
+    for folder in folders:
+        if folder is not None:
+            card = read_card(folder)
+            if card is not None:
+                return card
+    return None
+
+
+def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> ResolvedModel:
+    """Resolve ``source`` (see the module docstring); ``base_name`` is ``cfg.model.name_or_path``."""
+    if source is None or str(source) == "":
+        return ResolvedModel(None, None, f"base:{base_name}", None)
+    path = Path(source)
+    if not path.is_dir():
+        if "://" not in str(source) and _HUB_ID.match(str(source)) and not path.exists():
+            return ResolvedModel(str(source), None, f"hub:{source}", None)
+        raise ModelSourceError(f"no model folder at {source}")
+    if (path / "adapter" / "adapter_config.json").is_file():
+        base = path / "base"
+        return ResolvedModel(str(base) if (base / "config.json").is_file() else None, str(path / "adapter"),
+                             f"adapter:{path}", _card(path / "adapter", path))
+    if (path / "model" / "config.json").is_file():
+        return ResolvedModel(str(path / "model"), None, f"model:{path / 'model'}", _card(path / "model", path))
+    if (path / "adapter_config.json").is_file():
+        card = _card(path, path.parent)
+        sibling = path.parent / "base"
+        if (sibling / "config.json").is_file():
+            return ResolvedModel(str(sibling), str(path), f"adapter:{path}", card)
+        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if named and (Path(named) / "config.json").is_file():
+            return ResolvedModel(str(named), str(path), f"adapter:{path}", card)
+        return ResolvedModel(None, str(path), f"adapter:{path}", card)
+    if (path / "config.json").is_file():
+        return ResolvedModel(str(path), None, f"model:{path}", _card(path))
+    raise ModelSourceError(f"{source}: neither a run output, a checkpoint, an adapter nor a model folder")

@@ -1,0 +1,136 @@
+"""``step-ray pretrain``: a base model that perceives, the laptop's stand-in for a pretrained Video-LLM.
+
+STEP fine-tunes a Video-LLM that already sees: it answers simple questions about a frame and parses
+semantics. A random-weight tiny model sees nothing, so a laptop run would measure noise. This step trains the
+model of ``model`` (for 'tiny': from random weights) with full fine-tuning, vision tower included, on 1-step
+perception questions of a synthetic corpus of its own, through the same pipeline every model goes through:
+
+    synth (pretrain.videos, pretrain.seed)  ->  QRA of the ground-truth graphs (pretrain.families, 1 step)
+        ->  Ray Train + DeepSpeed, full fine-tuning  ->  model/ (a Hugging Face folder + its card)
+        ->  eval on its held-out videos, with black frames beside it (does it use its eyes?)
+
+Outputs under the pretrain folder: ``corpus/``, ``qra/``, ``train/`` (checkpoints), ``model/``, ``eval/``
+(``held_out.json``, ``held_out_blank.json``) and ``pretrain.json`` (the summary; its presence with the same
+settings key means done). With ``pretrain.output`` null the folder is in step-ray's cache, keyed by every
+setting that shapes the base, so later runs (the demo's second run, the ablation's seeds) reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from step_ray.config import FamilyWeights, StepRayConfig, to_dict
+
+SUMMARY = "pretrain.json"
+
+
+def pretrain_config(cfg: StepRayConfig) -> StepRayConfig:
+    """The config tree of the pretraining run derived from ``cfg`` (its corpus, questions and training)."""
+    pc = cfg.pretrain
+    weights = FamilyWeights(**{f.name: (1.0 if f.name in pc.families else 0.0)
+                               for f in dataclasses.fields(FamilyWeights)})
+    qra = dataclasses.replace(
+        cfg.qra, min_steps=1, max_steps=pc.max_steps, step_weights=[], samples_per_video=pc.samples_per_video,
+        family_weights=weights, ops=list(pc.ops or cfg.qra.ops), test_fraction=pc.test_fraction, val_fraction=0.0,
+        filter=dataclasses.replace(cfg.qra.filter, enabled=False))
+    lora = dataclasses.replace(cfg.train.lora, enabled=False, train_vision=True)
+    train = dataclasses.replace(
+        cfg.train, steps=pc.steps, batch_size=pc.batch_size, lr=pc.lr, rationale_weight=pc.rationale_weight,
+        loss_format="multitask", lora=lora, init=None, warmup_steps=min(cfg.train.warmup_steps, pc.steps),
+        checkpoint_every=max(1, min(cfg.train.checkpoint_every, pc.steps)))
+    synth = dataclasses.replace(cfg.synth, videos=pc.videos, seed=pc.seed)
+    return dataclasses.replace(cfg, synth=synth, qra=qra, train=train,
+                               semantics=dataclasses.replace(cfg.semantics, enabled=False))
+
+
+def pretrain_key(cfg: StepRayConfig) -> str:
+    """A content key of every setting that shapes the base (the derived tree, less where it is written)."""
+    import transformers
+
+    from step_ray.models import tiny
+
+    derived = to_dict(pretrain_config(cfg))
+    for section in ("ray", "eval", "ablation", "stsg", "perception", "semantics"):
+        derived.pop(section, None)
+    derived["run"] = {"seed": cfg.run.seed}
+    derived["pretrain"].pop("enabled", None)
+    derived["pretrain"].pop("output", None)
+    derived["train"].pop("progress", None)
+    derived["train"].pop("log_every", None)
+    derived["versions"] = {"transformers": transformers.__version__,
+                           "tiny": hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]}
+    return hashlib.sha256(json.dumps(derived, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pretrain_dir(cfg: StepRayConfig) -> Path:
+    """Where the base of ``cfg`` is (or will be) kept."""
+    if cfg.pretrain.output:
+        return Path(cfg.pretrain.output)
+    from step_ray.utils.env import cache_dir
+
+    return cache_dir() / "pretrained" / f"base-{pretrain_key(cfg)}"
+
+
+def finished(out: Path, key: str) -> Optional[dict[str, Any]]:
+    """The summary of a finished pretraining in ``out`` with settings ``key``, else None."""
+    path = out / SUMMARY
+    if not path.is_file() or not (out / "model" / "config.json").is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("key") == key else None
+
+
+def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_ray: bool = True) -> dict[str, Any]:
+    """Pretrain (or reuse) the base; returns the summary with ``model_dir``, the folder to load."""
+    from step_ray.pipeline import steps
+
+    key = pretrain_key(cfg)
+    out = Path(out_dir) if out_dir is not None else pretrain_dir(cfg)
+    done = finished(out, key)
+    if done is not None:
+        return {**done, "reused": True}
+    pcfg = pretrain_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        result = fn(*args, **kwargs)
+        seconds[name] = round(time.perf_counter() - t, 1)
+        return result
+
+    synth = timed("synth", steps.synth_step, pcfg, out / "corpus")
+    qra = timed("qra", steps.qra_step, pcfg, [synth["gt_dir"]], out / "qra", use_ray=use_ray)
+    if not qra["samples"]:
+        raise RuntimeError(f"the perception corpus gave no questions; see {out / 'qra' / 'stats.json'}")
+    train = timed("train", steps.train_step, pcfg, out / "qra", out / "train", card_kind="pretrain")
+    model_dir = Path(train["model_dir"])
+    evals = {}
+    held_out = steps.has_split(out / "qra", "test")
+    for vision in (["real", *pcfg.eval.vision_controls] if held_out else []):
+        name = "held_out" if vision == "real" else f"held_out_{vision}"
+        evals[name] = timed(f"eval {vision}", steps.eval_step, pcfg, out / "qra", str(model_dir), out / "eval", name,
+                            vision=vision)
+    summary = {
+        "key": key,
+        "model_dir": str(model_dir.resolve()),
+        "videos": synth["videos"],
+        "questions": qra["samples"],
+        "by_split": qra["by_split"],
+        "train_steps": train["steps"],
+        "final_loss": train["final_loss"],
+        "accuracy": {name: {k: r.get(k) for k in ("accuracy", "low", "high", "n", "chance")}
+                     for name, r in evals.items()},
+        "note": None if held_out else "no held-out video (raise pretrain.videos or pretrain.test_fraction): "
+                                      "not measured how well the base perceives",
+        "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
+        "reused": False,
+    }
+    steps.write_json(out / SUMMARY, summary)
+    return summary

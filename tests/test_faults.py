@@ -1,0 +1,275 @@
+"""Faults, survived: a perception actor killed mid-run; a video that kills every process decoding it; the stsg and
+train drivers interrupted (SIGINT, SIGKILL) and re-run; a SIGKILLed driver leaving no Ray process behind.
+
+A "video that kills its decoder" is played here by a watcher that SIGKILLs whichever Ray worker process has that
+file open: the same death (no exception, no cleanup) a decoder segfault or the kernel's OOM killer deals, on the
+real actor processes, with no test hook in step-ray's code. The driver tests start their own embedded Ray in a
+subprocess (own_ray: they run before the session's Ray starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from step_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ray_workers_with_open(name: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if not (proc.info["name"] or "").startswith("ray::") and "ray::" not in " ".join(proc.info["cmdline"] or []):
+                continue
+            if any(f.path.endswith(name) for f in proc.open_files()):
+                pids.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+class Killer(threading.Thread):
+    """SIGKILL every Ray worker that opens a file ending in ``name`` (``limit`` times at most)."""
+
+    def __init__(self, name: str, limit: int):
+        super().__init__(daemon=True)
+        self.name, self.limit, self.kills, self.stop = name, limit, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.kills) < self.limit:
+            for pid in _ray_workers_with_open(self.name):
+                if pid in self.kills:  # dying already (a killed process holds its files until it is reaped)
+                    continue
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills.append(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+
+
+def _results(out: Path) -> list[dict]:
+    """The results rows of the last complete stsg run into ``out`` (its sharded results table)."""
+    from step_ray.pipeline.stsg_run import rows_of_last_run
+
+    return rows_of_last_run(str(out))
+
+
+def _graph_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.stsg.json"))}
+
+
+@pytest.fixture(scope="module")
+def reference_graphs(synth_corpus, tmp_path_factory):
+    """The corpus's graphs from an uninterrupted, in-process run (the sequential runner)."""
+    from step_ray.pipeline.steps import stsg_step
+
+    out = tmp_path_factory.mktemp("reference_stsg")
+    summary = stsg_step(synth_corpus["cfg"], [str(synth_corpus["dir"] / "videos")], out, use_ray=False)
+    assert summary["ok"] == len(synth_corpus["items"])
+    return _graph_bytes(out)
+
+
+@pytest.mark.ray
+def test_killed_perception_actor_mid_run_loses_nothing(ray_session, synth_corpus, reference_graphs, tmp_path):
+    """SIGKILL the perception actor while it decodes a video: Ray restarts it, the batch is retried, the run
+    finishes with every video exactly once and graphs byte-identical to the uninterrupted run."""
+    from step_ray.pipeline.steps import stsg_step
+
+    videos = sorted((synth_corpus["dir"] / "videos").glob("*.mp4"))
+    killer = Killer(videos[2].name, limit=1)
+    killer.start()
+    out = tmp_path / "stsg"
+    summary = stsg_step(synth_corpus["cfg"], [str(synth_corpus["dir"] / "videos")], out)
+    killer.stop.set()
+    assert len(killer.kills) == 1, "the actor decoding the video was never caught: nothing was killed"
+    rows = _results(out)
+    assert sorted(r["video_id"] for r in rows) == sorted(v.stem for v in videos)  # each exactly once
+    assert summary["ok"] == len(videos) and summary["failed"] == 0
+    assert _graph_bytes(out) == reference_graphs
+
+
+@pytest.mark.ray
+def test_video_that_kills_its_decoder_becomes_an_error_row(ray_session, synth_corpus, tmp_path):
+    """Every process that opens poison.mp4 dies: after perception.pool.max_retries retries it is an error row
+    with the reason, and every other video still gets its graph."""
+    from step_ray.pipeline.steps import stsg_step
+
+    videos = tmp_path / "videos"
+    shutil.copytree(synth_corpus["dir"] / "videos", videos)
+    shutil.copy(videos / "synth_0001.mp4", videos / "poison.mp4")
+    cfg = load_config(None, ["video.sample_fps=5", "perception.pool.max_retries=1", "perception.pool.max_size=1"])
+    killer = Killer("poison.mp4", limit=50)
+    killer.start()
+    started = time.perf_counter()
+    summary = stsg_step(cfg, [str(videos)], tmp_path / "stsg")
+    seconds = time.perf_counter() - started
+    killer.stop.set()
+    rows = {r["video_id"]: r for r in _results(tmp_path / "stsg")}
+    assert len(rows) == len(list(videos.glob("*.mp4")))
+    assert rows["poison"]["status"] == "error" and "died 2 times" in rows["poison"]["error"], rows["poison"]
+    assert all(r["status"] == "ok" for vid, r in rows.items() if vid != "poison")
+    assert summary["failed"] == 1 and summary["accounted_for"]
+    assert len(killer.kills) == 2, killer.kills  # 1 + max_retries attempts, then no more: not Ray's endless retries
+    print(f"poison video: {len(killer.kills)} kills, run {seconds:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------ drivers
+
+
+def _cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "step_ray.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before the interrupt: "
+                                 f"{proc.communicate()[1][-3000:]}")
+        assert time.time() < deadline, "timed out waiting for progress"
+        time.sleep(0.2)
+
+
+def _left_behind(ray_tmp: Path) -> list[str]:
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(ray_tmp) in cmdline and "step_ray.utils.reaper" not in cmdline:
+                left.append(f"{proc.info['pid']} {cmdline[:80]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return left
+
+
+def _no_ray_left(ray_tmp: Path, timeout: float = 40) -> list[str]:
+    deadline = time.time() + timeout
+    while _left_behind(ray_tmp) and time.time() < deadline:
+        time.sleep(1)
+    return _left_behind(ray_tmp)
+
+
+def _driver_env(tmp_path: Path) -> tuple[dict, Path]:
+    ray_tmp = Path("/tmp") / f"srd{os.getpid()}"  # Ray's socket paths must stay short
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    ray_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), "STEP_RAY_CACHE": str(tmp_path / "cache"),
+           "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    return env, ray_tmp
+
+
+@pytest.mark.own_ray
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_stsg_driver_resumes_to_the_same_graphs(synth_corpus, reference_graphs, tmp_path, sig):
+    """Interrupt the `stsg` driver after its first graph: SIGINT exits 130 saying what was kept, SIGKILL leaves
+    no Ray process behind; the re-run skips what is done and ends with graphs byte-identical to the
+    uninterrupted run."""
+    env, ray_tmp = _driver_env(tmp_path)
+    out = tmp_path / "stsg"
+    args = ["stsg", "--input", str(synth_corpus["dir"] / "videos"), "--output", str(out), "video.sample_fps=5",
+            "ray.num_cpus=2", "perception.pool.max_size=1"]
+    try:
+        proc = _cli(args, env)
+        _wait_for(lambda: len(list(out.glob("*.stsg.json"))) >= 1, proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, err[-2000:]
+            assert "interrupted; finished graphs in" in err and "a re-run skips them" in err
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        left = _no_ray_left(ray_tmp)
+        assert left == [], f"the interrupted driver left Ray processes: {left}"
+        kept = len(list(out.glob("*.stsg.json")))
+
+        proc = _cli(args, env)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["ok"] == len(synth_corpus["items"]) and summary["skipped_done"] >= kept >= 1
+        assert sorted(r["video_id"] for r in _results(out)) == sorted(i["video_id"] for i in synth_corpus["items"])
+        assert _graph_bytes(out) == reference_graphs
+        print(f"stsg {sig.name}: {kept} graph(s) kept, {summary['skipped_done']} skipped by the re-run of "
+              f"{summary['videos']}, graphs byte-identical to the uninterrupted run")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def toy_qra(tmp_path_factory):
+    from step_ray.train.toy import make_toy_qra
+
+    return make_toy_qra(tmp_path_factory.mktemp("toy_faults"), videos=8, seed=1)
+
+
+@pytest.mark.own_ray
+def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qra, tmp_path):
+    """SIGINT `train` after its first checkpoint (exit 130, checkpoints kept), SIGKILL the re-run after its next
+    one (no Ray process left), then finish: the run ends at exactly train.steps optimizer steps, each logged once,
+    and each re-run's data stream started at its checkpoint's position instead of replaying from position 0."""
+    env, ray_tmp = _driver_env(tmp_path)
+    out = tmp_path / "train"
+    steps, every = 12, 3
+    args = ["train", "--input", str(toy_qra), "--output", str(out), "ray.num_cpus=2", "train.num_workers=2",
+            "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", f"train.steps={steps}",
+            f"train.checkpoint_every={every}", "train.log_every=1", "train.batch_size=2", "train.lora.r=4",
+            "train.keep_checkpoints=5", "train.warmup_steps=0"]
+    storage = out / "checkpoints" / "step-ray-train"
+
+    def checkpoints() -> int:
+        """Checkpoints Ray Train has registered (a folder being written does not count: a run interrupted then
+        resumes from the one before)."""
+        from ray.train import Result
+
+        try:
+            return len(Result.from_path(str(storage)).best_checkpoints)
+        except (RuntimeError, OSError, ValueError):
+            return 0
+
+    try:
+        proc = _cli(args, env)
+        _wait_for(lambda: checkpoints() >= 1, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 130, err[-3000:]
+        assert "interrupted; checkpoints in" in err and "resumes from the latest one" in err
+        assert _no_ray_left(ray_tmp) == []
+
+        first = checkpoints()
+        proc = _cli(args, env)
+        _wait_for(lambda: checkpoints() >= first + 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        left = _no_ray_left(ray_tmp)
+        assert left == [], f"a SIGKILLed driver left Ray processes: {left}"
+
+        proc = _cli(args, env)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["steps"] == steps and 0 < summary["start_step"] < steps
+        assert [h["step"] for h in summary["history"]] == list(range(1, steps + 1))
+        resumes = summary["resumes"]  # [start step, checkpoint position, first position trained on]
+        assert resumes[0][:2] == [0, 0] and len(resumes) >= 2
+        for start_step, position, first_position in resumes[1:]:
+            assert start_step > 0 and position > 0 and first_position >= position, resumes
+        assert summary["stream_start"] == resumes[-1][1]
+        print(f"train interrupts: resumes {resumes}, {summary['rows_seen']} questions over {steps} steps")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""The job path, for real: a local head started with `ray start --head` (its own ports and temp dir), a small
+`jobs/self_train.py` run submitted with the real `ray job submit` client and the repo's runtime env, its logs
+followed to success, its outputs checked, the head stopped and no process of it left behind; and the upload
+that `--working-dir .` builds, the way Ray builds it, bounded in size.
+
+The head is a second local Ray on this host: these tests run first in the session (tests/conftest.py orders
+them), before the session's own Ray starts, so that two never run at once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+pytestmark = pytest.mark.own_ray
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _session_processes(temp_dir: str) -> list[int]:
+    """Processes of the Ray started under ``temp_dir`` (its path is on every Ray process's command line or in
+    its environment's session dir)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in cmdline:
+                found.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+def _stop_head(head: subprocess.Popen, temp: str) -> None:
+    """SIGTERM the head's process group (`ray start --block` and what it started), SIGKILL what is left."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + 30
+    while _session_processes(temp) and time.time() < deadline:
+        time.sleep(1)
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
+    time.sleep(1)
+
+
+@pytest.fixture
+def local_head(tmp_path_factory):
+    """`ray start --head --block` with its own ports and temp dir, in its own process group; stopped by
+    signalling that group (never `ray stop`, which would stop every Ray on the machine)."""
+    temp = tempfile_dir = tmp_path_factory.mktemp("rayhead")
+    temp = str(Path("/tmp") / f"srh{os.getpid()}")  # Ray's socket paths must stay short
+    shutil.rmtree(temp, ignore_errors=True)
+    gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, metrics, runtime_env = _free_ports(9)
+    # Token authentication on, as on the shipped clusters, with a token of this test's own (no ~/.ray file).
+    # `python` in a job's entrypoint is the nodes' Python, with step-ray's dependencies (the cluster image's):
+    # here, this test's interpreter.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": "", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": "", "PATH": path}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+           "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", f"--node-manager-port={node_mgr}",
+           f"--object-manager-port={obj_mgr}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={runtime_env}",
+           f"--temp-dir={temp}", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats"]
+    log = open(tempfile_dir / "head.log", "w")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, text=True, env=env)
+        if probe.returncode == 0:
+            break
+        if head.poll() is not None:
+            break
+        time.sleep(2)
+    else:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        _stop_head(head, temp)
+        pytest.fail("the local head did not come up: " + (tempfile_dir / "head.log").read_text()[-1500:]
+                    + ("\nray job list: " + (probe.stdout + probe.stderr)[-1500:] if probe else ""))
+    yield {"address": address, "env": env, "temp": temp}
+    _stop_head(head, temp)
+    log.close()
+    left = _session_processes(temp)
+    for pid in left:  # do not leak into the rest of the suite; the assertion below still fails the test
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
+    assert not left, f"processes of the stopped head still running: {left}"
+
+
+def test_ray_job_submit_self_train_round_trip(local_head, tmp_path, capsys):
+    """A tiny self-train run as a Ray job: uploaded working dir, the repo's runtime env, the logs followed to
+    SUCCEEDED, the run's outputs on the (shared) output path."""
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    overrides = ["synth.videos=6", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2",
+                 "train.batch_size=2", "train.checkpoint_every=2", "train.log_every=1", "train.num_workers=2",
+                 "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "perception.pool.max_size=1",
+                 "qra.pool.max_size=1", "eval.batch_size=8", "eval.max_samples=8"]
+    runtime_env = tmp_path / "runtime_env.yaml"
+    env_spec = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    env_spec["env_vars"] = {**env_spec["env_vars"], "STEP_RAY_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+                            "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+    runtime_env.write_text(yaml.safe_dump(env_spec))
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", local_head["address"], "--working-dir", str(ROOT),
+         "--runtime-env", str(runtime_env), "--", "python", "jobs/self_train.py", "--config", "configs/demo.yaml",
+         "--output", str(out), *overrides],
+        capture_output=True, text=True, env=local_head["env"], timeout=900)
+    seconds = time.perf_counter() - started
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-4000:]
+    assert "succeeded" in logs.lower()
+    assert "Uploading package" in logs or "working_dir" in logs.lower() or "gcs://" in logs
+    summary = yaml.safe_load((out / "summary.json").read_text())
+    assert summary["stsg"]["ok"] == 6 and summary["qra"]["samples"] > 0 and summary["train"]["steps"] == 2
+    assert (out / "train" / "adapter" / "adapter_config.json").is_file() and (out / "report.md").is_file()
+    assert list((out / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "%|" not in logs and "\x1b[A" not in logs, "progress bars in a job's log"  # tqdm draws "50%|###"
+    with capsys.disabled():
+        print(f"\n  ray job submit self-train round trip: {seconds:.0f} s, log {len(logs)} bytes")
+
+
+def test_relative_output_is_refused_inside_a_job(local_head, tmp_path):
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", local_head["address"], "--working-dir", str(ROOT),
+         "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", "python", "jobs/synth.py",
+         "--out", "data/synth", "--videos", "1"],
+        capture_output=True, text=True, env=local_head["env"], timeout=300)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "step-ray: error: --out data/synth: a relative path inside a Ray job" in logs
+
+
+def test_upload_package_keeps_data_runs_and_weights_out(tmp_path):
+    """Build the --working-dir package the way `ray job submit` does (Ray's own packaging, .gitignore honoured,
+    the runtime env's excludes) from a copy of the repo with a virtualenv, run outputs, the README's example
+    folders and weights in it: none of those is in the package, and it stays small."""
+    from ray._private.runtime_env.packaging import create_package
+
+    tree = tmp_path / "repo"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache"))
+    junk = {".venv/lib/big.so": 2, "runs/demo/train/checkpoints/x/model.safetensors": 2, "data/synth/a.mp4": 2,
+            "out/train/adapter/adapter_model.safetensors": 2, "model.pt": 2, "weights/yolo11n.pt": 2,
+            "checkpoints/ckpt.bin": 2}
+    for name, mib in junk.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(os.urandom(mib << 20))
+    excludes = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())["excludes"]
+    package = tmp_path / "pkg.zip"
+    create_package(str(tree), package, include_gitignore=True, excludes=excludes)
+    names = zipfile.ZipFile(package).namelist()
+    assert "jobs/self_train.py" in names and "step_ray/cli.py" in names and "configs/demo.yaml" in names
+    assert not [n for n in names if any(n.startswith(j) or n == j for j in junk)], names
+    size = package.stat().st_size
+    assert size < 4 << 20, f"upload of {size / 2**20:.1f} MiB"
