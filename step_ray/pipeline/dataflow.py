@@ -36,6 +36,10 @@ from step_ray.utils.tally import TALLY_KEYS, TALLY_SCHEMA
 #: CPUs asked for by the flow's own small tasks (listing, reads, id assignment, writes) that run beside the
 #: stages' actor pools: Ray Data's default of one CPU each would wait behind the pools on a small cluster.
 TASK_CPUS = 0.25
+#: CPUs asked for by the reads that feed the stages and the writes that drain them: none, so they are never
+#: stuck behind actor pools that hold every CPU (pools at min_size = the whole cluster would otherwise hang
+#: the run). They only move a few hundred bytes a row; Ray Data bounds how many run at once.
+STREAM_IO_CPUS = 0
 #: Rows per block of the listing read tasks (before ids are assigned; listing rows are a few hundred bytes).
 LISTING_BLOCK_ROWS = 1000
 
@@ -203,6 +207,31 @@ class InputListing:
                 return "ListInputs"
 
         return ListInputs()
+
+
+def parquet_parts(files: Sequence[str]) -> Any:
+    """A Ray Data datasource with one read task per Parquet file of ``files`` (local or on an object store)."""
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    files = list(files)
+    fs, p = storage.filesystem(files[0])
+    with fs.open_input_file(p) as f:
+        schema = pq.read_schema(f)
+
+    class ParquetParts(Datasource):
+        def estimate_inmemory_data_size(self) -> Optional[int]:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None, **_: Any):
+            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+            return [ReadTask(lambda path=path: _read_batches([path], None), meta, schema=schema) for path in files]
+
+        def get_name(self) -> str:
+            return "ReadParts"
+
+    return ParquetParts()
 
 
 # --------------------------------------------------------------------------------------------- sinks
@@ -411,7 +440,9 @@ class RayFlow:
                 count += pq.ParquetFile(fh).metadata.num_rows
         if not files:
             return ray.data.from_items([]), 0
-        ds = ray.data.read_parquet(files, file_extensions=["parquet"], num_cpus=TASK_CPUS)
+        # Our own read tasks over the known part files, not ray.data.read_parquet: its ListFiles step asks for a
+        # whole CPU whatever num_cpus says, and would wait for ever behind actor pools that hold every CPU.
+        ds = ray.data.read_datasource(parquet_parts(files), num_cpus=STREAM_IO_CPUS)
         # Blocks sized to the first stage's batch: every actor gets work however large the corpus is, and no
         # block of thousands of videos ends up on one actor.
         return ds.repartition(target_num_rows_per_block=max(1, block_rows)), count
@@ -422,7 +453,7 @@ class RayFlow:
         return map_stages(ds, stages)
 
     def write(self, ds: Any, sink: PartSink) -> None:
-        ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": TASK_CPUS})
+        ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": STREAM_IO_CPUS})
 
     def group_sums(self, files: Sequence[str], keys: Sequence[str], sums: Sequence[str]) -> list[dict]:
         import ray.data
