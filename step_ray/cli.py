@@ -156,14 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, ray=True)
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=EPILOG,
-                       help="multiple-choice accuracy by number of reasoning steps",
-                       description="Score every option of each test-split question by its likelihood under the "
-                                   "model and report accuracy overall, by steps (1, 2, 3+) and by family.")
-    p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
+                       help="accuracy by number of reasoning steps, on step-ray's QRA or a public benchmark",
+                       description="Without --benchmark: score every option of each test-split question of a QRA "
+                                   "file by its likelihood under the model, in this process, and write "
+                                   "OUTPUT/NAME.json (accuracy overall, by steps 1/2/3+ and by family, 95% Wilson "
+                                   "intervals).\n\nWith --benchmark nextqa|star|agqa|qra: read the benchmark's "
+                                   "file as distributed (docs/benchmarks.md), score its questions on a Ray Data "
+                                   "actor pool (eval.pool; the model is loaded in the actors, bf16 on GPUs) by "
+                                   "option likelihood and / or by generation (--mode), and write "
+                                   "OUTPUT/predictions.parquet (a row per question, skipped ones with their "
+                                   "reason), OUTPUT/summary.json (accuracy overall, by steps and by question type, "
+                                   "95% Wilson intervals) and, for NExT-QA, nextqa_results.json for its eval_mc.py. "
+                                   "--compare pairs the questions with another run's predictions: the paired "
+                                   "difference, its 95% interval and McNemar's p, 'within noise' when the "
+                                   "interval holds 0.")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="a qra output folder (its parts) or a Parquet file; with --benchmark: the benchmark's question file (NExT-QA val.csv, "
+                        "STAR_val.json, AGQA test_balanced.txt; local or s3:// / gs://)")
+    p.add_argument("--benchmark", choices=("nextqa", "star", "agqa", "qra"),
+                   help="score a benchmark on the eval.pool actor pool (see the description)")
+    p.add_argument("--videos", metavar="ROOT", help="--benchmark: folder or prefix of the benchmark's videos")
+    p.add_argument("--mode", choices=("likelihood", "generation", "both"), default="both",
+                   help="--benchmark: score options by likelihood, parse a generated answer, or both (default)")
+    p.add_argument("--compare", metavar="PREDICTIONS",
+                   help="--benchmark: another run's predictions.parquet (or its folder): paired difference to it")
+    p.add_argument("--map", metavar="FILE", help="--benchmark nextqa: map_vid_vidorID.json (default: beside --input)")
+    p.add_argument("--vocabulary", metavar="FILE",
+                   help="--benchmark agqa: the file answer vocabularies come from (default: --input; give the train "
+                        "file to keep test answers out of them)")
+    p.add_argument("--split", default="test", help="--benchmark qra: the QRA split to score (default: test)")
     p.add_argument("--model", metavar="DIR", help="any model: a `step-ray train` or `pretrain` output, an adapter, "
                                                 "a merged or Hugging Face folder (default: the base model)")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder (writes NAME.json)")
-    p.add_argument("--name", default="eval", help="result file name (default: eval)")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (writes NAME.json, or with "
+                                                                  "--benchmark the files above)")
+    p.add_argument("--name", default="eval", help="result file name without --benchmark (default: eval)")
     p.add_argument("--vision", choices=("real", "blank", "shuffled"), default="real",
                    help="vision control: real frames (default), black frames, or the same moments of another video")
     _common(p)
@@ -324,7 +350,20 @@ def run(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=args.init))
         summary = steps.train_step(cfg, args.input, args.output, merged=args.merged)
         _print_summary("train", {k: v for k, v in summary.items() if k != "history"})
+    elif args.command == "eval" and args.benchmark:
+        from step_ray.eval.run import evaluate_benchmark, format_summary
+
+        options = {"map_uri": args.map, "vocabulary_uri": args.vocabulary,
+                   "split": args.split if args.benchmark == "qra" else None}
+        summary = evaluate_benchmark(cfg, args.benchmark, args.input, args.videos, args.output, args.model,
+                                     args.mode, args.compare, args.vision, **options)
+        print(format_summary(summary))
     elif args.command == "eval":
+        from step_ray.utils.inputs import InputError
+
+        for flag in ("videos", "compare", "map", "vocabulary"):
+            if getattr(args, flag):
+                raise InputError(f"--{flag} needs --benchmark (without it, eval scores a QRA file by likelihood)")
         result = steps.eval_step(cfg, args.input, args.model, args.output, args.name, vision=args.vision)
         _print_summary("eval", {k: v for k, v in result.items() if k != "predictions"})
     elif args.command == "stsg-eval":

@@ -573,7 +573,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Multiple-choice evaluation by option likelihood."""
+    """Evaluation: QRA held-out questions and public benchmarks, by option likelihood and by generation."""
 
     max_samples: int = _f(0, "Cap on evaluated samples (0: all of the held-out split).")
     batch_size: int = _f(8, "Questions scored per forward batch.")
@@ -582,10 +582,28 @@ class EvalConfig:
         help="Vision controls evaluated beside each evaluation of self-train and ablate: 'blank' (black frames) "
              "and / or 'shuffled' (the same moments of another video). A model that keeps its accuracy without "
              "its video answers from text priors.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=1, num_cpus=1.0, num_gpus=0.0, batch_size=8),
+                          help="Actor pool of `step-ray eval --benchmark` (each actor loads the model once; "
+                               "pool.batch_size questions are scored per forward pass). num_gpus > 0 on a GPU "
+                               "cluster (a fraction shares a GPU between actors).")
+    device: str = _f("auto", "Device of the eval actors' model: 'auto' (CUDA if the actor sees it, else CPU), "
+                             "'cpu', or 'cuda:N'.")
+    precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "Weights' dtype in the eval actors: 'auto' is bf16 on a GPU, fp32 on the CPU.")
+    max_new_tokens: int = _f(64, "Generation mode: most tokens a model writes per answer (a joint model: its "
+                                 "rationale and answer).")
+    max_sequences: int = _f(64, "Likelihood mode: most option sequences per forward pass (AGQA's answer "
+                                "vocabularies run to hundreds of options per question).")
 
     def validate(self, path: str) -> None:
         _require(self.max_samples >= 0, f"{path}.max_samples", "must be >= 0")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), f"{path}.device",
+                 "must be 'auto', 'cpu' or 'cuda[:N]'")
+        _require(not self.device.startswith("cuda") or self.pool.num_gpus > 0, f"{path}.device",
+                 f"{self.device!r} needs GPUs for the actors: set {path}.pool.num_gpus > 0 (or use 'auto')")
+        _require(self.max_new_tokens >= 1, f"{path}.max_new_tokens", "must be >= 1")
+        _require(self.max_sequences >= 1, f"{path}.max_sequences", "must be >= 1")
         bad = sorted(set(self.vision_controls) - {"blank", "shuffled"})
         _require(not bad, f"{path}.vision_controls", f"unknown control(s) {', '.join(bad)} (known: blank, shuffled)")
 

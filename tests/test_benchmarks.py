@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_fixtures import DATA, INPUTS, write_videos
-from step_ray.eval.benchmarks import BENCHMARKS, BenchmarkFormatError, agqa, load_benchmark, nextqa, star
+from benchmark_fixtures import DATA, INPUTS, VIDEOS, write_videos
+from step_ray.eval.benchmarks import BenchmarkFormatError, agqa, load_benchmark, nextqa, star
 from step_ray.utils.inputs import InputError
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark_videos")
-    return {name: write_videos(name, root / name) for name in BENCHMARKS}
+    return {name: write_videos(name, root / name) for name in VIDEOS}
 
 
 def by_id(questions):
@@ -51,7 +51,7 @@ def test_nextqa_fixture(videos):
 
 def test_adapter_output_feeds_the_frame_reader(videos):
     """A record gives a scorer what it needs: the frames of its span, decoded from its URI."""
-    from step_ray.train.frames import read_frames
+    from step_ray.video.frames import read_frames
 
     q = by_id(load_benchmark("star", str(INPUTS["star"]), str(videos["star"])))["Interaction_T1_13"]
     frames = read_frames(q.video_uri, q.start, q.end, 4, 32)
@@ -217,7 +217,7 @@ def test_streamed_json_object_reader(tmp_path):
 
 
 def test_registry(videos):
-    with pytest.raises(BenchmarkFormatError, match="--benchmark mmlu: not one of nextqa, star, agqa"):
+    with pytest.raises(BenchmarkFormatError, match="--benchmark mmlu: not one of nextqa, star, agqa, qra"):
         load_benchmark("mmlu", str(INPUTS["star"]), str(videos["star"]))
     with pytest.raises(BenchmarkFormatError, match="takes no option map_uri"):
         load_benchmark("star", str(INPUTS["star"]), str(videos["star"]), map_uri="x")

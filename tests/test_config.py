@@ -98,3 +98,11 @@ def test_globs_keep_only_the_wanted_suffixes(tmp_path):
     assert [r["video_id"] for r in video_rows([str(tmp_path / "*")])] == ["a"]
     with pytest.raises(InputError):
         video_rows([str(tmp_path / "*.txt")])
+
+
+def test_docs_config_md_lists_every_field_as_the_code_declares_it():
+    """docs/config.md is `step-ray fields --markdown`: regenerate it when a field changes."""
+    out = subprocess.run([sys.executable, "-m", "step_ray.cli", "fields", "--markdown"], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert docs == out, "docs/config.md is stale: step-ray fields --markdown > docs/config.md"

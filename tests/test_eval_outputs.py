@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark_fixtures import DATA, INPUTS, write_videos
-from step_ray.eval.benchmarks import BENCHMARKS, load_benchmark
+from benchmark_fixtures import DATA, INPUTS, VIDEOS, write_videos
+from step_ray.eval.benchmarks import load_benchmark
 from step_ray.eval.results import (
     NO_OPTION,
     Outcome,
@@ -31,7 +31,7 @@ from step_ray.eval.stats import pair_outcomes, paired_difference, wilson_interva
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark_videos")
-    return {name: write_videos(name, root / name) for name in BENCHMARKS}
+    return {name: write_videos(name, root / name) for name in VIDEOS}
 
 
 def scores_for(q, right: bool) -> list[float]:
@@ -128,7 +128,7 @@ def test_nextqa_outputs_and_eval_mc_agree(videos, tmp_path):
 def test_unreadable_video_and_unlabelled_questions(videos, tmp_path):
     """STAR: a video that cannot be decoded is a row with the decoder's reason; test-split questions are predicted
     but not scored."""
-    from step_ray.train.frames import FrameDecodeError, read_frames
+    from step_ray.video.frames import FrameDecodeError, read_frames
 
     root = tmp_path / "videos"
     root.mkdir()

@@ -130,7 +130,8 @@ def test_ray_job_submit_self_train_round_trip(local_head, tmp_path, capsys):
     overrides = ["synth.videos=6", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2",
                  "train.batch_size=2", "train.checkpoint_every=2", "train.log_every=1", "train.num_workers=2",
                  "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "perception.pool.max_size=1",
-                 "qra.pool.max_size=1", "eval.batch_size=8", "eval.max_samples=8"]
+                 "qra.pool.max_size=1", "eval.batch_size=8", "eval.max_samples=8", "train.lora.enabled=true",
+                 "pretrain.enabled=false"]
     runtime_env = tmp_path / "runtime_env.yaml"
     env_spec = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
     env_spec["env_vars"] = {**env_spec["env_vars"], "STEP_RAY_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
@@ -148,9 +149,12 @@ def test_ray_job_submit_self_train_round_trip(local_head, tmp_path, capsys):
     assert "succeeded" in logs.lower()
     assert "Uploading package" in logs or "working_dir" in logs.lower() or "gcs://" in logs
     summary = yaml.safe_load((out / "summary.json").read_text())
-    assert summary["stsg"]["ok"] == 6 and summary["qra"]["samples"] > 0 and summary["train"]["steps"] == 2
-    assert (out / "train" / "adapter" / "adapter_config.json").is_file() and (out / "report.md").is_file()
-    assert list((out / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    (first,) = summary["rounds"]
+    assert first["stsg"]["ok"] == 6 and first["qra"]["samples"] > 0 and first["train"]["steps"] == 2
+    round_dir = out / "round_1"
+    assert (round_dir / "train" / "adapter" / "adapter_config.json").is_file() and (out / "report.md").is_file()
+    assert (out / "report.html").is_file() and (round_dir / "eval" / "trained_blank.json").is_file()
+    assert list((round_dir / "train" / "tensorboard").glob("events.out.tfevents.*"))
     assert "%|" not in logs and "\x1b[A" not in logs, "progress bars in a job's log"  # tqdm draws "50%|###"
     with capsys.disabled():
         print(f"\n  ray job submit self-train round trip: {seconds:.0f} s, log {len(logs)} bytes")

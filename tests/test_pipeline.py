@@ -60,7 +60,7 @@ def test_qra_on_ray_is_deterministic_and_reports_bad_graphs(ray_session, synth_c
 TINY_RUN = ["synth.videos=8", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2", "train.batch_size=2",
             "train.checkpoint_every=2", "train.log_every=1", "model.frames=2", "eval.batch_size=8",
             "pretrain.videos=6", "pretrain.steps=2", "pretrain.batch_size=2", "pretrain.samples_per_video=2",
-            "pretrain.test_fraction=0.5"]
+            "pretrain.test_fraction=0.5", "train.lora.enabled=true"]  # the demo trains fully; LoRA's path here
 
 
 @pytest.mark.ray

@@ -36,14 +36,9 @@ def steps_bucket(steps: Any) -> str:
 
 def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
     """The QRA rows of ``split`` (a QRA output folder of parts, or one file), in a stable order (by id)."""
-    import pyarrow.compute as pc
+    from step_ray.eval.benchmarks.qra import read_rows
 
-    from step_ray.qra.records import qra_dataset
-
-    # qra_dataset reads a QRA output's parts only (not the results / errors tables or the card beside them),
-    # from a local folder, an object store, an older run's qra.parquet or one file.
-    table = qra_dataset(qra_path).to_table(filter=pc.field("split") == split)
-    rows = sorted(table.to_pylist(), key=lambda r: str(r["id"]))
+    rows = read_rows(qra_path, split)
     return rows[:max_samples] if max_samples > 0 else rows
 
 

@@ -52,24 +52,27 @@ class Outcome:
     """Generation mode: how the text was mapped to an option (:mod:`step_ray.eval.answers`)."""
     reason: Optional[str] = None
     """Why the question was not scored in this mode (``unreadable_video: ...``); None when it was."""
+    rationale: Optional[str] = None
+    """A joint model's rationale, written before its answer (options are scored / parsed after it)."""
 
     @property
     def scored(self) -> bool:
         return self.reason is None
 
 
-def likelihood_outcome(scores: Sequence[float]) -> Outcome:
+def likelihood_outcome(scores: Sequence[float], rationale: Optional[str] = None) -> Outcome:
     """The best-scoring option (the first of equal best scores)."""
     values = tuple(float(s) for s in scores)
     if not values or not all(np.isfinite(values)):
-        return Outcome(scores=values or None, reason=f"bad_scores: {list(values)}")
-    return Outcome(pred_index=int(np.argmax(values)), scores=values)
+        return Outcome(scores=values or None, reason=f"bad_scores: {list(values)}", rationale=rationale)
+    return Outcome(pred_index=int(np.argmax(values)), scores=values, rationale=rationale)
 
 
-def generation_outcome(text: str, question: BenchmarkQuestion, letters: Optional[str] = DEFAULT_LETTERS) -> Outcome:
+def generation_outcome(text: str, question: BenchmarkQuestion, letters: Optional[str] = DEFAULT_LETTERS,
+                       rationale: Optional[str] = None) -> Outcome:
     """A generated answer mapped onto the question's options (no letters for open-answer vocabularies)."""
     parsed = parse_answer(text, question.options, None if question.open_answer else letters)
-    return Outcome(pred_index=parsed.index, generated=text, match=parsed.match)
+    return Outcome(pred_index=parsed.index, generated=text, match=parsed.match, rationale=rationale)
 
 
 def skipped(reason: str) -> Outcome:
@@ -114,6 +117,7 @@ def prediction_rows(questions: Sequence[BenchmarkQuestion],
                 raise ValueError(f"benchmark field {key!r} of {q.id} clashes with a predictions column")
             row[key] = value
         reasons = [q.skip_reason] if q.skip_reason else []
+        rationale = None
         for mode in modes:
             outcome = outcomes[mode].get(q.id) if q.askable else None
             if q.askable and outcome is None:
@@ -121,6 +125,8 @@ def prediction_rows(questions: Sequence[BenchmarkQuestion],
             reason = q.skip_reason if outcome is None else outcome.reason
             if outcome is not None and outcome.reason:
                 reasons.append(outcome.reason)
+            if outcome is not None and outcome.rationale and rationale is None:
+                rationale = outcome.rationale
             answered = outcome is not None and outcome.scored
             index = outcome.pred_index if answered else None
             row[f"{mode}_index"] = index
@@ -134,6 +140,7 @@ def prediction_rows(questions: Sequence[BenchmarkQuestion],
             else:
                 row["generated"] = outcome.generated if outcome is not None else None
                 row["generation_match"] = outcome.match if answered else None
+        row["rationale"] = rationale
         row["skip_reason"] = "; ".join(dict.fromkeys(reasons)) or None
         rows.append(row)
     return rows

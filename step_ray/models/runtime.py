@@ -103,26 +103,32 @@ class VideoLLM:
         return (-nll.sum(dim=1)).float().cpu().tolist()
 
     def score_options(self, rows: Sequence[Mapping[str, Any]], frames: Sequence[np.ndarray],
-                      rationales: Optional[Sequence[str]] = None) -> list[list[float]]:
+                      rationales: Optional[Sequence[str]] = None, fmt: Optional[PromptFormat] = None,
+                      max_sequences: int = 0) -> list[list[float]]:
         """Per row, the score of each of its options (see the module docstring). ``rationales``: the joint
-        model's already generated rationales (else generated here when the model is a joint one)."""
+        model's already generated rationales (else generated here when the model is a joint one). ``fmt``
+        overrides the prompt format's style / options line (an open-answer vocabulary is not shown as options);
+        ``max_sequences`` > 0 bounds the option sequences per forward pass (a vocabulary of hundreds of answers
+        would not fit in one)."""
         if not rows:
             return []
+        fmt = fmt or self.fmt
         prefixes: list[list[int]] = [[] for _ in rows]
         task = TASK_ANSWER
         if self.answer_format == "joint":
             task = TASK_JOINT
             if rationales is None:
-                rationales = [split_joint(t)[0] for t in self.generate(rows, frames, TASK_JOINT)]
+                rationales = [split_joint(t)[0] for t in self.generate(rows, frames, TASK_JOINT, fmt=fmt)]
             prefixes = [list(self.tokenizer(r + JOINT_ANSWER_MARK, add_special_tokens=False)["input_ids"])
                         for r in rationales]
         seqs, counts = [], []
         for row, fr, prefix in zip(rows, frames, prefixes):
-            prompt = encode_question(self.processor, self.model_cfg, self.fmt, task, row, fr)
+            prompt = encode_question(self.processor, self.model_cfg, fmt, task, row, fr)
             s = option_sequences(prompt, list(row["options"]), self.tokenizer, prefix)
             seqs.extend(s)
             counts.append(len(s))
-        scores = self._sequence_logprob(seqs)
+        step = max_sequences if max_sequences > 0 else len(seqs)
+        scores = [x for i in range(0, len(seqs), step) for x in self._sequence_logprob(seqs[i:i + step])]
         out, i = [], 0
         for c in counts:
             out.append(scores[i:i + c])
@@ -134,14 +140,15 @@ class VideoLLM:
     @torch.no_grad()
     def generate(self, rows: Sequence[Mapping[str, Any]], frames: Sequence[np.ndarray], task: int,
                  max_new_tokens: Optional[int] = None, sample: bool = False, temperature: float = 1.0,
-                 seed: int = 0) -> list[str]:
+                 seed: int = 0, fmt: Optional[PromptFormat] = None) -> list[str]:
         """The model's continuation of each row's ``task`` prompt (greedy unless ``sample``), without the
-        end-of-turn token."""
+        end-of-turn token; ``fmt`` overrides the model's prompt format (see :meth:`score_options`)."""
         from step_ray.models.encoding import video_kwargs
 
         if not rows:
             return []
-        texts = [prompt_text(self.processor, task, r["question"], list(r["options"]), self.fmt) for r in rows]
+        fmt = fmt or self.fmt
+        texts = [prompt_text(self.processor, task, r["question"], list(r["options"]), fmt) for r in rows]
         # One video-kwargs for the batch: the processor takes one; rows of a batch share the frame count.
         vkw = video_kwargs(self.model_cfg, rows[0].get("start"), rows[0].get("end"))
         if "video_metadata" in vkw:  # one entry per video of the batch
@@ -165,12 +172,13 @@ class VideoLLM:
         return [self.tokenizer.decode([t for t in ids.tolist() if t not in (self.eot, self.pad_id)],
                                       skip_special_tokens=True) for ids in new]
 
-    def generate_answers(self, rows: Sequence[Mapping[str, Any]], frames: Sequence[np.ndarray]
-                         ) -> list[tuple[str, Optional[str]]]:
+    def generate_answers(self, rows: Sequence[Mapping[str, Any]], frames: Sequence[np.ndarray],
+                         fmt: Optional[PromptFormat] = None) -> list[tuple[str, Optional[str]]]:
         """(answer text, rationale or None) the model writes for each row: a ``joint`` model explains first."""
         if self.answer_format == "joint":
-            return [split_joint(t)[::-1] for t in self.generate(rows, frames, TASK_JOINT)]  # type: ignore[misc]
-        return [(t.strip(), None) for t in self.generate(rows, frames, TASK_ANSWER)]
+            texts = self.generate(rows, frames, TASK_JOINT, fmt=fmt)
+            return [split_joint(t)[::-1] for t in texts]  # type: ignore[misc]
+        return [(t.strip(), None) for t in self.generate(rows, frames, TASK_ANSWER, fmt=fmt)]
 
 
 def split_joint(text: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Public video-QA benchmarks read from their files as distributed: NExT-QA, STAR and AGQA.
+"""Public video-QA benchmarks read from their files as distributed: NExT-QA, STAR and AGQA; and step-ray's own QRA.
 
 ``load_benchmark(name, input, videos, **options)`` gives the questions of one input file as
 :class:`~step_ray.eval.benchmarks.common.BenchmarkQuestion` records, in file order, one per question of the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from step_ray.eval.benchmarks import agqa, nextqa, star
+from step_ray.eval.benchmarks import agqa, nextqa, qra, star
 from step_ray.eval.benchmarks.common import BenchmarkFormatError, BenchmarkQuestion
 
 #: name -> (loader, the keyword options it takes beyond input and videos)
@@ -18,6 +18,7 @@ LOADERS: dict[str, tuple[Callable[..., list[BenchmarkQuestion]], tuple[str, ...]
     nextqa.NAME: (nextqa.load, ("map_uri",)),
     star.NAME: (star.load, ()),
     agqa.NAME: (agqa.load, ("vocabulary_uri",)),
+    qra.NAME: (qra.load, ("split",)),
 }
 BENCHMARKS = tuple(LOADERS)
 

@@ -58,6 +58,8 @@ class BenchmarkQuestion:
     """Seconds into the video where the question's clip starts (STAR); None: the start of the video."""
     end: Optional[float] = None
     """Seconds where the clip ends; None: the end of the video."""
+    times: Optional[tuple[float, ...]] = None
+    """Seconds the question names, to take frames at (step-ray's QRA); None: frames spread over the clip."""
     steps: Optional[int] = None
     """Reasoning steps when the benchmark counts them (AGQA); None otherwise."""
     open_answer: bool = False
@@ -92,13 +94,14 @@ class BenchmarkQuestion:
 
     def as_row(self) -> dict[str, Any]:
         """The question in the QRA row layout the scorers read (``id, question, options, answer_index,
-        video_uri, start, end, steps, family``), for scoring a benchmark with the code that scores QRA."""
+        video_uri, start, end, times, steps, family``), for scoring a benchmark with the code that scores QRA."""
         return {
             "id": self.id,
             "video_id": self.video_id,
             "video_uri": self.video_uri,
             "start": self.start,
             "end": self.end,
+            "times": list(self.times) if self.times else None,
             "question": self.question,
             "options": list(self.options),
             "answer": self.answer,
