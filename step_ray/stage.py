@@ -139,7 +139,7 @@ class Stage:
     one_row_per_input: ClassVar[bool] = True
     #: The input column that names a row (unique within a run): the executor counts, per row, the processes
     #: that died working on it, and a row that keeps killing its actor becomes an error row (see
-    #: :class:`RowStage` and ``runners.CrashLedger``). None: no such guard.
+    #: :class:`RowStage` and the :class:`CrashLedger` actor of ``pipeline.runners``). None: no such guard.
     row_key: ClassVar[Optional[str]] = None
 
     pool: PoolConfig = field(default_factory=PoolConfig, metadata={RUNTIME: True})
@@ -215,7 +215,7 @@ class RowGuard:
     """What an executor may put around each row of a :class:`RowStage` (``stage.row_guard``): ``begin(key)``
     returns how many processes already died working on that row, ``end(key)`` marks it done; a row whose
     deaths exceed ``max_retries`` becomes an error row instead of being run again. The Ray executor's guard
-    is a small ledger actor (``runners.CrashLedger``); in-process there is none."""
+    is a small ledger actor (the :class:`CrashLedger` actor of ``pipeline.runners``); in-process there is none."""
 
     max_retries: int = 0
 
@@ -224,6 +224,41 @@ class RowGuard:
 
     def end(self, key: str) -> None:
         raise NotImplementedError
+
+
+#: Internal column that carries each input row's index through an executor that keys the ledger by position
+#: (the compatibility path, the evaluation pool); stages drop unknown keys.
+ROW_INDEX = "_step_ray_row"
+
+
+def ledger_key(stage: str, row: Any) -> str:
+    """The :class:`CrashLedger` key of one row of one stage."""
+    return f"{stage}\x1f{row}"
+
+
+class CrashLedger:
+    """A small Ray actor (no CPU) that counts, per stage and row, the attempts that began and never ended:
+    each one is a death of the process working on that row (an exception ends its attempt normally, as an
+    error row). Ray Data restarts a dead actor and retries its batch; the stage asks the ledger before each
+    row (:class:`RowGuard`) and turns a row that already killed ``max_retries + 1`` processes
+    into an error row. Counting per row keeps the other rows of the batch out of it (they are simply run
+    again: stages are idempotent); a row is forgotten once its attempts all ended, so the ledger holds only
+    the rows in flight and the ones that crashed."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def begin(self, key: str) -> int:
+        deaths = self.open.get(key, 0)
+        self.open[key] = deaths + 1
+        return deaths
+
+    def end(self, key: str) -> None:
+        left = self.open.get(key, 1) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
 
 
 @dataclass(kw_only=True)

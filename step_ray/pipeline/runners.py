@@ -31,37 +31,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from step_ray.config import PoolConfig, StepRayConfig, from_dict, to_dict
-from step_ray.stage import RowGuard, Stage, run_batch
+from step_ray.stage import ROW_INDEX, CrashLedger, RowGuard, Stage, ledger_key, run_batch
 from step_ray.utils.env import configure_ultralytics, show_progress
 
 #: Times a row whose process died on it is run again before it becomes an error row, where the pool config
 #: does not say (``pool.max_retries``).
 MAX_RETRIES = 2
-
-
-class CrashLedger:
-    """A small Ray actor (no CPU) that counts, per stage and row, the attempts that began and never ended:
-    each one is a death of the process working on that row (an exception ends its attempt normally, as an
-    error row). Ray Data restarts a dead actor and retries its batch; the stage asks the ledger before each
-    row (:class:`step_ray.stage.RowGuard`) and turns a row that already killed ``max_retries + 1`` processes
-    into an error row. Counting per row keeps the other rows of the batch out of it (they are simply run
-    again: stages are idempotent); a row is forgotten once its attempts all ended, so the ledger holds only
-    the rows in flight and the ones that crashed."""
-
-    def __init__(self) -> None:
-        self.open: dict[str, int] = {}
-
-    def begin(self, key: str) -> int:
-        deaths = self.open.get(key, 0)
-        self.open[key] = deaths + 1
-        return deaths
-
-    def end(self, key: str) -> None:
-        left = self.open.get(key, 1) - 1
-        if left > 0:
-            self.open[key] = left
-        else:
-            self.open.pop(key, None)
 
 
 class _LedgerGuard(RowGuard):
@@ -74,13 +49,17 @@ class _LedgerGuard(RowGuard):
     def begin(self, key: str) -> int:
         import ray
 
-        return ray.get(self.ledger.begin.remote(f"{self.stage}\x1f{key}"))
+        return ray.get(self.ledger.begin.remote(ledger_key(self.stage, key)))
 
     def end(self, key: str) -> None:
-        self.ledger.end.remote(f"{self.stage}\x1f{key}")
+        self.ledger.end.remote(ledger_key(self.stage, key))
+
+
+__all__ = ["CrashLedger", "ROW_INDEX", "map_stages", "new_ledger", "run_local", "run_stage"]
 
 
 def new_ledger() -> Any:
+    """A :class:`~step_ray.stage.CrashLedger` actor (no CPU: it only counts)."""
     import ray
 
     return ray.remote(num_cpus=0)(CrashLedger).remote()
@@ -183,11 +162,6 @@ def _legacy_error_row(columns: tuple[str, ...], base: Row, reason: str) -> Row:
     row["status"] = "error"
     row["error"] = reason
     return row
-
-
-#: Internal column that carries each input row's index through the compatibility path on Ray (the ledger's
-#: key for the row; stages drop unknown keys).
-ROW_INDEX = "_step_ray_row"
 
 
 class _LegacyActor:
