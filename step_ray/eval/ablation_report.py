@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from step_ray.eval.report import _png_data, html_table, markdown_table, pct, write_html
 
@@ -119,7 +119,3 @@ def print_ablation(result: dict) -> None:
 
 
 __all__ = ["write_ablation_report", "print_ablation", "tables"]
-
-
-def _unused(_: Any) -> None:  # pragma: no cover - keeps the public names above the only API
-    pass
