@@ -209,8 +209,15 @@ class InputListing:
         return ListInputs()
 
 
-def parquet_parts(files: Sequence[str]) -> Any:
-    """A Ray Data datasource with one read task per Parquet file of ``files`` (local or on an object store)."""
+def _blocks_of(path: str, rows: int) -> Iterator[pa.Table]:
+    for table in _read_batches([path], None):
+        for start in range(0, table.num_rows, rows):
+            yield table.slice(start, rows)
+
+
+def parquet_parts(files: Sequence[str], block_rows: int = 1 << 20) -> Any:
+    """A Ray Data datasource with one read task per Parquet file of ``files`` (local or on an object store),
+    each yielding blocks of at most ``block_rows`` rows."""
     import pyarrow.parquet as pq
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -226,7 +233,7 @@ def parquet_parts(files: Sequence[str]) -> Any:
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None, **_: Any):
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            return [ReadTask(lambda path=path: _read_batches([path], None), meta, schema=schema) for path in files]
+            return [ReadTask(lambda path=path: _blocks_of(path, block_rows), meta, schema=schema) for path in files]
 
         def get_name(self) -> str:
             return "ReadParts"
@@ -440,12 +447,11 @@ class RayFlow:
                 count += pq.ParquetFile(fh).metadata.num_rows
         if not files:
             return ray.data.from_items([]), 0
-        # Our own read tasks over the known part files, not ray.data.read_parquet: its ListFiles step asks for a
-        # whole CPU whatever num_cpus says, and would wait for ever behind actor pools that hold every CPU.
-        ds = ray.data.read_datasource(parquet_parts(files), num_cpus=STREAM_IO_CPUS)
-        # Blocks sized to the first stage's batch: every actor gets work however large the corpus is, and no
-        # block of thousands of videos ends up on one actor.
-        return ds.repartition(target_num_rows_per_block=max(1, block_rows)), count
+        # Our own read tasks over the known part files, in blocks sized to the first stage's batch (every actor
+        # gets work however large the corpus is, and no block of thousands of videos ends up on one actor).
+        # Not ray.data.read_parquet + repartition: its ListFiles step and the StreamingRepartition tasks ask for
+        # CPUs whatever num_cpus says, and wait for ever behind actor pools that hold every CPU.
+        return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS), count
 
     def stages(self, ds: Any, stages: Sequence[Stage]) -> Any:
         from step_ray.pipeline.runners import map_stages
