@@ -23,7 +23,8 @@ from videos import make_video
 STAGE = r"""
 import json, resource, sys, time
 from step_ray.config import load_config
-from step_ray.stsg.stage import GraphStage, StsgStage
+from step_ray.stage import run_batch
+from step_ray.stsg.stage import input_table, stsg_stages
 from step_ray.video.decode import decode_sampled
 
 path, fps, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -32,13 +33,13 @@ def rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
-stage, graph = StsgStage(cfg, out_dir=sys.argv[4]), GraphStage(cfg, out_dir=sys.argv[4])
+stage, graph = stsg_stages(cfg, sys.argv[4])
 stage.setup()
 graph.setup()
 before = rss_mb()
 t0 = time.perf_counter()
 if mode == "stage":
-    row = graph.process(stage.process({"video_id": "v", "uri": path}))
+    [row] = run_batch(graph, run_batch(stage, input_table([{"video_id": "v", "uri": path}]))).to_pylist()
     frames = row["frames"]
     assert row["status"] == "ok", row["error"]
 elif mode == "perception":

@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="videos -> spatio-temporal scene graphs (Ray Data actor pools)",
                        description="Stream each video at video.sample_fps, split shots and pick keyframes (k-means), "
                                    "detect and track objects, optionally let the Video-LLM parse the keyframes "
-                                   "(semantics.enabled), and write one STSG JSON per video to DIR; failed videos go "
-                                   "to DIR/errors.jsonl with the reason, DIR/summary.json counts everything. A video "
-                                   "whose graph exists with the same content and settings key is skipped.")
+                                   "(semantics.enabled), and write one STSG JSON per video to DIR; every video gets a "
+                                   "row in DIR/results/ (sharded Parquet, written as the run goes), failed ones also "
+                                   "in DIR/errors/ with the reason; DIR/summary.json counts everything. Inputs are "
+                                   "listed lazily (manifests of any length). A video whose graph exists with the same "
+                                   "content and settings key is skipped.")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="video files, folders (recursive), globs, manifests (.txt/.jsonl/.csv) or s3:// gs:// URIs")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
@@ -76,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("qra", formatter_class=fmt, epilog=EPILOG,
                        help="scene graphs -> question / rationale / answer samples (Parquet)",
                        description="Sample reasoning paths of qra.min_steps..qra.max_steps edges on each STSG and "
-                                   "render multiple-choice questions with step-by-step rationales to DIR/qra.parquet "
-                                   "and DIR/qra.jsonl (schema qra/2, docs/qra_schema.md), split into train/val/test "
-                                   "by video, with a dataset card DIR/card.md. Graphs that give no samples are "
-                                   "listed with the reason.")
-    p.add_argument("--input", required=True, nargs="+", metavar="PATH", help="STSG files, folders or globs")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+                                   "render multiple-choice questions with step-by-step rationales to the parts "
+                                   "DIR/part-*.parquet (+ .jsonl; schema qra/3, docs/qra_schema.md), split into "
+                                   "train/val/test by video (a split column), with a dataset card DIR/card.md. Graphs "
+                                   "that give no samples are listed with the reason.")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="STSG files, folders, globs or s3:// gs:// prefixes; an `stsg` output folder gives the graphs "
+                        "of its last run")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     _common(p, ray=True)
 
     p = sub.add_parser("qra-check", formatter_class=fmt, epilog=EPILOG,
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run each sample's program with the executor on the graph of its video in "
                                    "--graphs (e.g. the synthetic corpus's gt/ folder) and report the share whose "
                                    "answer holds there, by family and by steps, with failure reasons.")
-    p.add_argument("--qra", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
+    p.add_argument("--qra", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
     p.add_argument("--graphs", required=True, nargs="+", metavar="PATH", help="STSG files, folders or globs")
     p.add_argument("--output", metavar="FILE", help="write the summary as JSON here")
     p.add_argument("--time-tolerance", type=float, metavar="S",
@@ -102,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("qra-filter", formatter_class=fmt, epilog=EPILOG,
                        help="model-side self-consistency filter over QRA samples (STEP)",
                        description="Ask the Video-LLM qra.filter.asks times per sample (options in seeded orders), "
-                                   "set each sample's consistency and flags, and write DIR/qra.parquet, "
-                                   "DIR/qra.jsonl and DIR/filter.json (flagged samples are dropped when "
+                                   "set each sample's consistency and flags, and write the QRA part(s) and "
+                                   "DIR/filter.json (flagged samples are dropped when "
                                    "qra.filter.action=drop). Runs on the qra.filter.pool actors.")
-    p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
+    p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", metavar="DIR", help="model to ask (default: qra.filter.model, else the base model)")
     _common(p, ray=True)
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "re-running with the same DIR resumes, and a dead worker is replaced "
                                    "(train.max_failures). The adapter is exported to DIR/adapter (DIR/model "
                                    "without LoRA). configs/train_*.yaml and configs/gpu_*.yaml are examples.")
-    p.add_argument("--input", required=True, metavar="PATH", help="qra.parquet or the folder holding it")
+    p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--init", metavar="MODEL", help="start from this model (train.init): a training or pretraining "
                                                    "output, an adapter (merged into its base first), a HF folder")
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "difference, its 95% interval and McNemar's p, 'within noise' when the "
                                    "interval holds 0.")
     p.add_argument("--input", required=True, metavar="PATH",
-                   help="qra.parquet or its folder; with --benchmark: the benchmark's question file (NExT-QA val.csv, "
+                   help="a qra output folder (its parts) or a Parquet file; with --benchmark: the benchmark's question file (NExT-QA val.csv, "
                         "STAR_val.json, AGQA test_balanced.txt; local or s3:// / gs://)")
     p.add_argument("--benchmark", choices=("nextqa", "star", "agqa", "qra"),
                    help="score a benchmark on the eval.pool actor pool (see the description)")
@@ -228,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", metavar="PATH", help="the video to take keyframes from (default: the graph's uri)")
     _common(p)
 
+    sub.add_parser("plan", add_help=False, help="estimate hours, GPU-hours and pool sizes for a corpus on a cluster",
+                   description="See `step-ray plan --help` (docs/scaling.md: the cost model).")
+
     p = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG,
                        help="print the resolved config (defaults < --config FILE < overrides) as YAML",
                        description="Load --config FILE (or the defaults), apply the overrides, validate, and print "
@@ -283,8 +290,13 @@ def output_of(args: argparse.Namespace) -> str | None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:  # its own options (the corpus, the cluster, the rates): docs/scaling.md
+        from step_ray.pipeline.plan import main as plan
+
+        return plan(argv[1:])
     parser = build_parser()
-    rest, moved = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    rest, moved = split_overrides(argv)
     args = parser.parse_args(rest)
     if moved:
         if not hasattr(args, "overrides"):

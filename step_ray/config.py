@@ -27,11 +27,19 @@ class ConfigError(ValueError):
         super().__init__(f"{field_path}: {message}" if field_path else message)
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):
-    """A dataclass field with its help text (shown by ``step-ray config --help-fields`` and the docs)."""
+#: Field metadata key of settings that say how work runs (threads, actors), never what it computes: keys of
+#: outputs (a graph's settings key, :meth:`step_ray.stage.Stage.key`) leave them out. Resource pools
+#: (:class:`PoolConfig`) are runtime settings by their type.
+RUNTIME = "runtime"
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING, runtime: bool = False):
+    """A dataclass field with its help text (shown by ``step-ray config --help-fields`` and the docs);
+    ``runtime=True`` marks a setting that cannot change any output (see :data:`RUNTIME`)."""
+    metadata = {"help": help, RUNTIME: runtime}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -157,7 +165,7 @@ class VideoConfig:
         "'pyav-sparse': reference frames only and no deblocking (fastest; lossy, and a sampled frame may come a "
         "frame or two late); 'auto': pyav-refs at <= 1/3 of the native rate, else decord (never the lossy "
         "pyav-sparse). Every choice falls back to the others for files it cannot open.")
-    decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).")
+    decode_threads: int = _f(0, "Decoder threads per video (0: one per core the actor may use).", runtime=True)
 
     def validate(self, path: str) -> None:
         _require(self.sample_fps > 0, f"{path}.sample_fps", "must be > 0")
@@ -356,8 +364,10 @@ class QraConfig:
     num_options: int = _f(4, "Multiple-choice options per question (answer included; yes / no questions have 2).")
     test_fraction: float = _f(0.25, "Share of videos in the held-out test split (split by video: no leakage).")
     val_fraction: float = _f(0.0, "Share of videos in the validation split (after test; 0: none).")
-    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0),
-                          help="CPU actor pool of the QRA stage.")
+    pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=2, num_cpus=1.0, num_gpus=0.0,
+                                                     batch_size=16),
+                          help="CPU actor pool of the QRA stage (a batch: graphs sampled per call, milliseconds "
+                               "each).")
     filter: QraFilterConfig = _f(factory=QraFilterConfig, help="Model-side self-consistency filter (off by default).")
 
     def validate(self, path: str) -> None:

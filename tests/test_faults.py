@@ -61,7 +61,10 @@ class Killer(threading.Thread):
 
 
 def _results(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    """The results rows of the last complete stsg run into ``out`` (its sharded results table)."""
+    from step_ray.pipeline.stsg_run import rows_of_last_run
+
+    return rows_of_last_run(str(out))
 
 
 def _graph_bytes(out: Path) -> dict[str, bytes]:

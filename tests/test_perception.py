@@ -9,7 +9,7 @@ from step_ray.config import load_config
 from step_ray.perception.colors import PALETTE, color_name
 from step_ray.perception.detectors import SHAPES, ColorShapeDetector, YoloDetector
 from step_ray.perception.tracking import track_clip
-from step_ray.stsg.tracks import Clip
+from step_ray.perception.tracks import Clip
 
 
 def draw(frame, shape, color, cx, cy, r=14):

@@ -19,7 +19,7 @@ from step_ray.qra.records import QraFormatError, check_record, split_of
 from step_ray.qra.render import EXTRA_SHAPES, SHAPES, is_trivial, render_question
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
-from step_ray.stsg.tracks import Clip, Event, Perceived, Track
+from step_ray.perception.tracks import Clip, Event, Perceived, Track
 
 W, H = 224, 160
 

@@ -20,6 +20,7 @@ from step_ray.qra.render import render_question
 from step_ray.qra.sampler import near_duplicate_key, sample_graph
 from step_ray.qra.stage import read_graph
 from step_ray.stsg import schema
+from test_pipeline import part_bytes
 from test_qra import _assert_valid, random_graph, to_stsg2, two_scene_graph
 
 
@@ -197,10 +198,9 @@ def test_bad_graph_files_give_reasons_not_crashes(tmp_path):
     assert "| empty | no_objects |" in card and "| old | unreadable STSG" in card
     # determinism: the same graphs and seed give byte-identical files
     qra_step(cfg, [str(graphs)], tmp_path / "b", use_ray=False)
-    for name in ("qra.parquet", "qra.jsonl"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    rows = [json.loads(line) for line in (tmp_path / "a" / "qra.jsonl").read_text().splitlines()]
-    assert rows == read_parquet(tmp_path / "a" / "qra.parquet")
+    assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
+    rows = [json.loads(line) for line in (tmp_path / "a" / "part-00000.jsonl").read_text().splitlines()]
+    assert rows == read_parquet(tmp_path / "a")
 
 
 def test_reader_accepts_stsg1_and_stsg2(tmp_path):
@@ -226,8 +226,8 @@ def test_card_lists_every_family_and_step(tmp_path, corpus):
     from step_ray.qra.card import write_card
 
     _, _, _, records, _ = corpus
-    path = write_card(records, {"graphs": 15}, tmp_path)
-    text = path.read_text()
+    path = write_card(records, {"graphs": 15}, str(tmp_path))
+    text = Path(path).read_text()
     for fam in {r["family"] for r in records}:
         assert f"| {fam} |" in text
     assert "| family | 1 step | 2 steps | 3 steps | 4 steps | 5 steps | all |" in text
@@ -286,7 +286,7 @@ def test_filter_on_the_tiny_model(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist(rows), toy)
     over = ["qra.filter.asks=3", "qra.filter.min_agreement=1.0", "model.frames=2"]
     flag = qra_filter_step(load_config(None, over), toy, tmp_path / "flag", use_ray=False)
-    rows = read_parquet(tmp_path / "flag" / "qra.parquet")
+    rows = read_parquet(tmp_path / "flag")
     assert flag["samples"] == flag["kept"] == len(rows) == 6 and flag["errors"] == 0
     for r in rows:
         assert r["consistency"] in (pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0)
@@ -314,8 +314,7 @@ def test_ray_and_sequential_give_byte_identical_files(ray_session, tmp_path):
     on_ray = qra_step(cfg, [str(graphs)], tmp_path / "ray", use_ray=True)
     local = qra_step(cfg, [str(graphs)], tmp_path / "seq", use_ray=False)
     assert on_ray["samples"] == local["samples"] > 0 and on_ray["errors"] == local["errors"]
-    for name in ("qra.parquet", "qra.jsonl"):
-        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "seq" / name).read_bytes()
+    assert part_bytes(tmp_path / "ray") == part_bytes(tmp_path / "seq")
 
 
 @pytest.mark.ray
@@ -337,7 +336,7 @@ def test_filter_on_fractional_gpu_actors(ray_session, tmp_path):
     on_ray = qra_filter_step(load_config(None, over), toy, tmp_path / "ray", use_ray=True)
     local = qra_filter_step(load_config(None, over), toy, tmp_path / "seq", use_ray=False)
     assert on_ray["kept"] == local["kept"] == 3 and on_ray["errors"] == 0
-    a, b = read_parquet(tmp_path / "ray" / "qra.parquet"), read_parquet(tmp_path / "seq" / "qra.parquet")
+    a, b = read_parquet(tmp_path / "ray"), read_parquet(tmp_path / "seq")
     assert [(r["id"], r["flags"]) for r in a] == [(r["id"], r["flags"]) for r in b]
     assert [r["consistency"] for r in a] == pytest.approx([r["consistency"] for r in b])
 
@@ -365,3 +364,70 @@ def test_time_tolerance_finds_the_nearest_event_and_span(g2):
     # relation spans: strict where the stated time is covered, the tolerance only where nothing is
     rel = Program(_obj("blue", "square", 0), (Hop("relation", {"predicate": "left_of", "time": 0.4}),), "object")
     assert trace(rel, g2, time_tol=0.5).answer == trace(rel, g2).answer == "red circle"
+
+
+# --------------------------------------------------------------------------------------------- passes over parts
+
+
+def _many_graphs(d: Path, n: int = 14) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for s in range(n):
+        g = random_graph(s, objects=5)
+        g.graph["video_id"] = f"rand-{s:02d}"
+        schema.write(g, d / f"rand-{s:02d}.stsg.json")
+    return d
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Parts of 40 candidates and cut-offs found by one-digit histograms down to single keys: a small corpus then
+    exercises every pass of the finishing (several parts, narrowing, gathering)."""
+    from step_ray.qra import corpus as C
+
+    monkeypatch.setattr(C, "PART_ROWS", 40)
+    monkeypatch.setattr(C, "GATHER_LIMIT", 1)
+    monkeypatch.setattr(C, "HIST_DIGITS", 1)
+
+
+def test_finishing_over_parts_equals_finishing_in_memory(tmp_path, small_parts, monkeypatch):
+    """The corpus-wide passes over several parts (balancing cut-offs narrowed by histograms) give exactly
+    the records of the in-memory finishing of all candidates at once."""
+    from step_ray.pipeline.steps import qra_step
+    from step_ray.qra import corpus as C
+    from step_ray.qra.stage import video_seed
+
+    histograms = []
+    real = C._histogram
+    monkeypatch.setattr(C, "_histogram", lambda *a, **k: histograms.append(k["prefixes"]) or real(*a, **k))
+
+    graphs = _many_graphs(tmp_path / "g")
+    cfg = load_config(None, ["qra.samples_per_video=30", "qra.max_answer_share=0.3", "qra.test_fraction=0.3",
+                             "qra.val_fraction=0.2", "run.seed=4"])
+    summary = qra_step(cfg, [str(graphs)], tmp_path / "out", use_ray=False)
+    assert len(summary["parts"]) > 2 and sum(summary["dropped_balance"].values()) > 0
+    candidates = []
+    for p in sorted(graphs.glob("*.stsg.json")):
+        g = read_graph(p)
+        candidates += sample_graph(g, cfg.qra, video_seed(cfg.run.seed, g.graph["video_id"]))[0]
+    expected, stats = finalize(candidates, cfg.qra, cfg.run.seed)
+    got = sorted(read_parquet(tmp_path / "out"), key=lambda r: (r["video_id"], r["id"]))
+    assert got == expected
+    assert summary["dropped_balance"] == stats["dropped_balance"] and summary["candidates"] == stats["candidates"]
+    assert summary["answer_shares"] == stats["answer_shares"] and summary["samples"] == len(expected)
+    assert any(p for prefixes in histograms for p in prefixes.values())  # narrowed below the first digit
+
+
+@pytest.mark.ray
+def test_parts_are_byte_identical_whatever_the_actors(ray_session, tmp_path, small_parts):
+    """One actor, two actors and the in-process flow: the same parts, byte for byte."""
+    from step_ray.pipeline.steps import qra_step
+
+    graphs = _many_graphs(tmp_path / "g")
+    over = ["qra.samples_per_video=30", "qra.max_answer_share=0.3", "qra.pool.num_cpus=0.5", "qra.pool.batch_size=2"]
+    one = qra_step(load_config(None, over + ["qra.pool.max_size=1"]), [str(graphs)], tmp_path / "one")
+    two = qra_step(load_config(None, over + ["qra.pool.min_size=2", "qra.pool.max_size=2"]), [str(graphs)],
+                   tmp_path / "two")
+    local = qra_step(load_config(None, over), [str(graphs)], tmp_path / "local", use_ray=False)
+    assert one["parts"] == two["parts"] == local["parts"] and len(one["parts"]) > 2
+    assert part_bytes(tmp_path / "one") == part_bytes(tmp_path / "two") == part_bytes(tmp_path / "local")
+    assert (tmp_path / "one" / "card.md").read_text() == (tmp_path / "local" / "card.md").read_text()

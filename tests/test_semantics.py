@@ -14,11 +14,11 @@ from step_ray.perception.semantics import (
     parse_answer,
     render_prompt,
 )
-from step_ray.pipeline.runners import run_chain_sequential
+from step_ray.pipeline.runners import run_local
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
-from step_ray.stsg.stage import stsg_chain
-from step_ray.stsg.tracks import Clip, Perceived, Track
+from step_ray.stsg.stage import input_table, stsg_stages
+from step_ray.perception.tracks import Clip, Perceived, Track
 
 GOOD = json.dumps({"attributes": {"1": {"color": "Red", "size": "big"}, "7": {"color": "blue"}},
                    "relations": [["1", "left_of", "2"], [1, "inside", 2], ["2", "near", "2"]],
@@ -80,14 +80,17 @@ def test_prompt_template_is_versioned_and_filled():
 def test_stage_parses_keyframes_with_the_tiny_video_llm(synth_corpus, tmp_path):
     """The real generate() of the tiny random model: its answers are noise, so every sample is counted
     (almost all as malformed) and the graph is still written and valid."""
-    cfg = synth_corpus["cfg"]
-    cfg.semantics.enabled = True
-    cfg.semantics.samples = 2
-    cfg.semantics.max_new_tokens = 24
-    cfg.semantics.max_keyframes = 3
+    import dataclasses
+
+    from step_ray.models.loading import load_model_and_processor
+
+    base = synth_corpus["cfg"]  # the session's config: changed on a copy only
+    cfg = dataclasses.replace(base, semantics=dataclasses.replace(base.semantics, enabled=True, samples=2,
+                                                                  max_new_tokens=24, max_keyframes=3))
     item = synth_corpus["items"][0]
-    [row] = run_chain_sequential(stsg_chain(tmp_path), cfg, [{"video_id": item["video_id"], "uri": item["path"]}],
-                                 progress=False)
+    stages = stsg_stages(cfg, str(tmp_path), load_model=load_model_and_processor)
+    [table] = run_local([input_table([{"video_id": item["video_id"], "uri": item["path"]}])], stages)
+    [row] = table.to_pylist()
     assert row["status"] == "ok", row["error"]
     assert row["parse_samples"] == 3 * 2 and 0 <= row["parse_malformed"] <= row["parse_samples"]
     g = schema.read(row["stsg_path"])

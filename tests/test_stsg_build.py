@@ -7,7 +7,7 @@ import pytest
 from step_ray.config import load_config
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg, motion_segments, spatial_predicates
-from step_ray.stsg.tracks import Clip, Event, Perceived, Track
+from step_ray.perception.tracks import Clip, Event, Perceived, Track
 
 TIMES = [i / 5 for i in range(10)]  # 2 s at 5 fps
 KF = [0.2, 1.0, 1.8]

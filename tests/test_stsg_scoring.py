@@ -11,7 +11,7 @@ from step_ray.config import load_config
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
 from step_ray.stsg.scoring import ScoreSettings, evaluate_dirs, match_objects, score_video
-from step_ray.stsg.tracks import Clip, Event, Perceived, Track
+from step_ray.perception.tracks import Clip, Event, Perceived, Track
 
 FPS = 5
 CLIP0 = [round(i / FPS, 3) for i in range(10)]  # 0.0 .. 1.8

@@ -35,7 +35,7 @@ def steps_bucket(steps: Any) -> str:
 
 
 def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -> list[dict[str, Any]]:
-    """The QRA rows of ``split`` (file or directory of Parquet), in a stable order (by id)."""
+    """The QRA rows of ``split`` (a QRA output folder of parts, or one file), in a stable order (by id)."""
     from step_ray.eval.benchmarks.qra import read_rows
 
     rows = read_rows(qra_path, split)

@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 from step_ray.config import PoolConfig, StepRayConfig
+from step_ray.stage import ROW_INDEX, CrashLedger, ledger_key
 from step_ray.eval.benchmarks import BenchmarkQuestion, load_benchmark
 from step_ray.eval.results import (
     MODES,
@@ -189,11 +190,9 @@ class _PoolActor:
         import pandas as pd
         import ray
 
-        from step_ray.pipeline.runners import ROW_INDEX
-
         indices = [int(i) for i in batch[ROW_INDEX]]
         records = [json.loads(r) for r in batch["record"]]
-        deaths = ray.get([self.ledger.begin.remote(BenchmarkScorer.name, i) for i in indices])
+        deaths = ray.get([self.ledger.begin.remote(ledger_key(BenchmarkScorer.name, i)) for i in indices])
         alive = [r for r, d in zip(records, deaths) if d <= self.max_retries]
         scored = iter(self.scorer.score(alive))
         out = []
@@ -206,7 +205,7 @@ class _PoolActor:
                 res = next(scored)
             res["placement"] = self.scorer.placement
             out.append(json.dumps(res))
-        ray.get([self.ledger.end.remote(BenchmarkScorer.name, i) for i in indices])
+        ray.get([self.ledger.end.remote(ledger_key(BenchmarkScorer.name, i)) for i in indices])
         return pd.DataFrame({ROW_INDEX: indices, "result": out})
 
 
@@ -217,7 +216,6 @@ def run_pool(cfg: StepRayConfig, model: Optional[str], modes: Sequence[str], rec
     import ray.data
 
     from step_ray.config import to_dict
-    from step_ray.pipeline.runners import ROW_INDEX, CrashLedger
 
     if not records:
         return {}

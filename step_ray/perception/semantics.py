@@ -12,20 +12,24 @@ their agreement as ``conf``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from step_ray.config import ModelConfig, SemanticsConfig, VideoConfig
-from step_ray.stsg.schema import RELATIONS
-from step_ray.stsg.tracks import Box, Event, Perceived, Track
+from step_ray.perception.tracks import RELATIONS, Box, Event, Perceived, Track
+
+#: ``load_model(model_cfg, source, device, seed=...) -> (model, processor, resolved)``: how the parser gets its
+#: Video-LLM (``source``: any model reference, ``semantics.model_path``; None: the base). It is handed in by
+#: the layer that builds the stage (the pipeline passes :func:`step_ray.models.runtime.load_model_source`):
+#: perception stands below the model layer and does not import it.
+ModelLoader = Callable[..., tuple[Any, Any, Any]]
 
 LABEL = re.compile(r"^[a-z][a-z -]{0,30}$")  # an attribute value or action: a few lower-case words
 
@@ -193,18 +197,19 @@ def collect(queries: Sequence[KeyframeQuery], answers: Sequence[Sequence[str]], 
 
 
 class SemanticsParser:
-    """Loads the Video-LLM once (``setup``, inside the actor) and parses the keyframes of one video at a time."""
+    """Loads the Video-LLM once (``setup``, inside the actor, through ``load_model``) and parses the keyframes
+    of one video at a time."""
 
-    def __init__(self, cfg: SemanticsConfig, model_cfg: ModelConfig, device: str, seed: int = 0):
+    def __init__(self, cfg: SemanticsConfig, model_cfg: ModelConfig, device: str, load_model: ModelLoader,
+                 seed: int = 0):
         self.cfg, self.model_cfg, self.device, self.seed = cfg, model_cfg, device, seed
+        self.load_model = load_model
         self.template = load_template(cfg.prompt)  # fail fast on a bad template name, on the driver too
 
     def setup(self) -> None:
-        from step_ray.models.runtime import load_model_source
-
         # Any model reference: a base, a training run's output (adapter + base), a merged or pretrained model.
-        self.model, self.processor, _ = load_model_source(self.model_cfg, self.cfg.model_path, self.device,
-                                                          seed=self.seed)
+        self.model, self.processor, _ = self.load_model(self.model_cfg, self.cfg.model_path, self.device,
+                                                        seed=self.seed)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues every prompt at its end
 
     def generate(self, prompts: Sequence[str], images: Sequence[np.ndarray]) -> list[list[str]]:
@@ -262,14 +267,53 @@ def summary_stats(parsed: ParsedSemantics | None) -> dict[str, Any]:
             "parse_facts": parsed.stats["facts"]}
 
 
-def semantics_to_json(s: ParsedSemantics) -> dict:
-    return {"attributes": [[clip, tid, attrs] for (clip, tid), attrs in sorted(s.attributes.items())],
-            "relations": [list(r) for r in s.relations],
-            "actions": [dataclasses.asdict(e) for e in s.actions], "source": s.source, "stats": s.stats}
+@dataclass
+class AttributeFact:
+    """An agreed attribute of a tracked object (one item of :attr:`ParsedSemantics.attributes`)."""
+
+    clip: int
+    track_id: int
+    name: str
+    value: str
+    conf: float
 
 
-def semantics_from_json(d: dict) -> ParsedSemantics:
-    return ParsedSemantics(
-        attributes={(clip, tid): {k: tuple(v) for k, v in attrs.items()} for clip, tid, attrs in d["attributes"]},
-        relations=[tuple(r) for r in d["relations"]], actions=[Event(**e) for e in d["actions"]],
-        source=d["source"], stats=d["stats"])
+@dataclass
+class RelationFact:
+    """An agreed relation at a keyframe (one item of :attr:`ParsedSemantics.relations`)."""
+
+    clip: int
+    a: int
+    predicate: str
+    b: int
+    time: float
+    conf: float
+
+
+@dataclass
+class SemanticsRecord:
+    """:class:`ParsedSemantics` as a typed record: what a perception actor hands to a graph-building actor
+    (an Arrow struct, :mod:`step_ray.utils.arrow`)."""
+
+    attributes: list[AttributeFact]
+    relations: list[RelationFact]
+    actions: list[Event]
+    source: str
+    stats: dict[str, int]
+
+
+def semantics_record(s: ParsedSemantics) -> SemanticsRecord:
+    return SemanticsRecord(
+        attributes=[AttributeFact(clip, tid, name, value, conf) for (clip, tid), attrs in sorted(s.attributes.items())
+                    for name, (value, conf) in sorted(attrs.items())],
+        relations=[RelationFact(*r) for r in s.relations], actions=list(s.actions), source=s.source,
+        stats=dict(s.stats))
+
+
+def semantics_from_record(r: SemanticsRecord) -> ParsedSemantics:
+    attributes: dict[tuple[int, int], dict[str, tuple[str, float]]] = {}
+    for f in r.attributes:
+        attributes.setdefault((f.clip, f.track_id), {})[f.name] = (f.value, f.conf)
+    return ParsedSemantics(attributes=attributes,
+                           relations=[(f.clip, f.a, f.predicate, f.b, f.time, f.conf) for f in r.relations],
+                           actions=list(r.actions), source=r.source, stats=dict(r.stats))

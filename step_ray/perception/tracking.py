@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from step_ray.perception.detectors import Detections, box_middle
-from step_ray.stsg.tracks import Clip, Track
+from step_ray.perception.tracks import Clip, Track
 
 
 def new_tracker(kind: str):

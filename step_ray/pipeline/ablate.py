@@ -28,7 +28,6 @@ import numpy as np
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
-from step_ray.pipeline.errors import NothingUsable
 from step_ray.pipeline.self_train import _Runner, _summary_json, evaluate_with_controls, with_base
 
 BUCKETS = ("1", "2", "3+", "all")
@@ -110,10 +109,9 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
         synth = runner.stage("synth", out / "corpus", steps.synth_step, cfg, out / "corpus")
         inputs = [synth["videos_dir"]]
     stsg = runner.stage("stsg", out / "stsg", steps.stsg_step, cfg, inputs, out / "stsg", use_ray=use_ray)
-    graphs = steps.graphs_of_last_run(out / "stsg")
-    if not graphs:
-        raise NothingUsable(f"no video gave a scene graph; see {out / 'stsg' / 'errors.jsonl'}")
-    qra = runner.stage("qra", out / "qra", steps.qra_step, cfg, graphs, out / "qra", use_ray=use_ray)
+    # The stsg folder itself: the qra step reads its last run's graphs from the results table (both steps raise
+    # NothingUsable when nothing came out).
+    qra = runner.stage("qra", out / "qra", steps.qra_step, cfg, [str(out / "stsg")], out / "qra", use_ray=use_ray)
     base_evals = evaluate_with_controls(runner, cfg, out / "qra", None, out / "eval", "base", "base")
 
     entries = []

@@ -3,8 +3,10 @@
     pretrain.json      the base (with pretrain.enabled: a model that perceives, pretrained or reused)
     corpus/            synthetic videos + ground-truth graphs (unless --input names videos)
     round_<r>/         r = 1 .. run.rounds; model 0 is the base, model r the one round r trains
-      stsg/            scene graphs (semantics parsed by model r-1 when semantics.enabled)
-      qra/             QRA samples (self-consistency filter by model r-1 when qra.filter.enabled)
+      stsg/            scene graphs (semantics parsed by model r-1 when semantics.enabled), results/ and
+                       errors/ (sharded Parquet), summary.json
+      qra/             part-*.parquet: the QRA samples with a split column (self-consistency filter by model
+                       r-1 when qra.filter.enabled), stats.json, card.md
       train/           fine-tuning from model r-1: checkpoints/, adapter/ (or model/), merged/
       eval/            base.json (round 1), trained.json, trained_train_split.json, and each vision control
                        beside them (base_blank.json, trained_blank.json, ...)
@@ -26,7 +28,6 @@ from typing import Any, Callable, Optional
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
-from step_ray.pipeline.errors import NothingUsable
 
 STAGE_FILE = "stage.json"
 
@@ -141,13 +142,10 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         else:
             rs["stsg"] = {"reused": str(graphs_dir)}
         if qra_dir is None or cfg.semantics.enabled or cfg.qra.filter.enabled:
-            graphs = steps.graphs_of_last_run(graphs_dir)
-            if not graphs:
-                raise NothingUsable(f"no video gave a scene graph; see {graphs_dir / 'errors.jsonl'}")
-            rs["qra"] = runner.stage(f"round {r}: qra", rdir / "qra", steps.qra_step, mine_cfg, graphs, rdir / "qra",
-                                     use_ray=use_ray)
-            if not rs["qra"]["samples"]:
-                raise NothingUsable(f"no QRA samples were produced from {graphs_dir}; see {rdir / 'qra' / 'stats.json'}")
+            # The stsg folder itself: the qra step reads the graphs of its last run from its results table
+            # (streamed; no list of graphs on the driver). Both steps raise NothingUsable when nothing came out.
+            rs["qra"] = runner.stage(f"round {r}: qra", rdir / "qra", steps.qra_step, mine_cfg, [str(graphs_dir)],
+                                     rdir / "qra", use_ray=use_ray)
             qra_dir = rdir / "qra"
         else:
             rs["qra"] = {"reused": str(qra_dir)}

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from step_ray.config import ConfigError, StepRayConfig
 from step_ray.pipeline.errors import NothingUsable
 from step_ray.utils import storage
-from step_ray.utils.inputs import expand, video_rows
 from step_ray.utils.pool_fit import check_pool_fit
 
 
@@ -90,131 +88,86 @@ def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
 # --------------------------------------------------------------------------------------------- stsg
 
 
-def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
-    """Videos -> one STSG JSON per video in ``out_dir`` (a folder or an object-store URI), plus
-    ``results.jsonl`` (every video), ``errors.jsonl`` (the failed ones, with reasons) and ``summary.json``.
-    Videos whose graph exists with the same content and settings key are skipped."""
-    from step_ray.pipeline.runners import run_chain
-    from step_ray.stsg.stage import stsg_chain
+def stsg_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True,
+              stages: list | None = None) -> dict:
+    """Videos -> one STSG JSON per video in ``out_dir`` (a folder or an object-store URI), the ``results/``
+    and ``errors/`` tables (sharded Parquet, written as the run goes) and ``summary.json``; streamed on Ray
+    Data (:mod:`step_ray.pipeline.stsg_run`). Videos whose graph exists with the same content and settings
+    key are skipped. ``stages`` replaces the default perception + graph stages (benchmarks, tests)."""
+    from step_ray.pipeline import stsg_run
 
-    out = str(out_dir)
-    rows = video_rows(inputs)
     weights = cfg.perception.yolo_weights
     if cfg.perception.detector == "yolo" and weights.endswith(".pt") and not Path(weights).is_file():
         # Checked here, before any actor starts: a missing file would otherwise fail every actor's setup().
         # (Shared storage is mounted on every node, the driver's included: see cluster/README.md.)
         raise ConfigError("perception.yolo_weights", f"no such file: {weights} (nothing is downloaded)")
+    load_model = None
     if cfg.semantics.enabled:
+        from step_ray.models.runtime import load_model_source
         from step_ray.perception.semantics import load_template
 
         try:
             load_template(cfg.semantics.prompt)
         except FileNotFoundError as err:
             raise ConfigError("semantics.prompt", str(err)) from None
+        load_model = load_model_source  # handed down: perception does not import the model layer
     check_pool_fit(cfg, "perception.pool", "stsg.pool", use_ray=use_ray)
-    results, seconds = run_chain(stsg_chain(out), cfg, rows, use_ray=use_ray)
-    results.sort(key=lambda r: r["video_id"])
-    errors = [r for r in results if r["status"] != "ok"]
-    write_jsonl(storage.join(out, "results.jsonl"), results)
-    write_jsonl(storage.join(out, "errors.jsonl"), errors)
-    ok = [r for r in results if r["status"] == "ok"]
-
-    def total(key: str, digits: int | None = None) -> Any:
-        value = sum(r[key] or 0 for r in ok)
-        return round(value, digits) if digits is not None else value
-
-    summary = {
-        "videos": len(rows),
-        "ok": len(ok),
-        "failed": len(errors),
-        "accounted_for": len(ok) + len(errors) == len(rows),
-        "skipped_done": sum(bool(r["skipped"]) for r in ok),
-        "video_seconds": total("duration", 1),
-        **{k: total(k) for k in ("frames", "clips", "keyframes", "objects", "events", "relations", "edges")},
-        "seconds": round(seconds, 2),
-        **{k: total(k, 2) for k in ("seconds_decode", "seconds_detect", "seconds_track", "seconds_parse",
-                                     "seconds_graph")},
-        "errors": {r["video_id"]: r["error"] for r in errors},
-        "output": out,
-    }
-    if cfg.semantics.enabled:
-        summary.update({k: total(k) for k in ("parse_samples", "parse_malformed", "parse_facts")})
-    write_json(storage.join(out, "summary.json"), summary)
-    if rows and not ok:
-        raise NothingUsable(f"none of the {len(rows)} videos gave a scene graph; reasons in "
-                            f"{storage.join(out, 'errors.jsonl')}")
+    summary = stsg_run.run(cfg, inputs, str(out_dir), use_ray=use_ray, stages=stages, load_model=load_model)
+    if summary["videos"] and not summary["ok"]:
+        raise NothingUsable(f"none of the {summary['videos']} videos gave a scene graph; reasons in "
+                            f"{storage.join(str(out_dir), 'errors')}")
     return summary
 
 
 def graphs_of_last_run(stsg_dir: str | Path) -> list[str]:
-    """The graphs the last ``stsg`` run into ``stsg_dir`` produced (from its results.jsonl), not every graph
-    the folder may hold from earlier runs with other inputs."""
-    lines = (Path(stsg_dir) / "results.jsonl").read_text().splitlines()
-    return [r["stsg_path"] for r in map(json.loads, lines) if r["status"] == "ok"]
+    """The graphs the last complete ``stsg`` run into ``stsg_dir`` produced (from its results table), not
+    every graph the folder may hold from earlier runs with other inputs. In memory: for tools and tests;
+    the ``qra`` step reads an ``stsg`` folder's results table itself, streaming."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from step_ray.pipeline.stsg_run import last_run_files
+
+    out = []
+    for path in last_run_files(str(stsg_dir)):
+        fs, p = storage.filesystem(path)
+        t = pads.dataset(p, filesystem=fs, format="parquet").to_table(columns=["stsg_path"],
+                                                                       filter=pc.field("status") == "ok")
+        out += t["stsg_path"].to_pylist()
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------------------------- qra
 
 
 def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray: bool = True) -> dict:
-    """STSG files -> ``qra.parquet`` and ``qra.jsonl`` (all samples, with their split), ``stats.json`` and the
-    dataset card ``card.md`` (+ plots). Graphs are sampled on CPU actors; options, answer balancing and splits
-    are drawn corpus-wide afterwards. With ``qra.filter.enabled`` the model-side filter runs last."""
-    from step_ray.pipeline.runners import run_stage
-    from step_ray.qra.card import write_card
-    from step_ray.qra.corpus import finalize
-    from step_ray.qra.records import write_jsonl, write_parquet
-    from step_ray.qra.stage import QraStage
-    from step_ray.stsg.stage import STSG_SUFFIX
+    """STSG files (or an ``stsg`` output folder: the graphs of its last run) -> the QRA parts
+    ``part-NNNNN.parquet`` (+ ``.jsonl``; all samples, a ``split`` column), the per-graph ``results/`` and
+    ``errors/`` tables, ``stats.json`` and the dataset card ``card.md`` (+ plots), in ``out_dir`` (a folder
+    or an object-store URI). Graphs are sampled on CPU actors; options, answer balancing and splits are
+    drawn corpus-wide by passes over parts (:mod:`step_ray.qra.corpus`). With ``qra.filter.enabled`` the
+    model-side filter runs last."""
+    from step_ray.pipeline import qra_run
+    from step_ray.qra.card import card_stats, write_card
 
-    out = Path(out_dir)
-    paths = expand(inputs, (STSG_SUFFIX,))
-    rows = [{"stsg_path": str(p), "video_id": p.name[: -len(STSG_SUFFIX)] if p.name.endswith(STSG_SUFFIX) else p.stem}
-            for p in paths]
+    out = str(out_dir)
     check_pool_fit(cfg, "qra.pool", use_ray=use_ray)
-    results, seconds = run_stage(QraStage, cfg, rows, use_ray=use_ray)
-    results.sort(key=lambda r: r["video_id"])
-    ok = [r for r in results if r["status"] == "ok"]
-    candidates = [rec for r in ok for rec in json.loads(r["records"])]
-    records, corpus = finalize(candidates, cfg.qra, cfg.run.seed)
-    rejected: Counter = Counter()
-    for r in ok:
-        rejected.update(json.loads(r["stats"] or "{}").get("rejected", {}))
-    write_parquet(records, out / "qra.parquet")
-    write_jsonl(records, out / "qra.jsonl")
-
-    def counts(key: str) -> dict[str, int]:
-        return dict(sorted(Counter(str(rec[key]) for rec in records).items()))
-
-    summary = {
-        "graphs": len(rows),
-        "graphs_failed": len(results) - len(ok),
-        "graphs_without_samples": {r["video_id"]: r["reason"] for r in ok if not r["samples"]},
-        "errors": {r["video_id"]: r["error"] for r in results if r["status"] != "ok"},
-        "candidates": corpus["candidates"],
-        "samples": len(records),
-        "by_steps": counts("steps"),
-        "by_family": counts("family"),
-        "by_split": counts("split"),
-        "dropped_balance": corpus["dropped_balance"],
-        "dropped_options": corpus["dropped_options"],
-        "answer_shares": corpus["answer_shares"],
-        "rejected": dict(sorted(rejected.items())),
-        "seconds": round(seconds, 2),
-        "output": str(out / "qra.parquet"),
-    }
-    if cfg.qra.filter.enabled and records:
-        summary["filter"] = qra_filter_step(cfg, out / "qra.parquet", out, use_ray=use_ray)
+    summary = qra_run.run(cfg, inputs, out, use_ray=use_ray)
+    stats, parts = summary.pop("card_stats"), summary.pop("parts")
+    if cfg.qra.filter.enabled and summary["samples"]:
+        summary["filter"] = qra_filter_step(cfg, out, out, use_ray=use_ray)
         summary["samples"] = summary["filter"]["kept"]
-    summary["card"] = str(write_card(_read_qra(out / "qra.parquet"), summary, out))
-    write_json(out / "stats.json", summary)
+        stats = card_stats(_read_qra(out))
+    summary["card"] = str(write_card(stats, summary, out))
+    summary["parts"] = parts
+    write_json(storage.join(out, "stats.json"), summary)
     if not summary["samples"]:
-        raise NothingUsable(f"no QRA sample came out of {len(rows)} graph(s) ({summary['graphs_failed']} failed); "
-                            f"reasons in {out / 'stats.json'}")
+        raise NothingUsable(f"no QRA sample came out of {summary['graphs']} graph(s) ({summary['graphs_failed']} "
+                            f"failed); reasons in {storage.join(out, 'stats.json')} and {storage.join(out, 'errors')}")
     return summary
 
 
-def _read_qra(path: Path) -> list[dict]:
+def _read_qra(path: str | Path) -> list[dict]:
     from step_ray.qra.records import read_parquet
 
     return read_parquet(path)
@@ -222,13 +175,13 @@ def _read_qra(path: Path) -> list[dict]:
 
 def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, use_ray: bool = True,
                     model: str | None = None) -> dict:
-    """The model-side self-consistency filter over a QRA file: asks the model ``qra.filter.asks`` times per
-    sample, writes ``qra.parquet`` / ``qra.jsonl`` in ``out_dir`` with ``consistency`` and ``flags`` set (and
-    flagged samples dropped when ``qra.filter.action`` is drop) and ``filter.json``."""
+    """The model-side self-consistency filter over a QRA output: asks the model ``qra.filter.asks`` times per
+    sample, writes the QRA parts in ``out_dir`` with ``consistency`` and ``flags`` set (and flagged samples
+    dropped when ``qra.filter.action`` is drop) and ``filter.json``."""
     from step_ray.qra.filter import apply_filter
 
     summary = apply_filter(cfg, find_qra(qra), Path(out_dir), use_ray=use_ray, model=model)
-    write_json(Path(out_dir) / "filter.json", summary)
+    write_json(storage.join(str(out_dir), "filter.json"), summary)
     return summary
 
 
@@ -247,50 +200,52 @@ def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | No
     return summary
 
 
-def find_qra(path: str | Path) -> Path:
-    """``qra.parquet`` itself, or the folder that holds it."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "qra.parquet"
-    if not p.is_file():
-        from step_ray.utils.inputs import InputError
+def find_qra(path: str | Path) -> str:
+    """A QRA output: a folder of parts (local or on an object store), a folder holding ``qra.parquet``
+    (runs before parts), or one Parquet file; fails with :class:`~step_ray.utils.inputs.InputError`."""
+    from step_ray.qra.records import qra_files
+    from step_ray.utils.inputs import InputError
 
-        raise InputError(f"--input {path}: no qra.parquet there (run `step-ray qra` first)")
-    return p
+    try:
+        qra_files(path)
+    except FileNotFoundError as err:
+        raise InputError(f"--input {err}") from None
+    return str(path)
 
 
 # --------------------------------------------------------------------------------------------- train / eval
 
 
 def has_split(qra: str | Path, split: str) -> bool:
-    """Whether the QRA table (a file or the folder holding it) has rows of ``split``."""
+    """Whether the QRA output (a folder of parts, a folder holding ``qra.parquet``, or one file; local or on
+    an object store) has rows of ``split``."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    splits = pads.dataset(str(find_qra(qra)), format="parquet").to_table(columns=["split"])["split"]
+    from step_ray.qra.records import qra_dataset
+
+    splits = qra_dataset(find_qra(qra)).to_table(columns=["split"])["split"]
     return bool(pc.any(pc.equal(splits, split)).as_py())
 
 
-def require_split(qra_path: Path, split: str) -> None:
-    """Fail with a clear message (exit 2) when ``qra_path`` is not a QRA Parquet file (unreadable, or without
+def require_split(qra_path: str | Path, split: str) -> None:
+    """Fail with a clear message (exit 2) when ``qra_path`` is not a QRA output (unreadable Parquet, or without
     the columns training and evaluation read) or has no rows of ``split`` (a tiny corpus may put every video
     on one side of the train / test split)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from step_ray.qra.records import CORE_FIELDS
+    from step_ray.qra.records import CORE_FIELDS, QRA_SCHEMA_VERSION, qra_dataset
     from step_ray.utils.inputs import InputError
 
     try:
-        schema = pq.read_schema(qra_path)
-        missing = [c for c in CORE_FIELDS if c not in schema.names]
+        ds = qra_dataset(qra_path)
+        missing = [c for c in CORE_FIELDS if c not in ds.schema.names]
         if missing:
-            raise InputError(f"{qra_path}: not a QRA file (schema qra/2, docs/qra_schema.md): no column "
-                             f"{', '.join(missing)}")
-        splits = pq.read_table(qra_path, columns=["split"])["split"]
+            raise InputError(f"{qra_path}: not a QRA output (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
+                             f"no column {', '.join(missing)}")
+        splits = ds.to_table(columns=["split"])["split"]
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{qra_path}: not a readable Parquet file ({type(err).__name__}: "
+        raise InputError(f"{qra_path}: not readable as Parquet ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "

@@ -1,53 +1,73 @@
 """The dataset card of a QRA run: counts by steps and family, the split, the answer distribution, plots.
 
-Written next to ``qra.parquet`` as ``card.md`` with ``plots/steps_by_family.png`` and ``plots/answers.png``;
-the numbers are computed from the records themselves, so the card always describes the file beside it.
+Written next to the QRA parts as ``card.md`` with ``plots/steps_by_family.png`` and ``plots/answers.png``;
+the numbers come from tallies of the records themselves (:func:`step_ray.qra.corpus.tally_records`, summed
+over the parts), so the card always describes the files beside it, at any corpus size.
 """
 
 from __future__ import annotations
 
+import io
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 from step_ray.qra.families import FAMILIES
+from step_ray.qra.records import QRA_SCHEMA_VERSION
+from step_ray.utils import storage
+from step_ray.utils.tally import Tally, tally_dict
 
 #: Answers listed per family in the card.
 TOP_ANSWERS = 5
 
 
 def card_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`card_stats_from_tallies` of records in memory."""
+    from step_ray.qra.corpus import tally_records
+
+    t = Tally()
+    tally_records(records, t)
+    return card_stats_from_tallies(tally_dict(t.table().to_pylist()))
+
+
+def card_stats_from_tallies(t: dict[str, Counter]) -> dict[str, Any]:
     """Everything the card shows, as data: counts by steps x family, by split, answers per family, position
     of the answer among the options."""
-    steps = sorted({int(r["steps"]) for r in records})
-    fams = [f for f in FAMILIES if any(r["family"] == f for r in records)]
-    grid = Counter((r["family"], int(r["steps"])) for r in records)
+    grid: Counter = Counter()
+    for (steps, fam, _), n in t.get("steps_family", {}).items():
+        grid[(fam, int(steps))] += n
+    steps = sorted({s for _, s in grid})
     answers: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        answers[r["family"]][r["answer"]] += 1
+    for (fam, ans, _), n in t.get("answer", {}).items():
+        answers[fam][ans] += n
+    fams = [f for f in FAMILIES if answers.get(f)]
+
+    def positions(kind: str) -> dict[int, int]:
+        return dict(sorted((int(i), n) for (k, i, _), n in t.get("answer_index", {}).items() if k == kind))
+
+    def top(c: Counter) -> list[tuple[str, int]]:
+        return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ANSWERS]
+
+    videos_by_split = dict(sorted((sp, n) for (sp, _, _), n in t.get("video_split", {}).items()))
     return {
-        "samples": len(records),
-        "videos": len({r["video_id"] for r in records}),
+        "samples": sum(grid.values()),
+        "videos": sum(videos_by_split.values()),
         "steps": steps,
         "families": fams,
         "by_steps_family": {f: {str(s): grid[(f, s)] for s in steps} for f in fams},
         "by_steps": {str(s): sum(grid[(f, s)] for f in fams) for s in steps},
         "by_family": {f: sum(answers[f].values()) for f in fams},
-        "by_split": dict(sorted(Counter(r["split"] for r in records).items())),
-        "videos_by_split": dict(sorted(Counter(sp for _, sp in {(r["video_id"], r["split"]) for r in records})
-                                       .items())),
-        "answers": {f: {"distinct": len(answers[f]), "top": answers[f].most_common(TOP_ANSWERS)} for f in fams},
+        "by_split": dict(sorted((sp, n) for (sp, _, _), n in t.get("split", {}).items())),
+        "videos_by_split": videos_by_split,
+        "answers": {f: {"distinct": len(answers[f]), "top": top(answers[f])} for f in fams},
         # Where the answer sits among the options (a model must not win by position): multiple-choice
         # questions and yes / no questions apart, since the latter have two options.
-        "answer_index": dict(sorted(Counter(int(r["answer_index"]) for r in records
-                                            if len(r["options"]) > 2).items())),
-        "answer_index_yesno": dict(sorted(Counter(int(r["answer_index"]) for r in records
-                                                  if len(r["options"]) == 2).items())),
-        "flagged": sum(1 for r in records if r.get("flags")),
+        "answer_index": positions("choice"),
+        "answer_index_yesno": positions("yesno"),
+        "flagged": sum(t.get("flagged", {}).values()),
     }
 
 
-def _plot_steps(st: dict[str, Any], path: Path) -> None:
+def _plot_steps(st: dict[str, Any], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,12 +88,10 @@ def _plot_steps(st: dict[str, Any], path: Path) -> None:
     ax.set_title("QRA samples by steps and family")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_answers(st: dict[str, Any], path: Path) -> None:
+def _plot_answers(st: dict[str, Any], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,22 +113,31 @@ def _plot_answers(st: dict[str, Any], path: Path) -> None:
         ax.axis("off")
     fig.suptitle("Answer distribution per family (top answers)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    with storage.open_write(path) as f:
+        f.write(buf.getvalue())
 
 
-def write_card(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``card.md`` and its plots under ``out_dir``; the card's path."""
-    out = Path(out_dir)
-    st = card_stats(records)
+def write_card(stats: dict[str, Any] | list[dict[str, Any]], summary: dict[str, Any], out_dir: str) -> str:
+    """Write ``card.md`` and its plots under ``out_dir`` (a folder or an object-store prefix); the card's
+    path. ``stats``: :func:`card_stats_from_tallies` (or records in memory, counted here)."""
+    out = str(out_dir)
+    st = card_stats(stats) if isinstance(stats, list) else stats
     lines = ["# QRA dataset card", "",
-             f"{st['samples']} samples from {st['videos']} videos (schema `qra/2`, `docs/qra_schema.md`); "
+             f"{st['samples']} samples from {st['videos']} videos (schema `{QRA_SCHEMA_VERSION}`, `docs/qra_schema.md`); "
              f"graphs: {summary.get('graphs', '?')}, failed: {summary.get('graphs_failed', 0)}, "
              f"without samples: {len(summary.get('graphs_without_samples', {}))}.", ""]
     if st["samples"]:
-        _plot_steps(st, out / "plots" / "steps_by_family.png")
-        _plot_answers(st, out / "plots" / "answers.png")
+        _plot_steps(st, storage.join(out, "plots/steps_by_family.png"))
+        _plot_answers(st, storage.join(out, "plots/answers.png"))
         lines += ["## Samples by family and reasoning steps", "",
                   "| family | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in st["steps"]) + " | all |",
                   "|---|" + "---|" * (len(st["steps"]) + 1)]
@@ -143,11 +170,13 @@ def write_card(records: list[dict[str, Any]], summary: dict[str, Any], out_dir: 
         lines += ["## Rejected candidate paths (by reason)", "",
                   ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())), ""]
     bad = {**summary.get("errors", {}), **summary.get("graphs_without_samples", {})}
+    more = summary.get("errors_total", 0) + summary.get("graphs_without_samples_total", 0) - len(bad)
     if bad:
         lines += ["## Graphs without samples", "", "| video | reason |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(bad.items())]
+        if more > 0:
+            lines.append(f"| ... | {more} more in the results table (`results/`) |")
         lines.append("")
-    path = out / "card.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path = storage.join(out, "card.md")
+    storage.write_text(path, "\n".join(lines))
     return path

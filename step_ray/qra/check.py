@@ -87,10 +87,8 @@ def check_records(records: list[dict[str, Any]], graphs: dict[str, Path], time_t
 
 
 def check_against(qra_path: str | Path, graph_inputs: list[str], time_tol: float = TIME_TOL) -> dict[str, Any]:
-    """:func:`check_records` for a QRA file (or the folder holding ``qra.parquet``) and graph files / folders."""
-    qra_path = Path(qra_path)
-    if qra_path.is_dir():
-        qra_path = qra_path / "qra.parquet"
+    """:func:`check_records` for a QRA output (a folder of parts, or a Parquet file) and graph files /
+    folders."""
     summary = check_records(read_parquet(qra_path), graph_paths(graph_inputs), time_tol)
     summary["qra"] = str(qra_path)
     summary["graphs"] = [str(g) for g in graph_inputs]

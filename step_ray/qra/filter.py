@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from step_ray.config import PoolConfig, StepRayConfig
-from step_ray.pipeline.stage import Row
+from step_ray.stage import Row
 
 #: Record fields the filter needs (the row it ships to the actor).
 _FIELDS = ("id", "video_uri", "start", "end", "times", "question", "options", "answer", "answer_index")
@@ -99,9 +99,9 @@ class QraFilterStage:
 
 def apply_filter(cfg: StepRayConfig, qra_path: Path, out_dir: Path, use_ray: bool = True,
                  model: Optional[str] = None) -> dict[str, Any]:
-    """Filter the samples of ``qra_path`` into ``out_dir`` (``qra.parquet``, ``qra.jsonl``); the summary."""
+    """Filter the samples of ``qra_path`` (a QRA output) into ``out_dir`` (one QRA part); the summary."""
     from step_ray.pipeline.runners import run_stage
-    from step_ray.qra.records import read_parquet, write_jsonl, write_parquet
+    from step_ray.qra.records import read_parquet, write_single_part
     from step_ray.utils.pool_fit import check_pool_fit
 
     records = read_parquet(qra_path)
@@ -123,9 +123,7 @@ def apply_filter(cfg: StepRayConfig, qra_path: Path, out_dir: Path, use_ray: boo
                 dropped += 1
                 continue
         kept.append(rec)
-    out_dir = Path(out_dir)
-    write_parquet(kept, out_dir / "qra.parquet")
-    write_jsonl(kept, out_dir / "qra.jsonl")
+    write_single_part(kept, str(out_dir))
     scored = [r["consistency"] for r in kept if r.get("consistency") is not None]
     return {
         "samples": len(records),

@@ -1,5 +1,11 @@
 """The QRA sample record (a data contract: the trainer and the evaluator read it) and its Parquet / JSONL I/O.
 
+A QRA output is a folder of parts, ``part-00000.parquet``, ``part-00001.parquet``, ... (each with a
+``part-*.jsonl`` twin), every part holding all the samples of a fixed share of the videos, sorted by
+(video_id, id); the ``split`` column says train / val / test. Readers go through :func:`qra_files` /
+:func:`qra_dataset`, which accept such a folder (local or ``s3://`` / ``gs://``), a folder of an older
+run with one ``qra.parquet``, or a single Parquet file, and read only the columns and split they need.
+
 Version ``qra/3``, stored in the Parquet schema metadata; ``docs/qra_schema.md`` documents it. One row per
 question. The first sixteen fields are those of ``qra/1`` with the same names and meaning (the trainer and the
 evaluator read them); ``qra/2`` adds ``open_answer``, ``answer_type``, ``graph_source``, ``flags``,
@@ -39,13 +45,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from step_ray.utils import storage
 
 QRA_SCHEMA_VERSION = "qra/3"
 #: Versions :func:`read_parquet` reads (older ones get the added fields' defaults).
@@ -150,42 +156,104 @@ def to_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QRA_SCHEMA)
 
 
-def _atomic(path: Path, write: Any) -> Path:
-    """Write through a temp file in the same directory, then rename: a reader never sees a half-written file,
-    and an interrupted run leaves the old file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+#: The options a candidate's are drawn from (filled by the sampler, consumed by the corpus-wide finishing).
+POOLS_TYPE = pa.struct([("answer_type", pa.string()), ("compositional", pa.list_(pa.string())),
+                        ("random", pa.list_(pa.list_(pa.string())))])
+#: Fields a record gets only when the corpus is finished (:mod:`step_ray.qra.corpus`).
+FINISHED_FIELDS = ("options", "answer_index", "split", "flags", "consistency")
+#: A candidate sample as the sampler makes it: the record without :data:`FINISHED_FIELDS`, plus its pools.
+CANDIDATE_SCHEMA = pa.schema([f for f in QRA_SCHEMA if f.name not in FINISHED_FIELDS] + [pa.field(POOLS, POOLS_TYPE)])
+CANDIDATE_TYPE = pa.struct(list(CANDIDATE_SCHEMA))
+
+PART_PATTERN = re.compile(r"^part-(\d{5})\.parquet$")
 
 
-def write_parquet(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write records atomically as Parquet (schema :data:`QRA_SCHEMA`)."""
-    table = to_table(records)
-    return _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+def part_name(index: int, suffix: str = ".parquet") -> str:
+    return f"part-{index:05d}{suffix}"
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+def write_parquet(records: Iterable[dict[str, Any]], path: str | Path) -> str:
+    """Write records atomically as one Parquet file (schema :data:`QRA_SCHEMA`), locally or to an object
+    store; the same records give the same bytes."""
+    storage.write_parquet(str(path), to_table(records))
+    return str(path)
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> str:
     """The same rows as :func:`write_parquet`, one JSON object a line (sorted keys), written atomically."""
     rows = to_table(records).to_pylist()
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    storage.write_text(str(path), "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
+    return str(path)
 
 
-def read_parquet(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a QRA Parquet file (or directory of files), in file order."""
-    table = pq.read_table(path)
-    missing = [f for f in CORE_FIELDS if f not in table.column_names]
+def write_part(records: Iterable[dict[str, Any]], folder: str, index: int) -> int:
+    """One part of a QRA folder: ``part-NNNNN.parquet`` and its ``.jsonl`` twin; the row count."""
+    records = list(records)
+    write_parquet(records, storage.join(folder, part_name(index)))
+    write_jsonl(records, storage.join(folder, part_name(index, ".jsonl")))
+    return len(records)
+
+
+def part_files(folder: str) -> list[str]:
+    """The ``part-NNNNN.parquet`` files of a QRA folder, in order (empty if there are none)."""
+    return [storage.join(folder, n) for n in storage.list_dir(folder) if PART_PATTERN.match(n)]
+
+
+def remove_parts(folder: str, keep: Iterable[str] = ()) -> None:
+    """Delete the parts (and their JSONL twins) of ``folder`` other than the file names in ``keep``."""
+    keep = set(keep)
+    for n in storage.list_dir(folder):
+        stem = n[: -len(".jsonl")] + ".parquet" if n.endswith(".jsonl") else n
+        if PART_PATTERN.match(stem) and stem not in keep:
+            storage.delete_file(storage.join(folder, n))
+
+
+def write_single_part(records: Iterable[dict[str, Any]], folder: str) -> str:
+    """A whole QRA folder as one part (small outputs: the filter's compatibility path); older parts go."""
+    write_part(records, folder, 0)
+    remove_parts(folder, keep=[part_name(0)])
+    return storage.join(folder, part_name(0))
+
+
+def qra_files(path: str | Path) -> list[str]:
+    """The Parquet files of a QRA output: a folder's parts, else its ``qra.parquet`` (runs before parts),
+    else ``path`` itself if it is a file. ``FileNotFoundError`` (with the reason) when there is none."""
+    path = str(path)
+    if storage.is_dir(path):
+        parts = part_files(path)
+        if parts:
+            return parts
+        legacy = storage.join(path, "qra.parquet")
+        if storage.exists(legacy):
+            return [legacy]
+        raise FileNotFoundError(f"{path}: no part-*.parquet (nor qra.parquet) there (run `step-ray qra` first)")
+    if storage.exists(path):
+        return [path]
+    raise FileNotFoundError(f"{path}: no such QRA file or folder")
+
+
+def qra_dataset(path: str | Path):
+    """A ``pyarrow.dataset`` over the QRA files of ``path`` (see :func:`qra_files`): read what you need,
+    e.g. ``qra_dataset(p).to_table(filter=pc.field("split") == "train")``."""
+    import pyarrow.dataset as pads
+
+    files = qra_files(path)
+    fs, _ = storage.filesystem(files[0])
+    return pads.dataset([storage.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
+
+
+def read_parquet(path: str | Path, split: Optional[str] = None) -> list[dict[str, Any]]:
+    """Records of a QRA output (folder of parts, ``qra.parquet``, or one file), in file order; only ``split``
+    if given."""
+    import pyarrow.compute as pc
+
+    ds = qra_dataset(path)
+    missing = [f for f in CORE_FIELDS if f not in ds.schema.names]
     if missing:
         raise QraFormatError(f"{path}: not a QRA file (missing {', '.join(missing)})")
-    version = (table.schema.metadata or {}).get(b"qra_schema_version", b"").decode()
+    version = (ds.schema.metadata or {}).get(b"qra_schema_version", b"").decode()
     if version and version not in READABLE_VERSIONS:
         raise QraFormatError(f"{path}: QRA schema {version!r}, this reader knows {', '.join(READABLE_VERSIONS)}")
-    present = [f for f in FIELDS if f in table.column_names]
-    return [with_defaults(r) for r in table.select(present).to_pylist()]
+    present = [f for f in FIELDS if f in ds.schema.names]
+    table = ds.to_table(columns=present, filter=(pc.field("split") == split) if split else None)
+    return [with_defaults(r) for r in table.to_pylist()]

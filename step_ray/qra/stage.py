@@ -1,4 +1,5 @@
-"""The QRA stage: one scene graph in, its candidate question / rationale / answer samples out (CPU actors).
+"""The QRA sampling stage: one scene graph in, its candidate question / rationale / answer samples out (CPU
+actors). The candidates travel as a typed list column (:data:`~step_ray.qra.records.CANDIDATE_TYPE`).
 
 Options, answer balancing and splits are corpus-wide and happen afterwards (:mod:`step_ray.qra.corpus`).
 """
@@ -7,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import networkx as nx
+import pyarrow as pa
 
-from step_ray.config import PoolConfig, StepRayConfig
-from step_ray.pipeline.stage import Row, error_row
+from step_ray.config import QraConfig
+from step_ray.qra.records import CANDIDATE_TYPE
+from step_ray.stage import Row, RowStage, schema as stage_schema
 from step_ray.stsg import schema
+from step_ray.utils import storage
 
 #: STSG versions the QRA stage reads. stsg/2 keeps everything of stsg/1 and adds attribute changes and more
 #: event kinds, so a stsg/1 graph is read as a stsg/2 graph without them.
@@ -27,9 +32,10 @@ def video_seed(seed: int, video_id: str) -> int:
 
 
 def read_graph(path: str | Path) -> nx.MultiDiGraph:
-    """An STSG file of any version in :data:`STSG_VERSIONS` (others: ``StsgFormatError`` with the reason)."""
+    """An STSG file (local or on an object store) of any version in :data:`STSG_VERSIONS` (others:
+    ``StsgFormatError`` with the reason)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(storage.read_text(str(path)))
     except json.JSONDecodeError as err:
         raise schema.StsgFormatError(f"not JSON: {err}") from None
     if isinstance(data, dict) and isinstance(data.get("graph"), dict):
@@ -54,29 +60,41 @@ def read_graph(path: str | Path) -> nx.MultiDiGraph:
     return g
 
 
-class QraStage:
-    name: ClassVar[str] = "qra"
-    columns: ClassVar[tuple[str, ...]] = ("video_id", "stsg_path", "status", "error", "samples", "reason", "records",
-                                          "stats")
+#: One row per graph: what sampling made of it, and its candidates.
+OUTPUTS = stage_schema(
+    ("video_id", pa.string()), ("stsg_path", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("samples", pa.int64()), ("reason", pa.string()), ("attempts", pa.int64()),
+    ("rejected", pa.map_(pa.string(), pa.int64())), ("records", pa.list_(CANDIDATE_TYPE)),
+)
+RESULT_COLUMNS = tuple(n for n in OUTPUTS.names if n != "records")
 
-    def __init__(self, cfg: StepRayConfig):
-        self.cfg = cfg
 
-    def pool(self) -> PoolConfig:
-        return self.cfg.qra.pool
+@dataclass
+class QraStage(RowStage):
+    """Sampling: an STSG file -> its candidate samples (no options, balance or split yet)."""
 
-    def setup(self) -> None:
-        pass  # pure Python on the graph: nothing heavy to load
+    name: ClassVar[str] = "qra-sample"
+    pool_path: ClassVar[str] = "qra.pool"
+    row_key: ClassVar[str] = "video_id"
+    inputs: ClassVar[pa.Schema] = stage_schema(("video_id", pa.string()), ("uri", pa.string()),
+                                               ("input_error", pa.string()))
+    outputs: ClassVar[pa.Schema] = OUTPUTS
 
-    def process(self, row: Row) -> Row:
+    qra: QraConfig
+    seed: int = field(default=0, metadata={"config": "run.seed"})
+
+    def process_row(self, row: Row) -> Row:
         from step_ray.qra.sampler import sample_graph
 
-        base = {"video_id": row["video_id"], "stsg_path": row["stsg_path"]}
+        base = {"video_id": row["video_id"], "stsg_path": row["uri"]}
+        if row["input_error"]:
+            return self.error_row(base, row["input_error"])
         try:
-            g = read_graph(row["stsg_path"])
+            g = read_graph(row["uri"])
         except (schema.StsgFormatError, OSError, UnicodeDecodeError) as err:
-            return error_row(self.columns, base, f"unreadable STSG: {err}")
-        records, stats = sample_graph(g, self.cfg.qra, video_seed(self.cfg.run.seed, g.graph["video_id"]))
+            return self.error_row(base, f"unreadable STSG: {err}")
+        records, stats = sample_graph(g, self.qra, video_seed(self.seed, g.graph["video_id"]))
         reason = None if records else stats.get("reason") or "no path passed the checks"
         return {**base, "status": "ok", "error": None, "samples": len(records), "reason": reason,
-                "records": json.dumps(records, sort_keys=True), "stats": json.dumps(stats, sort_keys=True)}
+                "attempts": int(stats.get("attempts", 0)), "rejected": sorted(stats.get("rejected", {}).items()),
+                "records": records}

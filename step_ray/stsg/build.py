@@ -16,7 +16,7 @@ import networkx as nx
 
 from step_ray.config import StsgConfig
 from step_ray.stsg import schema
-from step_ray.stsg.tracks import Box, Clip, Event, Perceived, Track, center, gap, size
+from step_ray.perception.tracks import Box, Clip, Event, Perceived, Track, center, gap, size
 
 _T = 3  # decimals kept for times (ms)
 BORDER_MARGIN = 3.0  # px: a box this close to the frame edge touches it (enter / leave)

@@ -13,7 +13,7 @@ Two passes, within a clip:
 2. a fragment that ends where, one sampled frame later, a fragment of the same class but another colour begins
    is the same object changing colour, unless the new colour was already tracked elsewhere while the old one
    was still in view, or the old colour shows up again later (then it was a switch between two objects). The
-   joined track keeps its colour at first sight and records an :class:`~step_ray.stsg.tracks.AttrChange`.
+   joined track keeps its colour at first sight and records an :class:`~step_ray.perception.tracks.AttrChange`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from step_ray.config import StsgConfig
-from step_ray.stsg.tracks import AttrChange, Box, Track, center, gap, size
+from step_ray.perception.tracks import AttrChange, Box, Track, center, gap, size
 
 
 def _joinable(a: Track, b: Track, cfg: StsgConfig) -> bool:

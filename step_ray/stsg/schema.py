@@ -47,12 +47,15 @@ from typing import Any, Iterator
 
 import networkx as nx
 
+from step_ray.perception import tracks as _tracks
+
 SCHEMA_VERSION = "stsg/2"
 
 NODE_TYPES = ("video", "clip", "keyframe", "object", "event")
 EDGE_TYPES = ("contains", "relation", "motion", "attr_change", "participates_in", "before", "after", "same_as")
-RELATIONS = ("left_of", "right_of", "above", "below", "near", "directly_left_of", "directly_right_of",
-             "directly_above", "directly_below")
+#: The predicates of relation edges: those perception states (:data:`step_ray.perception.tracks.RELATIONS`)
+#: and, with ``stsg.relations: nearest``, their ``directly_*`` forms (nearest neighbour that way).
+RELATIONS = _tracks.RELATIONS + ("directly_left_of", "directly_right_of", "directly_above", "directly_below")
 INVERSE_RELATION = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above", "near": "near"}
 DIRECTIONS = ("left", "right", "up", "down")
 EVENT_KINDS = ("enter", "leave", "collide", "start_moving", "stop_moving", "change", "action")

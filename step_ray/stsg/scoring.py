@@ -25,7 +25,7 @@ import numpy as np
 
 from step_ray.stsg import schema
 from step_ray.stsg.build import keyframe_relations
-from step_ray.stsg.tracks import Box
+from step_ray.perception.tracks import Box
 
 STSG_GLOB = "*.stsg.json"
 TIME_EPS_MS = 1  # graphs store times in ms (3 decimals): times closer than this are the same sampled frame

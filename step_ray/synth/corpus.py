@@ -28,7 +28,7 @@ from tqdm import tqdm
 from step_ray.config import StsgConfig, SynthConfig, VideoConfig
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
-from step_ray.stsg.tracks import AttrChange, Clip, Event, Perceived, Track
+from step_ray.perception.tracks import AttrChange, Clip, Event, Perceived, Track
 from step_ray.synth import render, world
 from step_ray.synth.world import Actor, Background, SceneMotion, WorldObject
 from step_ray.video.sampling import keyframe_times, sample_indices

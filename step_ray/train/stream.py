@@ -135,9 +135,10 @@ class ShardCollate:
 def train_rows(qra_path: str | Path, split: str = "train") -> int:
     """How many ``split`` rows the QRA table has (only its ``split`` column is read)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    table = pads.dataset(str(qra_path), format="parquet").to_table(columns=["split"])
+    from step_ray.qra.records import qra_dataset
+
+    table = qra_dataset(qra_path).to_table(columns=["split"])
     return int(pc.sum(pc.cast(pc.equal(table["split"], split), "int64")).as_py() or 0)
 
 
@@ -150,9 +151,10 @@ def sequences_per_row(cfg: StepRayConfig) -> int:
 def split_table(qra_path: str | Path, split: str = "train") -> Any:
     """The ``split`` rows of the QRA table (a file or a directory of Parquet parts) as one Arrow table."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    return pads.dataset(str(qra_path), format="parquet").to_table(filter=pc.field("split") == split)
+    from step_ray.qra.records import qra_dataset
+
+    return qra_dataset(qra_path).to_table(filter=pc.field("split") == split)
 
 
 def passes_needed(cfg: StepRayConfig, rows: int) -> int:

@@ -66,7 +66,9 @@ def open_write(uri: str) -> Iterator[BinaryIO]:
         return
     p = Path(uri)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
+    # A hidden name of its own per writer: two writers of one file (a retried task) never share a temp file,
+    # and folder readers (pyarrow datasets skip dot-files) never see a half-written one.
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -130,3 +132,44 @@ def local_file(uri: str) -> Iterator[str]:
         yield tmp
     finally:
         os.unlink(tmp)
+
+
+def is_dir(uri: str) -> bool:
+    """A local folder, or an object-store prefix that holds at least one object."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def write_parquet(uri: str, table) -> None:
+    """Write an Arrow table as one Parquet file, atomically (see :func:`open_write`). The bytes depend only
+    on the table: the same rows and schema give the same file."""
+    import pyarrow.parquet as pq
+
+    with open_write(uri) as f:
+        pq.write_table(table, f)
+
+
+def delete_dir(uri: str) -> None:
+    """Remove a folder or prefix and everything under it (nothing happens if it is not there)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def delete_file(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.delete_file(path)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names directly under a folder or prefix (files and folders), sorted; empty if it is not there."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(path)))

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from step_ray.config import VideoConfig
-from step_ray.stsg.tracks import Clip
+from step_ray.video.clips import Clip
 
 FEATURE_SIZE = (96, 64)  # (w, h) the features are computed at: cuts and clusters need no detail
 TIME_WEIGHT = 0.5  # weight of the relative-time feature against the (unit-norm) appearance features

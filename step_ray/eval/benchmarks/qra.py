@@ -1,7 +1,8 @@
 """step-ray's own QRA questions (``step-ray qra`` output) as benchmark records, so the held-out split is scored by
 the same actor pool, outputs and intervals as the public benchmarks.
 
-The input is ``qra.parquet`` or the folder holding it (docs/qra_schema.md); the questions are those of one split
+The input is a ``step-ray qra`` output folder (its ``part-*.parquet``), an older run's ``qra.parquet`` (or
+its folder), or one Parquet file, locally or on an object store (docs/qra_schema.md); the questions are those of one split
 (``test`` by default), in id order. Each record carries its video's URI as the QRA wrote it (``--videos`` is not
 needed; given, it is the folder a relative ``video_uri`` is resolved under), its clip span, and the moments the
 question names (``times``: frames are taken there, as in training). Groups: ``family`` (the reasoning-path
@@ -22,37 +23,38 @@ REQUIRED = ("id", "video_id", "video_uri", "question", "options", "answer_index"
 KEPT = ("program", "graph_source")
 
 
-def qra_file(path: str) -> Path:
-    """``qra.parquet`` itself, or the one in the folder ``path``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "qra.parquet"
-    if not p.is_file():
-        raise BenchmarkFormatError(f"--input {path}: no qra.parquet there (run `step-ray qra` first)")
-    return p
+def qra_file(path: str) -> str:
+    """A QRA output: a folder of parts (``part-*.parquet``; local or ``s3://`` / ``gs://``), a folder holding an
+    older run's ``qra.parquet``, or one Parquet file; :class:`BenchmarkFormatError` when there is none."""
+    from step_ray.qra.records import qra_files
+
+    try:
+        qra_files(path)
+    except FileNotFoundError as err:
+        raise BenchmarkFormatError(f"--input {err}") from None
+    return str(path)
 
 
 def read_rows(path: str | Path, split: str = "test") -> list[dict[str, Any]]:
-    """The QRA rows of ``split`` in a stable order (by id), from a Parquet file or a folder of Parquet parts."""
+    """The QRA rows of ``split`` in a stable order (by id), from a QRA output (see :func:`qra_file`): only its
+    parts are read, never the results / errors tables or the card beside them."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    path = Path(path)
-    # A folder holds the QRA parts beside other files (the card, stats): read only its Parquet files.
-    source = sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else str(path)
+    from step_ray.qra.records import qra_dataset
+
     try:
-        table = pads.dataset(source, format="parquet").to_table()
+        ds = qra_dataset(path)
+        if "split" not in ds.schema.names:
+            raise BenchmarkFormatError(f"{path}: not a QRA file: no column split")
+        table = ds.to_table(filter=pc.field("split") == split)
     except (OSError, pa.ArrowInvalid) as err:
         raise BenchmarkFormatError(f"{path}: not a QRA Parquet file ({err})") from None
-    if "split" not in table.column_names:
-        raise BenchmarkFormatError(f"{path}: not a QRA file: no column split")
-    table = table.filter(pc.equal(table["split"], split))
     return sorted(table.to_pylist(), key=lambda r: str(r["id"]))
 
 
 def load(input_uri: str, videos: Optional[str] = None, split: str = "test") -> list[BenchmarkQuestion]:
-    """The ``split`` questions of a QRA file as records (see the module docstring)."""
+    """The ``split`` questions of a QRA output as records (see the module docstring)."""
     path = qra_file(input_uri)
     rows = read_rows(path, split)
     if not rows:

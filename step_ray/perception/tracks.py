@@ -2,28 +2,39 @@
 
 Both the perception stage (detector + tracker) and the synthetic world (ground truth) produce these, so one
 builder (:mod:`step_ray.stsg.build`) makes predicted and ground-truth graphs alike, and they compare fairly.
+They are typed records (:mod:`step_ray.utils.arrow`): the perception actors hand :class:`Perceived` to the
+graph-building actors as an Arrow struct.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
+
+import pyarrow as pa
+
+from step_ray.video.clips import Clip
+
+__all__ = ["RELATIONS", "Box", "Clip", "AttrChange", "Track", "Event", "Perceived", "center", "size", "gap"]
 
 # x1, y1, x2, y2 in pixels of the frame size the graph declares; x2 / y2 exclusive (x + w, as cv2 gives them)
 Box = tuple[float, float, float, float]
 
+#: The spatial relations perception states (geometry and the Video-LLM's parsing); the STSG stores them.
+RELATIONS = ("left_of", "right_of", "above", "below", "near")
 
-@dataclass
-class Clip:
-    """A shot: ``start`` / ``end`` are the times (s) of its first and last sampled frame, both included; with
-    the times of all its sampled frames and of its keyframes."""
+#: Kind-specific fields of an :class:`Event` (``change``: attribute / from / to; ``action``: label).
+EVENT_ATTRS = pa.struct([("attribute", pa.string()), ("from", pa.string()), ("to", pa.string()),
+                         ("label", pa.string())])
 
-    index: int
-    start: float
-    end: float
-    frame_times: list[float]
-    keyframe_times: list[float]
+#: What built a :class:`Perceived` (the graph's ``provenance``), as the typed struct it travels in.
+PROVENANCE = pa.struct([
+    ("detector", pa.string()), ("tracker", pa.string()), ("decoder", pa.string()), ("sample_fps", pa.float64()),
+    ("keyframes", pa.string()), ("device", pa.string()),
+    ("parser", pa.struct([("prompt", pa.string()), ("model", pa.string()), ("keyframes", pa.int64()),
+                          ("samples", pa.int64()), ("malformed", pa.int64()), ("invalid_items", pa.int64()),
+                          ("facts", pa.int64())])),
+])
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class Event:
     participants: list[int]  # track ids within the clip
     source: str = "synth"
     conf: float = 1.0
-    attrs: dict = field(default_factory=dict)  # kind-specific: ``change`` has attribute/from/to, ``action`` label
+    attrs: dict = field(default_factory=dict, metadata={"arrow": EVENT_ATTRS})  # kind-specific (EVENT_ATTRS)
 
 
 @dataclass
@@ -83,7 +94,7 @@ class Perceived:
     clips: list[Clip]
     tracks: list[Track]
     events: Optional[list[Event]] = None
-    provenance: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict, metadata={"arrow": PROVENANCE})
 
 
 def center(b: Box) -> tuple[float, float]:
@@ -99,30 +110,3 @@ def gap(a: Box, b: Box) -> float:
     dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
     dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
     return (dx * dx + dy * dy) ** 0.5
-
-
-# --------------------------------------------------------------------------------------------- rows
-
-
-def perceived_to_json(p: Perceived) -> dict:
-    """A JSON-able form of :class:`Perceived`: what a perception actor hands to a graph-building actor."""
-    return {
-        "video_id": p.video_id, "uri": p.uri, "duration": p.duration, "width": p.width, "height": p.height,
-        "clips": [dataclasses.asdict(c) for c in p.clips],
-        "tracks": [{**{k: v for k, v in dataclasses.asdict(t).items() if k not in ("boxes", "changes")},
-                    "boxes": [[time, *box] for time, box in sorted(t.boxes.items())],
-                    "changes": [dataclasses.asdict(c) for c in t.changes]} for t in p.tracks],
-        "events": None if p.events is None else [dataclasses.asdict(e) for e in p.events],
-        "provenance": p.provenance,
-    }
-
-
-def perceived_from_json(d: dict) -> Perceived:
-    tracks = [Track(**{**{k: v for k, v in t.items() if k not in ("boxes", "changes")},
-                       "boxes": {b[0]: tuple(b[1:]) for b in t["boxes"]},
-                       "changes": [AttrChange(**c) for c in t["changes"]]}) for t in d["tracks"]]
-    return Perceived(
-        video_id=d["video_id"], uri=d["uri"], duration=d["duration"], width=d["width"], height=d["height"],
-        clips=[Clip(**c) for c in d["clips"]], tracks=tracks,
-        events=None if d["events"] is None else [Event(**e) for e in d["events"]], provenance=d["provenance"],
-    )

@@ -1,0 +1,123 @@
+"""Corpus scale (issue 10): the stsg and qra steps stream a manifest of thousands of cheap inputs through Ray
+Data on the session's Ray, every input ends exactly once in the results, and no Dataset hands the corpus to
+the driver (every row any Dataset returns to the driver is counted and inspected)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pytest
+
+from step_ray.config import load_config
+
+N_GOOD = 3000
+
+#: Columns that carry the corpus itself; none may reach the driver.
+CORPUS_COLUMNS = {"uri", "stsg_path", "perceived", "semantics", "records", "question", "options", "rationale",
+                  "program", "previous", "graph_path"}
+
+
+@pytest.fixture
+def driver_rows(monkeypatch):
+    """Every row a Ray Dataset returns to the driver, and every row the driver hands to ``from_items``."""
+    import ray.data
+    from ray.data import Dataset
+
+    fetched: list[tuple[str, list[dict]]] = []
+
+    def counting(name):
+        original = getattr(Dataset, name)
+
+        def wrapper(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            if name in ("iter_rows", "iter_batches"):
+                def gen():
+                    for item in out:
+                        fetched.append((name, [item] if name == "iter_rows" else [{"batch": True}] * _rows(item)))
+                        yield item
+                return gen()
+            rows = out if isinstance(out, list) else [{"batch": True}] * _rows(out)
+            fetched.append((name, list(rows)))
+            return out
+        monkeypatch.setattr(Dataset, name, wrapper)
+
+    for name in ("take_all", "take", "take_batch", "iter_rows", "iter_batches", "to_pandas", "to_arrow_refs",
+                 "to_numpy_refs", "to_pandas_refs"):
+        counting(name)
+    original_from_items = ray.data.from_items
+
+    def from_items(items, *args, **kwargs):
+        fetched.append(("from_items", [dict(i) if isinstance(i, dict) else {"item": i} for i in items]))
+        return original_from_items(items, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data, "from_items", from_items)
+
+    from step_ray.pipeline.dataflow import LocalFlow
+
+    for method in ("inputs", "stages", "write", "shuffle", "map_reduce"):
+        monkeypatch.setattr(LocalFlow, method, lambda *a, **k: pytest.fail("the in-process flow ran on Ray"))
+    return fetched
+
+
+def _rows(batch) -> int:
+    if hasattr(batch, "num_rows"):
+        return batch.num_rows
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values()), []))
+    return len(batch)
+
+
+def _tiny_corpus(tmp_path):
+    from step_ray.synth.corpus import generate_corpus
+
+    cfg = load_config(None, ["synth.videos=3", "synth.seed=1", "synth.width=64", "synth.height=64",
+                             "synth.object_size=12", "synth.scene_seconds=0.6", "synth.scenes=1",
+                             "synth.min_objects=2", "synth.max_objects=2", "video.sample_fps=5"])
+    return generate_corpus(tmp_path / "corpus", cfg.synth, cfg.video, cfg.stsg)
+
+
+@pytest.mark.ray
+def test_thousands_of_inputs_stream_through_stsg_and_qra(ray_session, tmp_path, driver_rows):
+    from step_ray.pipeline.steps import qra_step, stsg_step
+    from step_ray.qra.records import qra_dataset
+
+    videos = [i["path"] for i in _tiny_corpus(tmp_path)]
+    manifest = tmp_path / "manifest.jsonl"
+    bad = {"missing": "cannot read the file", "../escape": "not a plain file name"}
+    with open(manifest, "w") as f:
+        for i in range(N_GOOD):
+            f.write(json.dumps({"uri": videos[i % len(videos)], "video_id": f"clip-{i:05d}"}) + "\n")
+        f.write(json.dumps({"uri": "no/such/video.mp4", "video_id": "missing"}) + "\n")
+        f.write(json.dumps({"uri": videos[0], "video_id": "../escape"}) + "\n")
+    cfg = load_config(None, [
+        "video.sample_fps=5", "perception.pool.min_size=2", "perception.pool.num_cpus=0.5",
+        "perception.pool.batch_size=50", "stsg.pool.num_cpus=0.25", "stsg.pool.batch_size=100",
+        "qra.pool.num_cpus=0.5", "qra.pool.batch_size=100", "qra.samples_per_video=3"])
+    out = tmp_path / "run"
+    s = stsg_step(cfg, [str(manifest)], out / "stsg")
+    n = N_GOOD + len(bad)
+    assert s["videos"] == n and s["accounted_for"] and s["ok"] == N_GOOD and s["failed"] == len(bad), s
+    results = pads.dataset(str(out / "stsg" / "results" / s["run"]), format="parquet").to_table()
+    ids = Counter(results["video_id"].to_pylist())
+    assert len(ids) == n and set(ids.values()) == {1}  # every input exactly once
+    for vid, reason in bad.items():
+        assert reason in s["errors"][vid], s["errors"]
+    assert not (tmp_path / "escape.stsg.json").exists() and not (out / "escape.stsg.json").exists()
+    assert len(list((out / "stsg").glob("*.stsg.json"))) == N_GOOD  # written by the graph actors
+
+    q = qra_step(cfg, [str(out / "stsg")], out / "qra")  # the stsg folder: the graphs of its last run
+    assert q["graphs"] == N_GOOD and q["graphs_failed"] == 0 and q["samples"] > 0, q
+    per_graph = pads.dataset(str(out / "qra" / "results"), format="parquet").to_table(columns=["video_id"])
+    assert sorted(Counter(per_graph["video_id"].to_pylist()).values()) == [1] * N_GOOD
+    train = qra_dataset(out / "qra").to_table(columns=["id", "video_id"], filter=pc.field("split") == "train")
+    assert 0 < train.num_rows < q["samples"] and q["by_split"]["train"] == train.num_rows
+    assert all(name.startswith("part-") for name in q["parts"])
+
+    # Nothing of the corpus on the driver: a handful of summary rows per call, none with corpus columns.
+    total = sum(len(rows) for _, rows in driver_rows)
+    worst = max((len(rows), name) for name, rows in driver_rows)
+    leaked = {k for _, rows in driver_rows for r in rows for k in r} & CORPUS_COLUMNS
+    assert total < n / 10 and worst[0] <= 200 and not leaked, (total, worst, leaked)
