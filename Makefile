@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/step-ray self-train --config configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf runs .pytest_cache

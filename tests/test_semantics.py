@@ -82,13 +82,13 @@ def test_stage_parses_keyframes_with_the_tiny_video_llm(synth_corpus, tmp_path):
     (almost all as malformed) and the graph is still written and valid."""
     import dataclasses
 
-    from step_ray.models.loading import load_model_and_processor
+    from step_ray.models.runtime import load_model_source
 
     base = synth_corpus["cfg"]  # the session's config: changed on a copy only
     cfg = dataclasses.replace(base, semantics=dataclasses.replace(base.semantics, enabled=True, samples=2,
                                                                   max_new_tokens=24, max_keyframes=3))
     item = synth_corpus["items"][0]
-    stages = stsg_stages(cfg, str(tmp_path), load_model=load_model_and_processor)
+    stages = stsg_stages(cfg, str(tmp_path), load_model=load_model_source)
     [table] = run_local([input_table([{"video_id": item["video_id"], "uri": item["path"]}])], stages)
     [row] = table.to_pylist()
     assert row["status"] == "ok", row["error"]
