@@ -146,6 +146,53 @@ def test_filter_stage_keeps_what_the_rules_decide(tmp_path, monkeypatch):
     assert stage.outputs.field("flags").type == pa.list_(pa.string())
 
 
+def test_an_interrupted_filter_asks_again_only_what_it_had_not_judged(tmp_path, monkeypatch):
+    """A run killed after its verdicts were written (here: publishing fails) leaves them in _work; the re-run
+    asks the model only about the samples whose verdicts were lost (one verdicts file of three deleted), and
+    its parts are the bytes of an uninterrupted run. Another config starts afresh."""
+    from step_ray.models.runtime import load_llm
+    from step_ray.pipeline import qra_filter
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(qra_filter, "ROWS_PER_FILE", 2)
+    folder, recs = toy_parts(tmp_path)
+    cfg = load_config(None, OVER)
+    asked: list[str] = []
+
+    def counting_loader(model_cfg, source, seed):
+        llm = load_llm(model_cfg, source, seed)
+        score = llm.score_options
+        llm.score_options = lambda rows, frames: asked.append(rows[0]["id"]) or score(rows, frames)
+        return llm
+
+    fresh = qra_filter.run(cfg, str(folder), str(tmp_path / "fresh"), use_ray=False, load_model=counting_loader)
+    assert len(asked) == 6 and fresh["reused_verdicts"] == 0
+    real_publish = qra_filter.publish
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(qra_filter, "publish", killed)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        qra_filter.run(cfg, str(folder), str(out), use_ray=False, load_model=counting_loader)
+    monkeypatch.setattr(qra_filter, "publish", real_publish)
+    verdicts = sorted((out / "_work" / "filter").glob("*/verdicts/*/part-*.parquet"))
+    assert len(verdicts) == 3
+    import pyarrow.parquet as pq
+
+    lost = set(pq.read_table(verdicts[0])["id"].to_pylist())
+    verdicts[0].unlink()
+    asked.clear()
+    again = qra_filter.run(cfg, str(folder), str(out), use_ray=False, load_model=counting_loader)
+    assert set(asked) == lost and again["reused_verdicts"] == 4 and again["kept"] == 6
+    assert part_bytes(out) == part_bytes(tmp_path / "fresh") and not (out / "_work").exists()
+    asked.clear()
+    other = qra_filter.run(load_config(None, OVER + ["qra.filter.asks=2"]), str(folder), str(out), use_ray=False,
+                           load_model=counting_loader)
+    assert other["reused_verdicts"] == 0 and len(asked) == 6
+
+
 def test_filter_in_place_on_s3(s3_server, tmp_path, monkeypatch):
     """The QRA folder on s3:// filtered in place (as ``step-ray qra`` does with qra.filter.enabled): its parts
     are replaced by the filtered ones, filter.json lands there, the scratch space is gone."""

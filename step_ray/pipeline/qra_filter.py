@@ -29,13 +29,14 @@ from functools import partial
 from typing import Any, Callable, ClassVar, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from step_ray.config import ModelConfig, QraFilterConfig, StepRayConfig
 from step_ray.pipeline.dataflow import (STREAM_IO_CPUS, PartSink, TableSpec, flow_for, new_run_id, parquet_blocks,
-                                        parquet_parts)
+                                        parquet_parts, run_files, runs_of)
 from step_ray.qra import records as R
 from step_ray.qra.filter import apply_verdict, permutations, verdict
-from step_ray.stage import Row, RowStage, runtime_field, schema
+from step_ray.stage import Row, RowStage, config_key, runtime_field, schema
 from step_ray.utils import storage
 from step_ray.utils.tally import Tally, tally_dict
 
@@ -138,20 +139,26 @@ def stage_columns(table: pa.Table, index: int) -> pa.Table:
     return pa.table(cols)
 
 
-def _local_blocks(files: list[str], rows: int):
-    columns = _StageColumns(files)
-    for i, path in enumerate(files):
-        yield from parquet_blocks(path, rows, columns, i)
-
-
 class _StageColumns:
-    """:func:`stage_columns` of the ``i``-th of ``files`` (the read tasks know files by position)."""
+    """:func:`stage_columns` of the ``i``-th of ``files`` (the read tasks know files by position), without the
+    samples that already have a verdict (their ids in ``done/part-NNNNN.parquet``, from an earlier run)."""
 
-    def __init__(self, files: list[str]):
+    def __init__(self, files: list[str], done: Optional[str] = None):
         self.indices = [part_index(f, i) for i, f in enumerate(files)]
+        self.done = done
 
     def __call__(self, table: pa.Table, i: int) -> pa.Table:
-        return stage_columns(table, self.indices[i])
+        index = self.indices[i]
+        if self.done is not None:
+            path = storage.join(self.done, R.part_name(index))
+            if storage.exists(path):
+                import pyarrow.parquet as pq
+
+                fs, p = storage.filesystem(path)
+                with fs.open_input_file(p) as f:
+                    done = pq.read_table(f)["id"]
+                table = table.filter(pc.invert(pc.is_in(table["id"], value_set=done.combine_chunks())))
+        return stage_columns(table, index)
 
 
 def _rows_in(files: list[str]) -> int:
@@ -196,8 +203,9 @@ def _finish(index: int, path: str, verdicts: pa.Table, out_folder: str, action: 
     t = Tally()
     t.add("seen", index)
     by_id: dict[str, Row] = {}
-    for v in verdicts.select(OUTPUTS.names).to_pylist():
-        by_id.setdefault(v["id"], v)
+    for v in verdicts.select(OUTPUTS.names).to_pylist():  # an ok verdict over an error of an earlier run
+        if v["id"] not in by_id or (by_id[v["id"]]["status"] != "ok" and v["status"] == "ok"):
+            by_id[v["id"]] = v
     kept = []
     errors = 0
     for rec in R.read_parquet(path):
@@ -237,7 +245,11 @@ def _verdict_part(t: pa.Table) -> pa.Array:
 def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model: Optional[str] = None,
         load_model: Optional[ModelLoader] = None) -> dict[str, Any]:
     """Filter the QRA output ``qra`` into ``out_dir`` (both local or on an object store, possibly the same
-    folder); the summary. ``model`` overrides ``qra.filter.model``; ``load_model`` the model loader."""
+    folder); the summary. ``model`` overrides ``qra.filter.model``; ``load_model`` the model loader.
+
+    The verdicts are kept in ``out_dir/_work/filter/<key>/`` until the parts are published, ``key`` hashing
+    the stage (its config sections) and the input files' content: a re-run after an interruption asks the
+    model only about the samples without an ``ok`` verdict yet."""
     from step_ray.utils.pool_fit import check_pool_fit
 
     if load_model is None:
@@ -251,26 +263,33 @@ def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model:
     check_pool_fit(cfg, "qra.filter.pool", use_ray=use_ray)
     flow = flow_for(use_ray, cfg.ray)
     stage = QraFilter.from_config(cfg, qra=fcfg, load_model=load_model)
-    work = storage.join(storage.join(out, "_work"), "filter")
-    storage.delete_dir(work)
-    run_id = new_run_id()
-    sink = PartSink(work, run_id, TABLES, ROWS_PER_FILE)
     start = time.perf_counter()
-    rows = max(1, stage.pool.batch_size)
-    if flow.is_ray:
-        import ray.data
+    work = _work_folder(out, stage, files)
+    earlier = run_files(work, "verdicts", runs_of(work, "verdicts"))
+    done_ids = storage.join(work, "done")
+    reused = 0
+    if earlier:  # an interrupted run of this stage over these inputs: its ok verdicts, by part
+        reused = sum(tally_dict(flow.shuffle(earlier, _verdict_part, partial(write_done, folder=done_ids)))
+                     .get("done", {}).values())
+    samples = _rows_in(files)
+    sink = PartSink(work, new_run_id(), TABLES, ROWS_PER_FILE)
+    if samples > reused:
+        columns = _StageColumns(files, done_ids if reused else None)
+        rows = max(1, stage.pool.batch_size)
+        if flow.is_ray:
+            import ray.data
 
-        source = parquet_parts(files, rows, transform=_StageColumns(files),
-                               schema=pa.schema(list(INPUTS) + [pa.field(PART, pa.int64())]))
-        batches = ray.data.read_datasource(source, num_cpus=STREAM_IO_CPUS)
-    else:
-        batches = _local_blocks(files, rows)
-    if _rows_in(files):
+            source = parquet_parts(files, rows, transform=columns,
+                                   schema=pa.schema(list(INPUTS) + [pa.field(PART, pa.int64())]))
+            batches = ray.data.read_datasource(source, num_cpus=STREAM_IO_CPUS)
+        else:
+            batches = (b for i, f in enumerate(files) for b in parquet_blocks(f, rows, columns, i))
         flow.write(flow.stages(batches, [stage], carry=[PART]), sink)
     by_index = {part_index(f, i): f for i, f in enumerate(files)}
     done_dir = storage.join(work, "out")
     args = dict(files=by_index, out_folder=done_dir, action=fcfg.action, asks=fcfg.asks)
-    tallies = tally_dict(flow.shuffle(sink.files("verdicts"), _verdict_part, partial(finish_part, **args)))
+    verdicts = earlier + sink.files("verdicts")
+    tallies = tally_dict(flow.shuffle(verdicts, _verdict_part, partial(finish_part, **args)))
     seen = {int(a) for (a, _, _) in tallies.get("seen", {})}
     unjudged = [i for i in sorted(by_index) if i not in seen]
     if unjudged:
@@ -281,10 +300,37 @@ def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model:
         R.write_part([], done_dir, 0)
         parts = [R.part_name(0)]
     publish(done_dir, out, parts)
-    storage.delete_dir(work)
+    storage.delete_dir(storage.join(storage.join(out, "_work"), "filter"))
     _remove_if_empty(storage.join(out, "_work"))
-    seconds = time.perf_counter() - start
-    return summarise(tallies, fcfg, cfg, parts, seconds)
+    summary = summarise(tallies, fcfg, cfg, parts, time.perf_counter() - start)
+    summary["reused_verdicts"] = reused
+    return summary
+
+
+def _work_folder(out: str, stage: QraFilter, files: list[str]) -> str:
+    """This run's scratch folder, ``out/_work/filter/<key>``; other keys' folders (another config, other
+    inputs) and this one's unfinished outputs are removed."""
+    key = config_key(stage.key(), [[f.rstrip("/").rsplit("/", 1)[-1], storage.content_key(f)] for f in files])
+    root = storage.join(storage.join(out, "_work"), "filter")
+    for name in storage.list_dir(root):
+        if name != key:
+            storage.delete_dir(storage.join(root, name))
+    work = storage.join(root, key)
+    for name in ("done", "out"):
+        storage.delete_dir(storage.join(work, name))
+    return work
+
+
+def write_done(verdicts: pa.Table, folder: str) -> pa.Table:
+    """The ids of one part's ``ok`` verdicts (of earlier runs) as ``folder/part-NNNNN.parquet``; tally: how many."""
+    t = Tally()
+    index = int(verdicts[PART][0].as_py())
+    ok = verdicts.filter(pc.equal(verdicts["status"], "ok"))
+    ids = pc.unique(ok["id"])
+    if len(ids):
+        storage.write_parquet(storage.join(folder, R.part_name(index)), pa.table({"id": ids}))
+        t.add("done", n=len(ids))
+    return t.table()
 
 
 def publish(src: str, out: str, parts: list[str]) -> None:
