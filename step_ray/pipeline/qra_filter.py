@@ -55,6 +55,8 @@ PART = "_part"
 ROWS_PER_FILE = 1024
 #: Error examples kept per part for the summary.
 EXAMPLES = 20
+#: Consistencies are summed in tallies (integers) in units of 1e-9.
+NANO = 1_000_000_000
 #: The tables the stage's output goes to.
 TABLES = (TableSpec("verdicts", lambda t: t),)
 
@@ -186,20 +188,20 @@ def check_inputs(files: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- finishing
 
 
-def finish_part(verdicts: pa.Table, files: dict[int, str], out_folder: str, action: str, asks: int) -> pa.Table:
+def finish_part(verdicts: pa.Table, files: dict[int, str], out_folder: str, action: str) -> pa.Table:
     """One part: its records (read from its input file) with their verdicts (``verdicts``: the verdict rows
     of the samples of that part, possibly none) applied; written as a QRA part of the same index into
     ``out_folder``. Tallies: samples, kept, dropped, errors, flags, consistency, the part written."""
     index = int(verdicts[PART][0].as_py())
-    return _finish(index, files[index], verdicts, out_folder, action, asks)
+    return _finish(index, files[index], verdicts, out_folder, action)
 
 
-def finish_unjudged(index: int, files: dict[int, str], out_folder: str, action: str, asks: int) -> pa.Table:
+def finish_unjudged(index: int, files: dict[int, str], out_folder: str, action: str) -> pa.Table:
     """A part none of whose samples came back with a verdict (never expected): kept, flagged filter_error."""
-    return _finish(index, files[index], OUTPUTS.empty_table(), out_folder, action, asks)
+    return _finish(index, files[index], OUTPUTS.empty_table(), out_folder, action)
 
 
-def _finish(index: int, path: str, verdicts: pa.Table, out_folder: str, action: str, asks: int) -> pa.Table:
+def _finish(index: int, path: str, verdicts: pa.Table, out_folder: str, action: str) -> pa.Table:
     t = Tally()
     t.add("seen", index)
     by_id: dict[str, Row] = {}
@@ -228,7 +230,7 @@ def _finish(index: int, path: str, verdicts: pa.Table, out_folder: str, action: 
         t.add("kept")
         if out.get("consistency") is not None:
             t.add("scored")
-            t.add("agreeing", n=int(round(out["consistency"] * asks)))
+            t.add("consistency_nano", n=int(round(out["consistency"] * NANO)))
     if kept:
         R.write_part(kept, out_folder, index)
         t.add("part", R.part_name(index))
@@ -287,7 +289,7 @@ def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model:
         flow.write(flow.stages(batches, [stage], carry=[PART]), sink)
     by_index = {part_index(f, i): f for i, f in enumerate(files)}
     done_dir = storage.join(work, "out")
-    args = dict(files=by_index, out_folder=done_dir, action=fcfg.action, asks=fcfg.asks)
+    args = dict(files=by_index, out_folder=done_dir, action=fcfg.action)
     verdicts = earlier + sink.files("verdicts")
     tallies = tally_dict(flow.shuffle(verdicts, _verdict_part, partial(finish_part, **args)))
     seen = {int(a) for (a, _, _) in tallies.get("seen", {})}
@@ -361,7 +363,7 @@ def summarise(tallies: dict[str, Counter], fcfg: QraFilterConfig, cfg: StepRayCo
         "errors": total("errors"),
         "error_examples": dict(errors[:EXAMPLES]),
         "flags": {a: n for (a, _, _), n in sorted(tallies.get("flag", {}).items())},
-        "mean_consistency": round(total("agreeing") / (scored * fcfg.asks), 4) if scored else None,
+        "mean_consistency": round(total("consistency_nano") / NANO / scored, 4) if scored else None,
         "asks": fcfg.asks,
         "action": fcfg.action,
         "model": fcfg.model or f"base:{cfg.model.name_or_path}",
