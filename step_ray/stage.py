@@ -45,16 +45,8 @@ A minimal stage::
     runners.run_local([table], [stage])                      # in this process (tests, --no-ray)
     runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
 
-Adopting the contract (phase 2 of issue 10; these still run on the compatibility path of
-:func:`step_ray.pipeline.runners.run_stage`, or on their own Ray Data code):
+Adopting the contract (phase 2 of issue 10; these still run on their own Ray Data code):
 
-* **the QRA filter** (``qra/filter.py``) becomes a ``RowStage`` named ``qra-filter`` with fields ``qra``
-  (for ``qra.filter``), ``model``, ``seed`` and a model-loading callable, ``pool_path = "qra.filter.pool"``,
-  inputs = the QRA columns it reads (:data:`step_ray.qra.records.QRA_SCHEMA` subset: id, video_uri, start,
-  end, question, options, answer, answer_index), outputs = id, status, error, consistency, pick,
-  ``flags: list<string>``. Because it scores with the model layer it moves above ``qra`` (next to eval, or
-  into ``pipeline/``): ``qra`` may not import ``models`` / ``eval`` / ``train`` (the import contract). Its
-  step then maps it over ``read_parquet`` of the QRA parts and writes parts back, like the QRA step does.
 * **the training stream's encode stage** (``train/stream.py``) becomes a batch :class:`Stage` (it turns one
   QRA row into one or two sequences, so it sets ``one_row_per_input = False``) named ``train-encode`` with
   fields ``model``, ``train``, ``seed``, ``pool_path = "train.data"`` once that section holds a
@@ -64,6 +56,13 @@ Adopting the contract (phase 2 of issue 10; these still run on the compatibility
   and the model-loading callable; inputs the QRA columns it scores; outputs one prediction row per
   question: id, status, error, pred_index, correct, ``scores: list<double>``) run on an actor pool over the
   test split, with the accuracy tables computed by aggregations over its output.
+
+Done: STSG perception and graph building (:mod:`step_ray.stsg.stage`), QRA sampling
+(:mod:`step_ray.qra.stage`), and the QRA filter: the ``qra-filter`` ``RowStage`` of
+:mod:`step_ray.pipeline.qra_filter` (above the model layer; its rules stay model-free in
+:mod:`step_ray.qra.filter`), mapped over a streamed read of the QRA parts, its verdicts joined back to
+their parts by a shuffle and the parts written back (:func:`step_ray.pipeline.runners.map_stages`'s ``carry``
+hands on the part index the stage does not read).
 
 Stages that need a model receive the function that loads it as a field (a picklable callable), set by the
 step that builds them: the stage's package then does not import the model layer that stands above it.
@@ -227,7 +226,7 @@ class RowGuard:
 
 
 #: Internal column that carries each input row's index through an executor that keys the ledger by position
-#: (the compatibility path, the evaluation pool); stages drop unknown keys.
+#: (the evaluation pool); stages drop unknown keys.
 ROW_INDEX = "_step_ray_row"
 
 

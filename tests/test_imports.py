@@ -28,16 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: (importer module, imported module) -> why it is allowed for now and what removes it.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("step_ray.qra.filter", "step_ray.models.runtime"):
-        "the filter loads the model for scoring through the model layer (issue 9); phase 2 of issue 10 moves it "
-        "above qra (a qra-filter stage built by the pipeline, handed its model loader)",
-    ("step_ray.qra.filter", "step_ray.models.inputs"):
-        "the filter reads a question's frames through the model layer (issue 9); it moves above qra with the "
-        "model loading (issue 10 phase 2)",
-    ("step_ray.qra.filter", "step_ray.pipeline.runners"):
-        "the filter runs on the compatibility path run_stage until it adopts the stage contract (issue 10 phase 2)",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def layer_of(module: str) -> int:

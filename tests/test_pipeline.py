@@ -117,13 +117,3 @@ def test_self_train_reads_only_the_graphs_of_its_last_stsg_run(synth_corpus, tmp
     (tmp_path / "stsg" / "old.stsg.json").write_text(open(items[1]["gt_path"]).read())
     stsg_step(cfg, [str(videos)], tmp_path / "stsg", use_ray=False)
     assert [p.rsplit("/", 1)[-1] for p in graphs_of_last_run(tmp_path / "stsg")] == ["v.stsg.json"]
-
-
-def test_ray_rows_become_plain_python():
-    import numpy as np
-
-    from step_ray.pipeline.runners import _plain
-
-    assert _plain(np.float64("nan")) is None and _plain(float("nan")) is None
-    assert _plain(np.int64(3)) == 3 and type(_plain(np.int64(3))) is int
-    assert _plain(np.array([1.5, 2.5])) == [1.5, 2.5]

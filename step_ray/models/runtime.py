@@ -216,5 +216,12 @@ def load_video_llm(cfg: StepRayConfig, source: Optional[str] = None, device: str
                    precision: str = "auto", max_new_tokens: int = 128) -> VideoLLM:
     """Load ``source`` (any model reference, see :mod:`step_ray.models.sources`; None: the base of
     ``cfg.model``) as a :class:`VideoLLM`."""
-    model, processor, resolved = load_model_source(cfg.model, source, device, precision, cfg.run.seed)
-    return VideoLLM(model, processor, cfg.model, resolved.card, resolved.description, max_new_tokens)
+    return load_llm(cfg.model, source, cfg.run.seed, device, precision, max_new_tokens)
+
+
+def load_llm(model_cfg: ModelConfig, source: Optional[str] = None, seed: int = 0, device: str = "auto",
+             precision: str = "auto", max_new_tokens: int = 128) -> VideoLLM:
+    """:func:`load_video_llm` from the sections a stage holds (``model``, ``run.seed``): the loader the
+    pipeline hands to stages below the model layer."""
+    model, processor, resolved = load_model_source(model_cfg, source, device, precision, seed)
+    return VideoLLM(model, processor, model_cfg, resolved.card, resolved.description, max_new_tokens)

@@ -209,23 +209,31 @@ class InputListing:
         return ListInputs()
 
 
-def _blocks_of(path: str, rows: int) -> Iterator[pa.Table]:
+def parquet_blocks(path: str, rows: int, transform: Optional[Callable[[pa.Table, int], pa.Table]] = None,
+                   index: int = 0) -> Iterator[pa.Table]:
+    """The rows of one Parquet file in blocks of at most ``rows`` (``transform(table, index)`` applied first)."""
     for table in _read_batches([path], None):
+        if transform is not None:
+            table = transform(table, index)
         for start in range(0, table.num_rows, rows):
             yield table.slice(start, rows)
 
 
-def parquet_parts(files: Sequence[str], block_rows: int = 1 << 20) -> Any:
+def parquet_parts(files: Sequence[str], block_rows: int = 1 << 20,
+                  transform: Optional[Callable[[pa.Table, int], pa.Table]] = None,
+                  schema: Optional[pa.Schema] = None) -> Any:
     """A Ray Data datasource with one read task per Parquet file of ``files`` (local or on an object store),
-    each yielding blocks of at most ``block_rows`` rows."""
+    each yielding blocks of at most ``block_rows`` rows; ``transform(table, index)`` (with ``schema``, what
+    it returns) turns the rows of the ``index``-th file into the blocks (columns picked, defaults filled)."""
     import pyarrow.parquet as pq
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
     files = list(files)
-    fs, p = storage.filesystem(files[0])
-    with fs.open_input_file(p) as f:
-        schema = pq.read_schema(f)
+    if schema is None:
+        fs, p = storage.filesystem(files[0])
+        with fs.open_input_file(p) as f:
+            schema = pq.read_schema(f)
 
     class ParquetParts(Datasource):
         def estimate_inmemory_data_size(self) -> Optional[int]:
@@ -233,7 +241,8 @@ def parquet_parts(files: Sequence[str], block_rows: int = 1 << 20) -> Any:
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None, **_: Any):
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            return [ReadTask(lambda path=path: _blocks_of(path, block_rows), meta, schema=schema) for path in files]
+            return [ReadTask(lambda path=path, i=i: parquet_blocks(path, block_rows, transform, i), meta, schema=schema)
+                    for i, path in enumerate(files)]
 
         def get_name(self) -> str:
             return "ReadParts"
@@ -344,8 +353,10 @@ class LocalFlow:
         table = pa.concat_tables(out)
         return (table.slice(i, block_rows) for i in range(0, table.num_rows, max(1, block_rows))), table.num_rows
 
-    def stages(self, batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[pa.Table]:
-        return run_local(batches, stages)
+    def stages(self, batches: Iterable[pa.Table], stages: Sequence[Stage], carry: Sequence[str] = ()
+               ) -> Iterator[pa.Table]:
+        """``batches`` through ``stages`` (``carry``: input columns handed on beside their outputs)."""
+        return run_local(batches, stages, carry)
 
     def write(self, batches: Iterable[pa.Table], sink: PartSink) -> None:
         pending: list[pa.Table] = []
@@ -453,10 +464,10 @@ class RayFlow:
         # CPUs whatever num_cpus says, and wait for ever behind actor pools that hold every CPU.
         return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS), count
 
-    def stages(self, ds: Any, stages: Sequence[Stage]) -> Any:
+    def stages(self, ds: Any, stages: Sequence[Stage], carry: Sequence[str] = ()) -> Any:
         from step_ray.pipeline.runners import map_stages
 
-        return map_stages(ds, stages)
+        return map_stages(ds, stages, carry=carry)
 
     def write(self, ds: Any, sink: PartSink) -> None:
         ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": STREAM_IO_CPUS})

@@ -175,13 +175,17 @@ def _read_qra(path: str | Path) -> list[dict]:
 
 def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, use_ray: bool = True,
                     model: str | None = None) -> dict:
-    """The model-side self-consistency filter over a QRA output: asks the model ``qra.filter.asks`` times per
-    sample, writes the QRA parts in ``out_dir`` with ``consistency`` and ``flags`` set (and flagged samples
-    dropped when ``qra.filter.action`` is drop) and ``filter.json``."""
-    from step_ray.qra.filter import apply_filter
+    """The model-side self-consistency filter over a QRA output (a folder of parts or one file, local or on an
+    object store): the ``qra-filter`` stage asks the model ``qra.filter.asks`` times per sample on its actor
+    pool, streaming over the parts; writes the QRA parts in ``out_dir`` (may be the input folder) with
+    ``consistency`` and ``flags`` set (and flagged samples dropped when ``qra.filter.action`` is drop) and
+    ``filter.json``. ``model`` overrides ``qra.filter.model``."""
+    from step_ray.pipeline import qra_filter
 
-    summary = apply_filter(cfg, find_qra(qra), Path(out_dir), use_ray=use_ray, model=model)
-    write_json(storage.join(str(out_dir), "filter.json"), summary)
+    out = str(out_dir)
+    check_output(out)
+    summary = qra_filter.run(cfg, find_qra(qra), out, use_ray=use_ray, model=model)
+    write_json(storage.join(out, "filter.json"), summary)
     return summary
 
 

@@ -208,13 +208,6 @@ def remove_parts(folder: str, keep: Iterable[str] = ()) -> None:
             storage.delete_file(storage.join(folder, n))
 
 
-def write_single_part(records: Iterable[dict[str, Any]], folder: str) -> str:
-    """A whole QRA folder as one part (small outputs: the filter's compatibility path); older parts go."""
-    write_part(records, folder, 0)
-    remove_parts(folder, keep=[part_name(0)])
-    return storage.join(folder, part_name(0))
-
-
 def qra_files(path: str | Path) -> list[str]:
     """The Parquet files of a QRA output: a folder's parts, else its ``qra.parquet`` (runs before parts),
     else ``path`` itself if it is a file. ``FileNotFoundError`` (with the reason) when there is none."""
@@ -242,18 +235,23 @@ def qra_dataset(path: str | Path):
     return pads.dataset([storage.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
 
 
+def check_schema(schema: pa.Schema, path: str | Path) -> None:
+    """:class:`QraFormatError` unless ``schema`` (of a file at ``path``) is a QRA schema this code reads."""
+    missing = [f for f in CORE_FIELDS if f not in schema.names]
+    if missing:
+        raise QraFormatError(f"{path}: not a QRA file (missing {', '.join(missing)})")
+    version = (schema.metadata or {}).get(b"qra_schema_version", b"").decode()
+    if version and version not in READABLE_VERSIONS:
+        raise QraFormatError(f"{path}: QRA schema {version!r}, this reader knows {', '.join(READABLE_VERSIONS)}")
+
+
 def read_parquet(path: str | Path, split: Optional[str] = None) -> list[dict[str, Any]]:
     """Records of a QRA output (folder of parts, ``qra.parquet``, or one file), in file order; only ``split``
     if given."""
     import pyarrow.compute as pc
 
     ds = qra_dataset(path)
-    missing = [f for f in CORE_FIELDS if f not in ds.schema.names]
-    if missing:
-        raise QraFormatError(f"{path}: not a QRA file (missing {', '.join(missing)})")
-    version = (ds.schema.metadata or {}).get(b"qra_schema_version", b"").decode()
-    if version and version not in READABLE_VERSIONS:
-        raise QraFormatError(f"{path}: QRA schema {version!r}, this reader knows {', '.join(READABLE_VERSIONS)}")
+    check_schema(ds.schema, path)
     present = [f for f in FIELDS if f in ds.schema.names]
     table = ds.to_table(columns=present, filter=(pc.field("split") == split) if split else None)
     return [with_defaults(r) for r in table.to_pylist()]
