@@ -44,8 +44,10 @@ from step_ray.utils.tally import Tally, tally_dict
 PART_ROWS = 20_000
 #: Hex digits by which one histogram pass narrows a cut-off hash (256 buckets per over-represented value).
 HIST_DIGITS = 2
-#: A value's candidates within the current hash prefix are brought to the driver once this few remain.
-GATHER_LIMIT = 4096
+#: A value's candidates within the current hash prefix are brought to the driver once this few remain: the
+#: driver holds at most this many hashes per over-represented value, whatever the corpus size (a histogram
+#: pass returns at most as many buckets, so each threshold-search pass is bounded alike).
+GATHER_LIMIT = 16**HIST_DIGITS
 
 Group = tuple[str, str]  # (family, answer)
 
