@@ -42,7 +42,7 @@ A minimal stage::
             return {"id": row["id"], "status": "ok", "error": None, "words": len(row["text"].split())}
 
     stage = WordCount.from_config(cfg)                       # cheap; WordCount.pool_of(cfg) without building
-    runners.run_local([table], [stage])                      # in this process (tests, --no-ray)
+    run_local([table], [stage])                              # in this process (tests, --no-ray)
     runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
 
 Adopting the contract (phase 2 of issue 10; these still run on the compatibility path of
@@ -60,10 +60,14 @@ Adopting the contract (phase 2 of issue 10; these still run on the compatibility
   fields ``model``, ``train``, ``seed``, ``pool_path = "train.data"`` once that section holds a
   ``PoolConfig``; outputs are its four columns (``seq`` as ``large_binary``). ``build_stream`` maps it with
   :func:`~step_ray.pipeline.runners.map_stages` instead of its own ``map_batches`` call.
-* **evaluation** becomes a batch :class:`Stage` named ``eval-score`` (fields ``model``, ``eval``, ``seed``
-  and the model-loading callable; inputs the QRA columns it scores; outputs one prediction row per
-  question: id, status, error, pred_index, correct, ``scores: list<double>``) run on an actor pool over the
-  test split, with the accuracy tables computed by aggregations over its output.
+
+Evaluation has adopted it: :class:`step_ray.eval.score.EvalScore` is a batch :class:`Stage` named
+``eval-score`` (fields ``model``, ``eval``, ``seed``, the model reference and the modes; ``pool_path =
+"eval.pool"``; one scored row per question and vision: key, id, vision, status, error, ``scores:
+list<double>``, the generated text and rationale). Every evaluation (``step-ray eval``, the ``eval`` step,
+the evaluations of ``self-train``, ``ablate`` and ``pretrain`` with their vision controls) maps it with
+:func:`step_ray.pipeline.runners.map_tables` (its rows guarded by the :class:`CrashLedger`) or runs it with
+:func:`run_local`. Evaluation stands above the model layer, so it imports its loader directly.
 
 Stages that need a model receive the function that loads it as a field (a picklable callable), set by the
 step that builds them: the stage's package then does not import the model layer that stands above it.
@@ -76,7 +80,7 @@ import hashlib
 import json
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
@@ -227,7 +231,7 @@ class RowGuard:
 
 
 #: Internal column that carries each input row's index through an executor that keys the ledger by position
-#: (the compatibility path, the evaluation pool); stages drop unknown keys.
+#: (the compatibility path); stages drop unknown keys.
 ROW_INDEX = "_step_ray_row"
 
 
@@ -348,6 +352,23 @@ def run_batch(stage: Stage, batch: pa.Table) -> pa.Table:
             raise
         out = stage.error_rows(batch, describe(err))
     return check_outputs(stage, out, rows_in)
+
+
+def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[pa.Table]:
+    """The in-process executor: set every stage up here, push each batch through all of them (through
+    :func:`run_batch`), yield the results as they come; tear the stages down at the end (also when the caller
+    stops early). Tests, debugging and ``--no-ray`` use it; the Ray executor is
+    :func:`step_ray.pipeline.runners.map_stages`."""
+    for stage in stages:
+        stage.setup()
+    try:
+        for batch in batches:
+            for stage in stages:
+                batch = run_batch(stage, batch)
+            yield batch
+    finally:
+        for stage in stages:
+            stage.teardown()
 
 
 def schema(*fields: tuple[str, pa.DataType], nullable: bool = True) -> pa.Schema:

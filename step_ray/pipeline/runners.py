@@ -2,6 +2,8 @@
 
 * :func:`run_local` — every stage set up once in this process; Arrow batches go through them in turn
   (tests, debugging, ``--no-ray``). Lazy: it yields each batch as it is done, so a caller can write it out.
+  (Defined with the contract in :mod:`step_ray.stage`, so packages below the pipeline can run a stage in
+  process too; re-exported here.)
 * :func:`map_stages` — one Ray Data ``map_batches`` per stage on a lazy dataset, each with its own actor pool
   (``compute=ActorPoolStrategy(min_size, max_size)``), CPUs / GPUs per actor and rows per batch from the
   stage's ``pool``, shown by Ray Data under the stage's own name (``MapBatches(stsg-perception)``). Heavy
@@ -25,13 +27,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 from tqdm import tqdm
 
 from step_ray.config import PoolConfig, StepRayConfig, from_dict, to_dict
-from step_ray.stage import ROW_INDEX, CrashLedger, RowGuard, Stage, ledger_key, run_batch
+from step_ray.stage import ROW_INDEX, CrashLedger, RowGuard, Stage, ledger_key, run_batch, run_local
 from step_ray.utils.env import configure_ultralytics, show_progress
 
 #: Times a row whose process died on it is run again before it becomes an error row, where the pool config
@@ -55,7 +57,7 @@ class _LedgerGuard(RowGuard):
         self.ledger.end.remote(ledger_key(self.stage, key))
 
 
-__all__ = ["CrashLedger", "ROW_INDEX", "map_stages", "new_ledger", "run_local", "run_stage"]
+__all__ = ["CrashLedger", "ROW_INDEX", "map_stages", "map_tables", "new_ledger", "run_local", "run_stage"]
 
 
 def new_ledger() -> Any:
@@ -63,24 +65,6 @@ def new_ledger() -> Any:
     import ray
 
     return ray.remote(num_cpus=0)(CrashLedger).remote()
-
-
-# --------------------------------------------------------------------------------------------- local
-
-
-def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage]) -> Iterator[pa.Table]:
-    """Set every stage up here, push each batch through all of them, yield the results as they come;
-    tear the stages down at the end (also when the caller stops early)."""
-    for stage in stages:
-        stage.setup()
-    try:
-        for batch in batches:
-            for stage in stages:
-                batch = run_batch(stage, batch)
-            yield batch
-    finally:
-        for stage in stages:
-            stage.teardown()
 
 
 # --------------------------------------------------------------------------------------------- Ray Data
@@ -121,6 +105,21 @@ def map_stages(ds: Any, stages: Sequence[Stage], ledger: Any = None) -> Any:
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
         ds = _map_stage(ds, stage, pool, resources, ledger)
     return ds
+
+
+def map_tables(tables: Sequence[pa.Table], stages: Sequence[Stage], use_ray: bool = True) -> Iterator[pa.Table]:
+    """``stages`` over in-memory input ``tables`` (a few thousand rows: an evaluation set), the output batches
+    as they come: on their Ray Data actor pools (one block per table; Ray must be initialised), or with
+    :func:`run_local` in this process when not ``use_ray``."""
+    if not use_ray:
+        return run_local(tables, stages)
+    import ray.data
+
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return iter(())
+    ds = map_stages(ray.data.from_arrow(list(tables)), stages)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _map_stage(ds: Any, stage: Stage, pool: PoolConfig, resources: dict, ledger: Any) -> Any:
