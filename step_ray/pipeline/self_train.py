@@ -9,7 +9,8 @@
                        r-1 when qra.filter.enabled), stats.json, card.md
       train/           fine-tuning from model r-1: checkpoints/, adapter/ (or model/), merged/
       eval/            base.json (round 1), trained.json, trained_train_split.json, and each vision control
-                       beside them (base_blank.json, trained_blank.json, ...)
+                       beside them (base_blank.json, trained_blank.json, ...): an evaluation and its controls
+                       scored together on the eval.pool actor pool (the driver never loads a model)
     report.md, report.html, plots/*.png, summary.json, config.yaml
 
 Round r+1 repeats the mining with the model of round r where the model takes part (semantics parsing, the
