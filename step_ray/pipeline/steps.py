@@ -245,7 +245,7 @@ def require_split(qra_path: str | Path, split: str) -> None:
                              f"no column {', '.join(missing)}")
         splits = ds.to_table(columns=["split"])["split"]
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{qra_path}: not readable as Parquet ({type(err).__name__}: "
+        raise InputError(f"{qra_path}: not a readable Parquet file ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
