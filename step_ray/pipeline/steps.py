@@ -241,7 +241,7 @@ def require_split(qra_path: str | Path, split: str) -> None:
         ds = qra_dataset(qra_path)
         missing = [c for c in CORE_FIELDS if c not in ds.schema.names]
         if missing:
-            raise InputError(f"{qra_path}: not a QRA output (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
+            raise InputError(f"{qra_path}: not a QRA file (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
                              f"no column {', '.join(missing)}")
         splits = ds.to_table(columns=["split"])["split"]
     except (pa.ArrowException, OSError) as err:
