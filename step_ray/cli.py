@@ -157,12 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=EPILOG,
                        help="accuracy by number of reasoning steps, on step-ray's QRA or a public benchmark",
-                       description="Without --benchmark: score every option of each test-split question of a QRA "
-                                   "file by its likelihood under the model, in this process, and write "
+                       description="Questions are scored on a Ray Data actor pool (eval.pool; the model is "
+                                   "loaded in the actors, bf16 on GPUs, never in this process; --no-ray: in this "
+                                   "process).\n\nWithout --benchmark: score every option of each test-split "
+                                   "question of a QRA output by its likelihood under the model and write "
                                    "OUTPUT/NAME.json (accuracy overall, by steps 1/2/3+ and by family, 95% Wilson "
                                    "intervals).\n\nWith --benchmark nextqa|star|agqa|qra: read the benchmark's "
-                                   "file as distributed (docs/benchmarks.md), score its questions on a Ray Data "
-                                   "actor pool (eval.pool; the model is loaded in the actors, bf16 on GPUs) by "
+                                   "file as distributed (docs/benchmarks.md), score its questions by "
                                    "option likelihood and / or by generation (--mode), and write "
                                    "OUTPUT/predictions.parquet (a row per question, skipped ones with their "
                                    "reason), OUTPUT/summary.json (accuracy overall, by steps and by question type, "
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="eval", help="result file name without --benchmark (default: eval)")
     p.add_argument("--vision", choices=("real", "blank", "shuffled"), default="real",
                    help="vision control: real frames (default), black frames, or the same moments of another video")
-    _common(p)
+    _common(p, ray=True)
 
     p = sub.add_parser("self-train", formatter_class=fmt, epilog=EPILOG,
                        help="the whole loop into one run directory, with a summary and report.md",
@@ -351,12 +352,12 @@ def run(argv: list[str] | None = None) -> int:
         summary = steps.train_step(cfg, args.input, args.output, merged=args.merged)
         _print_summary("train", {k: v for k, v in summary.items() if k != "history"})
     elif args.command == "eval" and args.benchmark:
-        from step_ray.eval.run import evaluate_benchmark, format_summary
+        from step_ray.eval.run import format_summary
 
         options = {"map_uri": args.map, "vocabulary_uri": args.vocabulary,
                    "split": args.split if args.benchmark == "qra" else None}
-        summary = evaluate_benchmark(cfg, args.benchmark, args.input, args.videos, args.output, args.model,
-                                     args.mode, args.compare, args.vision, **options)
+        summary = steps.eval_benchmark_step(cfg, args.benchmark, args.input, args.videos, args.output, args.model,
+                                            args.mode, args.compare, args.vision, use_ray=use_ray, **options)
         print(format_summary(summary))
     elif args.command == "eval":
         from step_ray.utils.inputs import InputError
@@ -364,7 +365,8 @@ def run(argv: list[str] | None = None) -> int:
         for flag in ("videos", "compare", "map", "vocabulary"):
             if getattr(args, flag):
                 raise InputError(f"--{flag} needs --benchmark (without it, eval scores a QRA file by likelihood)")
-        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name, vision=args.vision)
+        result = steps.eval_step(cfg, args.input, args.model, args.output, args.name, vision=args.vision,
+                                 use_ray=use_ray)
         _print_summary("eval", {k: v for k, v in result.items() if k != "predictions"})
     elif args.command == "stsg-eval":
         _stsg_eval(cfg, args)

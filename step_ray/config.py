@@ -577,16 +577,19 @@ class EvalConfig:
     """Evaluation: QRA held-out questions and public benchmarks, by option likelihood and by generation."""
 
     max_samples: int = _f(0, "Cap on evaluated samples (0: all of the held-out split).")
-    batch_size: int = _f(8, "Questions scored per forward batch.")
+    batch_size: int = _f(8, "Questions per forward pass of the scoring model (each actor of eval.pool splits the "
+                            "eval.pool.batch_size questions it is handed into passes of this many; the same "
+                            "passes run in process with --no-ray).")
     vision_controls: list[str] = _f(
         factory=lambda: ["blank"],
         help="Vision controls evaluated beside each evaluation of self-train and ablate: 'blank' (black frames) "
              "and / or 'shuffled' (the same moments of another video). A model that keeps its accuracy without "
              "its video answers from text priors.")
     pool: PoolConfig = _f(factory=lambda: PoolConfig(min_size=1, max_size=1, num_cpus=1.0, num_gpus=0.0, batch_size=8),
-                          help="Actor pool of `step-ray eval --benchmark` (each actor loads the model once; "
-                               "pool.batch_size questions are scored per forward pass). num_gpus > 0 on a GPU "
-                               "cluster (a fraction shares a GPU between actors).")
+                          help="Actor pool of every evaluation (`step-ray eval`, and those of self-train, ablate "
+                               "and pretrain with their vision controls): each actor loads the model once, the "
+                               "driver never does; pool.batch_size questions are handed to an actor at a time. "
+                               "num_gpus > 0 on a GPU cluster (a fraction shares a GPU between actors).")
     device: str = _f("auto", "Device of the eval actors' model: 'auto' (CUDA if the actor sees it, else CPU), "
                              "'cpu', or 'cuda:N'.")
     precision: Literal["auto", "bf16", "fp32"] = _f(

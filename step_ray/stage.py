@@ -42,7 +42,7 @@ A minimal stage::
             return {"id": row["id"], "status": "ok", "error": None, "words": len(row["text"].split())}
 
     stage = WordCount.from_config(cfg)                       # cheap; WordCount.pool_of(cfg) without building
-    runners.run_local([table], [stage])                      # in this process (tests, --no-ray)
+    run_local([table], [stage])                              # in this process (tests, --no-ray)
     runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
 
 Adopting the contract (phase 2 of issue 10; these still run on their own Ray Data code):
@@ -52,10 +52,14 @@ Adopting the contract (phase 2 of issue 10; these still run on their own Ray Dat
   fields ``model``, ``train``, ``seed``, ``pool_path = "train.data"`` once that section holds a
   ``PoolConfig``; outputs are its four columns (``seq`` as ``large_binary``). ``build_stream`` maps it with
   :func:`~step_ray.pipeline.runners.map_stages` instead of its own ``map_batches`` call.
-* **evaluation** becomes a batch :class:`Stage` named ``eval-score`` (fields ``model``, ``eval``, ``seed``
-  and the model-loading callable; inputs the QRA columns it scores; outputs one prediction row per
-  question: id, status, error, pred_index, correct, ``scores: list<double>``) run on an actor pool over the
-  test split, with the accuracy tables computed by aggregations over its output.
+
+Evaluation has adopted it: :class:`step_ray.eval.score.EvalScore` is a batch :class:`Stage` named
+``eval-score`` (fields ``model``, ``eval``, ``seed``, the model reference and the modes; ``pool_path =
+"eval.pool"``; one scored row per question and vision: key, id, vision, status, error, ``scores:
+list<double>``, the generated text and rationale). Every evaluation (``step-ray eval``, the ``eval`` step,
+the evaluations of ``self-train``, ``ablate`` and ``pretrain`` with their vision controls) maps it with
+:func:`step_ray.pipeline.runners.map_tables` (its rows guarded by the :class:`CrashLedger`) or runs it with
+:func:`run_local`. Evaluation stands above the model layer, so it imports its loader directly.
 
 Done: STSG perception and graph building (:mod:`step_ray.stsg.stage`), QRA sampling
 (:mod:`step_ray.qra.stage`), and the QRA filter: the ``qra-filter`` ``RowStage`` of
@@ -75,7 +79,7 @@ import hashlib
 import json
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
@@ -347,6 +351,40 @@ def run_batch(stage: Stage, batch: pa.Table) -> pa.Table:
             raise
         out = stage.error_rows(batch, describe(err))
     return check_outputs(stage, out, rows_in)
+
+
+def run_carrying(stage: Stage, batch: pa.Table, carry: Sequence[str] = ()) -> pa.Table:
+    """:func:`~step_ray.stage.run_batch`, with the ``carry`` columns of ``batch`` appended to the output."""
+    out = run_batch(stage, batch)
+    if not carry:
+        return out
+    if not stage.one_row_per_input:
+        raise StageContractError(f"stage {stage.name}: columns {list(carry)} cannot be carried past a stage whose "
+                                 f"output rows are not its input rows")
+    clash = sorted(set(carry) & set(out.column_names))
+    if clash:
+        raise StageContractError(f"stage {stage.name}: carried column(s) {clash} are also outputs of the stage")
+    for name in carry:
+        out = out.append_column(batch.schema.field(name), batch[name])
+    return out
+
+
+def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage], carry: Sequence[str] = ()
+              ) -> Iterator[pa.Table]:
+    """The in-process executor: set every stage up here, push each batch through all of them (through
+    :func:`run_carrying`), yield the results as they come; tear the stages down at the end (also when the caller
+    stops early). ``carry``: input columns handed on beside the outputs, unseen by the stages. Tests, debugging
+    and ``--no-ray`` use it; the Ray executor is :func:`step_ray.pipeline.runners.map_stages`."""
+    for stage in stages:
+        stage.setup()
+    try:
+        for batch in batches:
+            for stage in stages:
+                batch = run_carrying(stage, batch, carry)
+            yield batch
+    finally:
+        for stage in stages:
+            stage.teardown()
 
 
 def schema(*fields: tuple[str, pa.DataType], nullable: bool = True) -> pa.Schema:

@@ -123,9 +123,9 @@ def test_bad_qra_files_exit_2_naming_the_file(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "question": ["q"]}), nosplit)
     for command in ("train", "eval"):
         proc = cli(command, "--input", str(noise), "--output", str(tmp_path / "o"))
-        assert proc.returncode == 2 and f"{noise}: not readable as Parquet" in one_error_line(proc)
+        assert proc.returncode == 2 and f"{noise}: not a readable Parquet file" in one_error_line(proc)
         proc = cli(command, "--input", str(nosplit), "--output", str(tmp_path / "o"))
-        assert proc.returncode == 2 and "not a QRA output" in one_error_line(proc) and "split" in proc.stderr
+        assert proc.returncode == 2 and "not a QRA file" in one_error_line(proc) and "split" in proc.stderr
 
 
 def test_nothing_usable_exits_1_with_one_line(tmp_path):

@@ -16,7 +16,9 @@ from benchmark_fixtures import INPUTS, VIDEOS, write_videos
 from step_ray.cli import main
 from step_ray.config import ModelConfig, load_config
 from step_ray.eval.benchmarks import load_benchmark
-from step_ray.eval.run import BenchmarkScorer, compare_rows, evaluate_benchmark, scoring_record
+from step_ray.eval.run import compare_rows, scoring_record
+from step_ray.eval.score import EvalScore, scoring_row
+from step_ray.pipeline.steps import eval_benchmark_step as evaluate_benchmark
 from test_eval_outputs import eval_mc_numbers
 
 
@@ -115,6 +117,7 @@ def test_pool_scores_are_the_model_layers(ray_session, videos, tiny_dir, tmp_pat
     q = next(q for q in load_benchmark("star", str(INPUTS["star"]), str(root)) if q.video_id == "4HKT2")
     row = scoring_record(q)
     expected = llm.score_options([row], [frames_for_row(row, llm.model_cfg)])[0]
+    assert summary["placement"] == ["cpu/float32"]
     assert np.allclose(rows[q.id]["scores"], expected, atol=1e-4)
 
 
@@ -141,13 +144,14 @@ def test_chunked_option_scoring_and_open_answer_prompt(videos, tiny_dir):
     """The scorer as plain Python: bounding the sequences per forward pass leaves the scores as they are; an
     open-answer question is asked without its vocabulary as an options line."""
     qs = [q for q in load_benchmark("agqa", str(INPUTS["agqa"]), str(videos["agqa"])) if q.askable][:2]
-    records = [scoring_record(q) for q in qs]
+    rows = [scoring_row(scoring_record(q)) for q in qs]
     scores = {}
     for n in (2, 1000):
-        scorer = BenchmarkScorer(cfg_of(tiny_dir, f"eval.max_sequences={n}"), None, ["likelihood"])
+        scorer = EvalScore.from_config(cfg_of(tiny_dir, f"eval.max_sequences={n}"))
         scorer.setup()
-        scores[n] = [r["scores"] for r in scorer.score(records)]
-        assert all(r["letters"] is False for r in scorer.score(records))
+        out = scorer.score(rows)
+        scores[n] = [out[r["key"]]["scores"] for r in rows]
+        assert all(out[r["key"]]["letters"] is False for r in rows)
     for a, b in zip(scores[2], scores[1000]):
         assert np.allclose(a, b, atol=1e-4)
 
@@ -223,3 +227,69 @@ def test_eval_refusals(videos, tiny_dir, tmp_path, capsys):
     assert "takes no option map_uri" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "star", "--input", str(INPUTS["star"]), "--videos", str(videos["star"]),
                  "--output", out, "eval.pool.num_gpus=1.5"]) == 2
+
+
+def test_qra_eval_on_the_pool_equals_in_process(ray_session, tiny_dir, tmp_path, monkeypatch):
+    """The eval step (what self-train, ablate and pretrain run) with its vision controls: on the actor pool
+    (two actors, batches of two) it gives the numbers the in-process run gives, file for file, and the driver
+    never loads the model (loading one here fails)."""
+    import step_ray.models.loading as loading
+    from step_ray.pipeline import steps
+    from step_ray.train.toy import make_toy_qra
+
+    qra = make_toy_qra(tmp_path / "toy", videos=6, seed=1)
+    cfg = cfg_of(tiny_dir, "eval.batch_size=2", "eval.pool.batch_size=2", "eval.pool.max_size=2")
+    names = {"base": "real", "base_blank": "blank", "base_shuffled": "shuffled"}
+    local = steps.eval_files(cfg, qra, None, tmp_path / "local", names, use_ray=False)
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(loading, "load_model_and_processor", no_model_here)
+    pooled = steps.eval_files(cfg, qra, None, tmp_path / "pool", names)
+    for name in names:
+        a, b = local[name], pooled[name]
+        assert a["n"] > 0 and a["vision"] == b["vision"] == names[name]
+        for key in ("n", "correct", "accuracy", "low", "high", "by_steps", "by_family", "skipped", "chance", "model"):
+            assert a[key] == b[key], (name, key)
+        assert [p["id"] for p in a["predictions"]] == [p["id"] for p in b["predictions"]]
+        for p, q in zip(a["predictions"], b["predictions"]):
+            assert p["pred_index"] == q["pred_index"] and np.allclose(p["scores"], q["scores"], atol=1e-5)
+        assert json.loads((tmp_path / "pool" / f"{name}.json").read_text())["n"] == b["n"]
+    assert pooled["base"]["placement"] == ["cpu/float32"]
+    real, blank = pooled["base"]["predictions"], pooled["base_blank"]["predictions"]
+    assert not np.allclose(real[0]["scores"], blank[0]["scores"], atol=1e-4)  # the control changes the evidence
+
+
+def test_a_row_that_killed_its_actor_is_scored_alone_then_given_up(videos, tiny_dir):
+    """Under the crash ledger: a row that already killed more processes than eval.pool.max_retries is an
+    actor_died row; a row of a batch that died once is scored alone (its scores are those of an unguarded run);
+    a fresh row is scored as usual; every attempt that finished is ended in the ledger."""
+    import pyarrow as pa
+
+    from step_ray.stage import CrashLedger, RowGuard, run_batch
+
+    ledger = CrashLedger()
+
+    class Guard(RowGuard):
+        max_retries = 1
+
+        def begin(self, key):
+            return ledger.begin(key)
+
+        def end(self, key):
+            ledger.end(key)
+
+    qs = [q for q in load_benchmark("star", str(INPUTS["star"]), str(videos["star"])) if q.askable][:3]
+    rows = [scoring_row(scoring_record(q)) for q in qs]
+    killer, bystander, fresh = (r["key"] for r in rows)
+    ledger.open.update({killer: 2, bystander: 1})
+    stage = EvalScore.from_config(cfg_of(tiny_dir))
+    stage.setup()
+    plain = stage.score(rows)
+    stage.row_guard = Guard()
+    out = {r["key"]: r for r in run_batch(stage, pa.Table.from_pylist(rows)).to_pylist()}
+    assert out[killer]["status"] == "error" and out[killer]["error"].startswith("actor_died: ")
+    for key in (bystander, fresh):
+        assert out[key]["status"] == "ok" and np.allclose(out[key]["scores"], plain[key]["scores"], atol=1e-5)
+    assert ledger.open == {killer: 2, bystander: 1}  # deaths stay counted; the finished attempts are gone

@@ -14,13 +14,11 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
-
-import numpy as np
-import torch
+from typing import Any, Mapping, Optional, Sequence
 
 from step_ray.config import StepRayConfig
-from step_ray.models.inputs import FrameDecodeError, VisionControl, frames_for_row, shuffled_sources
+from step_ray.eval.score import Executor
+from step_ray.models.inputs import VisionControl
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +38,6 @@ def load_rows(qra_path: str | Path, split: str = "test", max_samples: int = 0) -
 
     rows = read_rows(qra_path, split)
     return rows[:max_samples] if max_samples > 0 else rows
-
-
-def _batches(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def summarise(predictions: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -74,84 +67,97 @@ def evaluate(
     split: str = "test",
     out_path: Optional[str | Path] = None,
     vision: VisionControl = "real",
-    llm: Any = None,
+    executor: Optional[Executor] = None,
 ) -> dict[str, Any]:
     """Multiple-choice accuracy of a model on the ``split`` questions of ``qra_path``, by option likelihood.
 
     Returns ``{"accuracy", "correct", "n", "low", "high", "by_steps": {"1"|"2"|"3+": {...}}, "by_family",
     "skipped", "skipped_rows", "predictions": [per question: id, steps, family, pred_index, answer_index,
     correct, scores, rationale], "model", "vision", "chance", "seconds"}``; with ``out_path`` also written there
-    as JSON. Questions whose video cannot be decoded are skipped and counted. ``llm``: an already loaded
-    :class:`~step_ray.models.runtime.VideoLLM` (the controls reuse it).
+    as JSON. Questions whose video is missing or cannot be decoded are skipped and counted. ``executor`` runs
+    the ``eval-score`` stage (the pipeline's actor pool; None: in this process).
     """
-    from step_ray.models.runtime import load_video_llm
+    result = evaluate_visions(cfg, model_source, qra_path, [vision], split, executor)[vision]
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def evaluate_visions(cfg: StepRayConfig, model_source: Optional[str | Path], qra_path: str | Path,
+                     visions: Sequence[str] = ("real",), split: str = "test",
+                     executor: Optional[Executor] = None) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` under each of ``visions`` (real frames and vision controls), all scored in one run of
+    the stage (one model load per actor); vision -> result. The shuffled control shows each question the same
+    moments of another of the questions' videos (a seeded derangement over the videos that exist)."""
+    from step_ray.eval.benchmarks.qra import load as load_qra
+    from step_ray.eval.run import score_questions
+    from step_ray.models.sources import resolve_model
 
     started = time.perf_counter()
-    torch.manual_seed(cfg.run.seed)
-    if llm is None:
-        llm = load_video_llm(cfg, None if model_source is None else str(model_source))
-    rows = load_rows(qra_path, split, cfg.eval.max_samples)
+    source = None if model_source is None else str(model_source)
+    resolved = resolve_model(source, cfg.model.name_or_path)  # the reference and its card: no weights here
+    card = resolved.card
+    answer_format = card.loss_format if card is not None and card.loss_format else "multitask"
+    questions = load_qra(str(qra_path), split=split)
+    if cfg.eval.max_samples > 0:
+        questions = questions[:cfg.eval.max_samples]
+    results = score_questions(cfg, source, ("likelihood",), questions, visions, executor)
+    seconds = round(time.perf_counter() - started, 2)
+    return {v: qra_result(questions, results, v, resolved.description, answer_format, split, seconds)
+            for v in visions}
 
-    usable, frames, skipped = [], [], []
-    for row in rows:
-        try:
-            frames.append(frames_for_row(row, llm.model_cfg, "blank" if vision == "blank" else "real"))
-            usable.append(row)
-        except FrameDecodeError as err:
-            logger.warning("eval: skipping %s: %s", row.get("id"), err)
-            skipped.append({"id": row.get("id"), "reason": str(err)})
-    if vision == "shuffled":
-        # The same questions as under real frames (those whose own video reads), each shown the same moments
-        # of another readable video.
-        frames = [frames_for_row(row, llm.model_cfg, uri=other) if other else np.zeros_like(fr)
-                  for row, fr, other in zip(usable, frames, shuffled_sources(usable, cfg.run.seed))]
 
-    predictions = []
-    for chunk in _batches(list(range(len(usable))), cfg.eval.batch_size):
-        batch_rows = [usable[i] for i in chunk]
-        batch_frames = [frames[i] for i in chunk]
-        rationales = None
-        if llm.answer_format == "joint":
-            from step_ray.models.prompts import TASK_JOINT
-            from step_ray.models.runtime import split_joint
+def qra_result(questions: Sequence[Any], results: Mapping[str, Mapping[str, Any]], vision: str, model: str,
+               answer_format: str, split: str, seconds: float) -> dict[str, Any]:
+    """The result of :func:`evaluate` from the ``eval-score`` rows of ``questions`` under ``vision``."""
+    from step_ray.eval.results import likelihood_outcome
+    from step_ray.eval.score import row_key
 
-            rationales = [split_joint(t)[0] for t in llm.generate(batch_rows, batch_frames, TASK_JOINT)]
-        scores = llm.score_options(batch_rows, batch_frames, rationales)
-        for j, (row, sc) in enumerate(zip(batch_rows, scores)):
-            pred = int(np.argmax(sc))
-            answer_index = int(row["answer_index"])
-            predictions.append({
-                "id": row["id"],
-                "video_id": row.get("video_id"),
-                "steps": row.get("steps"),
-                "steps_bucket": steps_bucket(row.get("steps")),
-                "family": row.get("family"),
-                "question": row.get("question"),
-                "options": [str(o) for o in row["options"]],
-                "pred_index": pred,
-                "prediction": str(row["options"][pred]),
-                "answer_index": answer_index,
-                "answer": row.get("answer"),
-                "correct": pred == answer_index,
-                "scores": [float(s) for s in sc],
-                "rationale": rationales[j] if rationales is not None else None,
-            })
-
+    predictions, skipped = [], []
+    placements = set()
+    for q in questions:
+        res = results.get(row_key(vision, q.id)) if q.askable else None
+        if res is not None and res.get("placement"):
+            placements.add(res["placement"])
+        reason = q.skip_reason if not q.askable else (res or {}).get("error") or (None if res else "no_result")
+        outcome = likelihood_outcome(res["scores"] or [], res.get("rationale")) if reason is None else None
+        if outcome is not None and outcome.reason:
+            reason = outcome.reason
+        if reason is not None:
+            logger.warning("eval: skipping %s: %s", q.id, reason)
+            skipped.append({"id": q.id, "reason": reason})
+            continue
+        pred = int(outcome.pred_index)
+        predictions.append({
+            "id": q.id,
+            "video_id": q.video_id,
+            "steps": q.steps,
+            "steps_bucket": steps_bucket(q.steps),
+            "family": q.family,
+            "question": q.question,
+            "options": list(q.options),
+            "pred_index": pred,
+            "prediction": str(q.options[pred]),
+            "answer_index": q.answer_index,
+            "answer": q.answer,
+            "correct": pred == q.answer_index,
+            "scores": list(outcome.scores),
+            "rationale": outcome.rationale,
+        })
     result = summarise(predictions)
     result.update({
         "chance": chance_of(predictions),
         "skipped": len(skipped),
         "skipped_rows": skipped,
         "predictions": predictions,
-        "model": llm.description,
-        "answer_format": llm.answer_format,
+        "model": model,
+        "answer_format": answer_format,
         "vision": vision,
         "split": split,
-        "seconds": time.perf_counter() - started,
+        "placement": sorted(placements),
+        "seconds": seconds,
     })
-    if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_path).write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -1,25 +1,17 @@
-"""``step-ray eval --benchmark``: score a benchmark's questions on a Ray Data actor pool, write the outputs of
-:mod:`step_ray.eval.results`, and compare two runs question by question.
+"""``step-ray eval --benchmark``: score a benchmark's questions with the ``eval-score`` stage, write the outputs
+of :mod:`step_ray.eval.results`, and compare two runs question by question.
 
 The driver reads the questions (:func:`step_ray.eval.benchmarks.load_benchmark`: compact records, never frames)
-and the outputs; it never loads the model. Each actor of the pool (``eval.pool``: actors, CPUs and GPUs per
-actor, questions per batch) loads the model once in :meth:`BenchmarkScorer.setup`, on its GPU in bf16 when it
-has one (``eval.device`` / ``eval.precision``, through the model layer), decodes the frames of its batch and
-scores them in one forward pass:
+and writes the outputs; it never loads the model. The questions are scored by :class:`~step_ray.eval.score.
+EvalScore` (likelihood and / or generation; the model loaded once per actor of ``eval.pool``, bf16 on a GPU)
+through the executor the caller hands in: the pipeline's Ray Data actor pool
+(:func:`step_ray.pipeline.runners.map_tables`; ``step-ray eval``), or this process (tests, ``--no-ray``).
+A generated answer is mapped onto an option by :func:`step_ray.eval.answers.parse_answer`, else ``unparsed``.
 
-* **likelihood**: :meth:`~step_ray.models.runtime.VideoLLM.score_options` under the prompt format the model was
-  trained with (its card); a ``joint`` model writes its rationale first and the options are scored after it;
-* **generation**: the model writes its answer (a joint model: after its rationale), mapped onto an option by
-  :func:`step_ray.eval.answers.parse_answer`, else ``unparsed``.
-
-With both modes a joint model's rationale is written once and serves both. Open-answer questions (AGQA) are
-asked without an options line (their "options" are the answer vocabulary of the question's type: hundreds of
-answers); likelihood ranks that vocabulary, ``eval.max_sequences`` option sequences per forward pass.
-
-A question whose video cannot be decoded comes back with the reason ``unreadable_video``; one whose scoring
-raises (out of GPU memory, say) is retried alone, then comes back as ``scoring_error``; one that keeps killing
-its actor becomes ``actor_died`` after ``eval.pool.max_retries`` restarts (the pipeline's crash ledger). Each
-is a row of the predictions, counted by kind in the summary.
+A question whose video is missing is a row with its reason (the adapters say so); one whose video cannot be
+decoded comes back ``unreadable_video``, one whose scoring raises ``scoring_error``, one that keeps killing its
+actor ``actor_died`` (:mod:`step_ray.eval.score`). Each is a row of the predictions, counted by kind in the
+summary.
 
 Comparisons (:func:`compare_rows`, ``--compare``) pair two runs on the questions both scored and give the
 paired difference with its 95% interval and McNemar's exact p (:func:`step_ray.eval.stats.paired_difference`),
@@ -31,11 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
-from step_ray.config import PoolConfig, StepRayConfig
-from step_ray.stage import ROW_INDEX, CrashLedger, ledger_key
+from step_ray.config import StepRayConfig
 from step_ray.eval.benchmarks import BenchmarkQuestion, load_benchmark
 from step_ray.eval.results import (
     MODES,
@@ -49,6 +39,7 @@ from step_ray.eval.results import (
     skipped,
     write_outputs,
 )
+from step_ray.eval.score import EvalScore, Executor, Row, row_key, score_rows, scoring_row
 from step_ray.eval.stats import pair_outcomes, paired_difference
 from step_ray.utils import storage
 from step_ray.utils.inputs import InputError
@@ -68,199 +59,50 @@ def modes_of(mode: str) -> tuple[str, ...]:
     return (mode,)
 
 
-def scoring_record(q: BenchmarkQuestion, frames_uri: Optional[str] = None) -> dict[str, Any]:
-    """What an actor needs to ask one question (plain JSON: rows stay compact on their way through Ray)."""
-    return {**q.as_row(), "open_answer": q.open_answer, "frames_uri": frames_uri}
+def scoring_record(q: BenchmarkQuestion) -> dict[str, Any]:
+    """A question in the QRA row layout the scorer reads (with ``open_answer``)."""
+    return {**q.as_row(), "open_answer": q.open_answer}
 
 
-def _result(qid: str) -> dict[str, Any]:
-    return {"id": qid, "reason": None, "scores": None, "generated": None, "rationale": None, "letters": True}
+def scoring_rows(questions: Sequence[BenchmarkQuestion], visions: Sequence[str], seed: int) -> list[Row]:
+    """The ``eval-score`` input rows of the askable ``questions`` under each of ``visions`` (``shuffled``: each
+    question shown the same moments of another of their videos, a seeded derangement)."""
+    from step_ray.models.inputs import shuffled_sources
+
+    asked = [q for q in questions if q.askable]
+    rows: list[Row] = []
+    for vision in visions:
+        others = (shuffled_sources([{"video_uri": q.video_uri} for q in asked], seed) if vision == "shuffled"
+                  else [None] * len(asked))
+        rows += [scoring_row(scoring_record(q), vision, other) for q, other in zip(asked, others)]
+    return rows
 
 
-class BenchmarkScorer:
-    """The evaluation stage: model loaded once in :meth:`setup`, a batch of questions scored per :meth:`score`.
-    Plain Python (the pool maps it over Ray Data; tests may call it directly)."""
-
-    name = "eval"
-
-    def __init__(self, cfg: StepRayConfig, model: Optional[str], modes: Sequence[str], vision: str = "real"):
-        self.cfg = cfg
-        self.source = model
-        self.modes = tuple(modes)
-        self.vision = vision
-        self.llm: Any = None
-
-    def pool(self) -> PoolConfig:
-        return self.cfg.eval.pool
-
-    def setup(self) -> None:
-        import torch
-
-        from step_ray.models.runtime import load_video_llm
-
-        torch.manual_seed(self.cfg.run.seed)
-        self.llm = load_video_llm(self.cfg, self.source, device=self.cfg.eval.device,
-                                  precision=self.cfg.eval.precision, max_new_tokens=self.cfg.eval.max_new_tokens)
-
-    @property
-    def placement(self) -> str:
-        """Where the model runs and in what dtype (``cuda:0/bfloat16``), for the summary."""
-        return f"{self.llm.device}/{str(self.llm.dtype).removeprefix('torch.')}"
-
-    def score(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One result per record, in order: ``{id, reason, scores, generated, rationale, letters}``."""
-        from step_ray.models.inputs import FrameDecodeError, frames_for_row
-
-        results = {r["id"]: _result(r["id"]) for r in records}
-        ready = []
-        for r in records:
-            try:
-                frames = frames_for_row(r, self.llm.model_cfg, "blank" if self.vision == "blank" else "real")
-                if r.get("frames_uri"):  # the shuffled control: the same moments of another video
-                    frames = frames_for_row(r, self.llm.model_cfg, uri=r["frames_uri"])
-            except (FrameDecodeError, OSError) as err:
-                results[r["id"]]["reason"] = f"unreadable_video: {err}"
-                continue
-            ready.append((r, frames))
-        for open_answer in (False, True):  # asked with and without an options line: one prompt format a batch
-            group = [item for item in ready if bool(item[0].get("open_answer")) == open_answer]
-            if group:
-                self._score_isolating(group, results)
-        return [results[r["id"]] for r in records]
-
-    def _score_isolating(self, group: list, results: dict[str, dict[str, Any]]) -> None:
-        """Score ``group`` together; if that raises, each question alone, so one bad question (or a batch too
-        big for the GPU) costs only itself."""
-        try:
-            self._score_group(group, results)
-        except Exception as err:  # noqa: BLE001 - the contract: every question ends as a row
-            if len(group) > 1:
-                logger.warning("eval: a batch of %d failed (%s: %s); scoring its questions one by one",
-                               len(group), type(err).__name__, err)
-                for item in group:
-                    self._score_isolating([item], results)
-                return
-            logger.exception("eval: question %s failed", group[0][0]["id"])
-            results[group[0][0]["id"]]["reason"] = f"scoring_error: {type(err).__name__}: {err}"
-
-    def _score_group(self, group: list, results: dict[str, dict[str, Any]]) -> None:
-        llm = self.llm
-        rows = [r for r, _ in group]
-        frames = [f for _, f in group]
-        open_answer = bool(rows[0].get("open_answer"))
-        # an open-answer vocabulary is not a list of options the question showed: ask without an options line
-        fmt = replace(llm.fmt, options=False) if open_answer else llm.fmt
-        rationales: Optional[list[Optional[str]]] = None
-        out: dict[str, dict[str, Any]] = {r["id"]: {} for r in rows}
-        if "generation" in self.modes:
-            answers = llm.generate_answers(rows, frames, fmt=fmt)
-            for r, (text, rationale) in zip(rows, answers):
-                out[r["id"]].update(generated=text, rationale=rationale)
-            if llm.answer_format == "joint":
-                rationales = [rationale or "" for _, rationale in answers]
-        if "likelihood" in self.modes:
-            if llm.answer_format == "joint" and rationales is None:
-                from step_ray.models.prompts import TASK_JOINT
-                from step_ray.models.runtime import split_joint
-
-                rationales = [split_joint(t)[0] for t in llm.generate(rows, frames, TASK_JOINT, fmt=fmt)]
-                for r, rationale in zip(rows, rationales):
-                    out[r["id"]]["rationale"] = rationale
-            scores = llm.score_options(rows, frames, rationales, fmt=fmt, max_sequences=self.cfg.eval.max_sequences)
-            for r, sc in zip(rows, scores):
-                out[r["id"]]["scores"] = [float(s) for s in sc]
-        for r in rows:  # only once the whole group succeeded: a retried group leaves nothing half-written
-            results[r["id"]].update(out[r["id"]], letters=bool(fmt.options))
-
-
-# --------------------------------------------------------------------------------------------- the pool
-
-class _PoolActor:
-    """What Ray Data runs in each actor of ``eval.pool``: the scorer, set up once, over batches of records."""
-
-    def __init__(self, cfg_data: dict, model: Optional[str], modes: Sequence[str], vision: str, ledger: Any,
-                 max_retries: int):
-        from step_ray.config import from_dict
-
-        self.scorer = BenchmarkScorer(from_dict(cfg_data), model, modes, vision)
-        self.scorer.setup()
-        self.ledger, self.max_retries = ledger, max_retries
-
-    def __call__(self, batch):
-        import pandas as pd
-        import ray
-
-        indices = [int(i) for i in batch[ROW_INDEX]]
-        records = [json.loads(r) for r in batch["record"]]
-        deaths = ray.get([self.ledger.begin.remote(ledger_key(BenchmarkScorer.name, i)) for i in indices])
-        alive = [r for r, d in zip(records, deaths) if d <= self.max_retries]
-        scored = iter(self.scorer.score(alive))
-        out = []
-        for r, d in zip(records, deaths):
-            if d > self.max_retries:
-                res = _result(r["id"])
-                res["reason"] = (f"actor_died: the process scoring it died {d} times (a crash, or an out-of-memory "
-                                 f"kill); eval.pool.max_retries is {self.max_retries}, the run went on without it")
-            else:
-                res = next(scored)
-            res["placement"] = self.scorer.placement
-            out.append(json.dumps(res))
-        ray.get([self.ledger.end.remote(ledger_key(BenchmarkScorer.name, i)) for i in indices])
-        return pd.DataFrame({ROW_INDEX: indices, "result": out})
-
-
-def run_pool(cfg: StepRayConfig, model: Optional[str], modes: Sequence[str], records: Sequence[Mapping[str, Any]],
-             vision: str = "real") -> dict[str, dict[str, Any]]:
-    """Score ``records`` on the ``eval.pool`` actor pool (Ray must be initialised); question id -> result."""
-    import ray
-    import ray.data
-
-    from step_ray.config import to_dict
-
-    if not records:
-        return {}
-    pool = cfg.eval.pool
-    items = [{ROW_INDEX: i, "record": json.dumps(r)} for i, r in enumerate(records)]
-    blocks = max(1, min(len(items), -(-len(items) // pool.batch_size)))
-    ledger = ray.remote(num_cpus=0)(CrashLedger).remote()
-    resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
-    ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _PoolActor,
-        fn_constructor_kwargs={"cfg_data": to_dict(cfg), "model": model, "modes": list(modes), "vision": vision,
-                               "ledger": ledger, "max_retries": pool.max_retries},
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-        num_cpus=pool.num_cpus,
-        batch_size=pool.batch_size,
-        batch_format="pandas",
-        **resources,
-    )
-    done: dict[int, dict[str, Any]] = {}
-    try:
-        for row in ds.iter_rows():
-            done.setdefault(int(row[ROW_INDEX]), json.loads(row["result"]))
-    finally:
-        ray.kill(ledger)
-    out = {}
-    for i, r in enumerate(records):  # never expected (one output per input), but never silent either
-        out[r["id"]] = done.get(i) or {**_result(r["id"]), "reason": "no_result: Ray Data returned nothing for it"}
-    return out
+def score_questions(cfg: StepRayConfig, model: Optional[str], modes: Sequence[str],
+                    questions: Sequence[BenchmarkQuestion], visions: Sequence[str] = ("real",),
+                    executor: Optional[Executor] = None) -> dict[str, Row]:
+    """``eval-score`` output rows (by :func:`~step_ray.eval.score.row_key`) of every askable question under
+    every vision, run by ``executor`` (None: in this process)."""
+    stage = EvalScore.from_config(cfg, source=model, modes=tuple(modes))
+    return score_rows(stage, scoring_rows(questions, visions, cfg.run.seed), executor)
 
 
 def outcomes_of(questions: Sequence[BenchmarkQuestion], results: Mapping[str, Mapping[str, Any]],
-                modes: Sequence[str]) -> dict[str, dict[str, Outcome]]:
-    """The actors' results as :class:`~step_ray.eval.results.Outcome` per mode and asked question."""
+                modes: Sequence[str], vision: str = "real") -> dict[str, dict[str, Outcome]]:
+    """The scored rows (:func:`score_questions`) under ``vision`` as :class:`~step_ray.eval.results.Outcome`
+    per mode and asked question."""
     outcomes: dict[str, dict[str, Outcome]] = {m: {} for m in modes}
     for q in questions:
         if not q.askable:
             continue
-        res = results.get(q.id) or {"reason": "no_result: not scored"}
+        res = results.get(row_key(vision, q.id)) or {"error": "no_result: not scored"}
         for mode in modes:
-            if res.get("reason"):
-                outcomes[mode][q.id] = skipped(res["reason"])
+            if res.get("error"):
+                outcomes[mode][q.id] = skipped(res["error"])
             elif mode == "likelihood":
                 outcomes[mode][q.id] = likelihood_outcome(res["scores"] or [], res.get("rationale"))
             else:
-                letters = None if not res.get("letters", True) else "ABCDEFGH"
+                letters = None if res.get("letters") is False else "ABCDEFGH"
                 outcomes[mode][q.id] = generation_outcome(res.get("generated") or "", q, letters,
                                                           rationale=res.get("rationale"))
     return outcomes
@@ -335,12 +177,12 @@ def load_questions(benchmark: str, input_uri: str, videos: Optional[str], **opti
 
 def evaluate_benchmark(cfg: StepRayConfig, benchmark: str, input_uri: str, videos: Optional[str], out: str,
                        model: Optional[str] = None, mode: str = "both", compare: Optional[str] = None,
-                       vision: str = "real", **options: Any) -> dict[str, Any]:
-    """Score ``benchmark``'s questions of ``input_uri`` with ``model`` on the actor pool and write the outputs
-    under ``out``; return the summary (``comparison`` included with ``compare``)."""
-    from step_ray.models.inputs import VISION_CONTROLS, shuffled_sources
+                       vision: str = "real", executor: Optional[Executor] = None, **options: Any) -> dict[str, Any]:
+    """Score ``benchmark``'s questions of ``input_uri`` with ``model`` and write the outputs under ``out``;
+    return the summary (``comparison`` included with ``compare``). ``executor`` runs the scoring stage (the
+    pipeline's actor pool; None: in this process)."""
+    from step_ray.models.inputs import VISION_CONTROLS
     from step_ray.models.sources import ModelSourceError, resolve_model
-    from step_ray.utils.ray_session import init_ray
 
     started = time.perf_counter()
     modes = modes_of(mode)
@@ -356,15 +198,10 @@ def evaluate_benchmark(cfg: StepRayConfig, benchmark: str, input_uri: str, video
     baseline = read_baseline(compare) if compare else None  # a bad --compare fails now, not after the run
     if baseline is not None and str(baseline[0].get("benchmark")) != benchmark:
         raise InputError(f"--compare {compare}: predictions of {baseline[0].get('benchmark')}, not {benchmark}")
-    asked = [q for q in questions if q.askable]
-    others = shuffled_sources([{"video_uri": q.video_uri} for q in asked], cfg.run.seed) if vision == "shuffled" \
-        else [None] * len(asked)
-    records = [scoring_record(q, other) for q, other in zip(asked, others)]
-    init_ray(cfg.ray)
     scoring_started = time.perf_counter()
-    results = run_pool(cfg, model, modes, records, vision)
+    results = score_questions(cfg, model, modes, questions, [vision], executor)
     scoring_seconds = time.perf_counter() - scoring_started
-    outcomes = outcomes_of(questions, results, modes)
+    outcomes = outcomes_of(questions, results, modes, vision)
     card = resolved.card
     extra: dict[str, Any] = {
         "input": input_uri,

@@ -112,7 +112,7 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
     # The stsg folder itself: the qra step reads its last run's graphs from the results table (both steps raise
     # NothingUsable when nothing came out).
     qra = runner.stage("qra", out / "qra", steps.qra_step, cfg, [str(out / "stsg")], out / "qra", use_ray=use_ray)
-    base_evals = evaluate_with_controls(runner, cfg, out / "qra", None, out / "eval", "base", "base")
+    base_evals = evaluate_with_controls(runner, cfg, out / "qra", None, out / "eval", "base", "base", use_ray=use_ray)
 
     entries = []
     for lam, fmt, seed in grid(cfg):
@@ -122,7 +122,8 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
             cfg, run=dataclasses.replace(cfg.run, seed=seed),
             train=dataclasses.replace(cfg.train, rationale_weight=lam, loss_format=fmt))
         train = runner.stage(f"train {name}", rdir / "train", steps.train_step, rcfg, out / "qra", rdir / "train")
-        evals = evaluate_with_controls(runner, rcfg, out / "qra", str(rdir / "train"), rdir / "eval", "trained", name)
+        evals = evaluate_with_controls(runner, rcfg, out / "qra", str(rdir / "train"), rdir / "eval", "trained", name,
+                                       use_ray=use_ray)
         entry = {"name": name, "rationale_weight": lam, "loss_format": fmt, "seed": seed,
                  "train": {k: train.get(k) for k in ("steps", "final_loss", "final_loss_answer", "final_loss_rationale",
                                                       "train_seconds", "wall_seconds")},

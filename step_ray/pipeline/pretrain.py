@@ -115,10 +115,10 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
     model_dir = Path(train["model_dir"])
     evals = {}
     held_out = steps.has_split(out / "qra", "test")
-    for vision in (["real", *pcfg.eval.vision_controls] if held_out else []):
-        name = "held_out" if vision == "real" else f"held_out_{vision}"
-        evals[name] = timed(f"eval {vision}", steps.eval_step, pcfg, out / "qra", str(model_dir), out / "eval", name,
-                            vision=vision)
+    if held_out:  # the held-out questions and their vision controls, in one run of the eval pool
+        names = {("held_out" if v == "real" else f"held_out_{v}"): v for v in ["real", *pcfg.eval.vision_controls]}
+        evals = timed("eval", steps.eval_files, pcfg, out / "qra", str(model_dir), out / "eval", names,
+                      use_ray=use_ray)
     summary = {
         "key": key,
         "model_dir": str(model_dir.resolve()),

@@ -2,6 +2,8 @@
 
 * :func:`run_local` — every stage set up once in this process; Arrow batches go through them in turn
   (tests, debugging, ``--no-ray``). Lazy: it yields each batch as it is done, so a caller can write it out.
+  (Defined with the contract in :mod:`step_ray.stage`, so packages below the pipeline can run a stage in
+  process too; re-exported here.)
 * :func:`map_stages` — one Ray Data ``map_batches`` per stage on a lazy dataset, each with its own actor pool
   (``compute=ActorPoolStrategy(min_size, max_size)``), CPUs / GPUs per actor and rows per batch from the
   stage's ``pool``, shown by Ray Data under the stage's own name (``MapBatches(stsg-perception)``). Heavy
@@ -10,6 +12,7 @@
   (``pool.max_retries``, each time on a restarted actor) and then becomes an error row while the run goes on:
   a :class:`CrashLedger` actor counts, per row, the attempts that began and never ended (Ray Data alone would
   retry it forever; bounding Ray's own restarts instead leaves a pool of dead actors and a hung run).
+* :func:`map_tables` — the stages over a few in-memory tables (an evaluation set), on their pools or in process.
 
 Both go through :func:`step_ray.stage.run_batch`, the one place where a stage's declared inputs and
 outputs are checked, so a stage behaves the same in a test and on a cluster.
@@ -21,12 +24,12 @@ such as the part a QRA sample came from, without the stage seeing it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from step_ray.config import PoolConfig
-from step_ray.stage import CrashLedger, RowGuard, Stage, StageContractError, ledger_key, run_batch
+from step_ray.stage import CrashLedger, RowGuard, Stage, ledger_key, run_carrying, run_local
 from step_ray.utils.env import configure_ultralytics
 
 #: Times a row whose process died on it is run again before it becomes an error row, where the pool config
@@ -50,7 +53,7 @@ class _LedgerGuard(RowGuard):
         self.ledger.end.remote(ledger_key(self.stage, key))
 
 
-__all__ = ["CrashLedger", "map_stages", "new_ledger", "run_carrying", "run_local"]
+__all__ = ["CrashLedger", "map_stages", "map_tables", "new_ledger", "run_carrying", "run_local"]
 
 
 def new_ledger() -> Any:
@@ -58,42 +61,6 @@ def new_ledger() -> Any:
     import ray
 
     return ray.remote(num_cpus=0)(CrashLedger).remote()
-
-
-# --------------------------------------------------------------------------------------------- local
-
-
-def run_carrying(stage: Stage, batch: pa.Table, carry: Sequence[str] = ()) -> pa.Table:
-    """:func:`~step_ray.stage.run_batch`, with the ``carry`` columns of ``batch`` appended to the output."""
-    out = run_batch(stage, batch)
-    if not carry:
-        return out
-    if not stage.one_row_per_input:
-        raise StageContractError(f"stage {stage.name}: columns {list(carry)} cannot be carried past a stage whose "
-                                 f"output rows are not its input rows")
-    clash = sorted(set(carry) & set(out.column_names))
-    if clash:
-        raise StageContractError(f"stage {stage.name}: carried column(s) {clash} are also outputs of the stage")
-    for name in carry:
-        out = out.append_column(batch.schema.field(name), batch[name])
-    return out
-
-
-def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage], carry: Sequence[str] = ()
-              ) -> Iterator[pa.Table]:
-    """Set every stage up here, push each batch through all of them, yield the results as they come;
-    tear the stages down at the end (also when the caller stops early). ``carry``: input columns handed on
-    beside the outputs (see the module docstring)."""
-    for stage in stages:
-        stage.setup()
-    try:
-        for batch in batches:
-            for stage in stages:
-                batch = run_carrying(stage, batch, carry)
-            yield batch
-    finally:
-        for stage in stages:
-            stage.teardown()
 
 
 # --------------------------------------------------------------------------------------------- Ray Data
@@ -134,6 +101,21 @@ def map_stages(ds: Any, stages: Sequence[Stage], ledger: Any = None, carry: Sequ
         resources = {"num_gpus": pool.num_gpus} if pool.num_gpus > 0 else {}
         ds = _map_stage(ds, stage, pool, resources, ledger, carry)
     return ds
+
+
+def map_tables(tables: Sequence[pa.Table], stages: Sequence[Stage], use_ray: bool = True) -> Iterator[pa.Table]:
+    """``stages`` over in-memory input ``tables`` (a few thousand rows: an evaluation set), the output batches
+    as they come: on their Ray Data actor pools (one block per table; Ray must be initialised), or with
+    :func:`run_local` in this process when not ``use_ray``."""
+    if not use_ray:
+        return run_local(tables, stages)
+    import ray.data
+
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return iter(())
+    ds = map_stages(ray.data.from_arrow(list(tables)), stages)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _map_stage(ds: Any, stage: Stage, pool: PoolConfig, resources: dict, ledger: Any, carry: Sequence[str]) -> Any:

@@ -9,7 +9,8 @@
                        r-1 when qra.filter.enabled), stats.json, card.md
       train/           fine-tuning from model r-1: checkpoints/, adapter/ (or model/), merged/
       eval/            base.json (round 1), trained.json, trained_train_split.json, and each vision control
-                       beside them (base_blank.json, trained_blank.json, ...)
+                       beside them (base_blank.json, trained_blank.json, ...): an evaluation and its controls
+                       scored together on the eval.pool actor pool (the driver never loads a model)
     report.md, report.html, plots/*.png, summary.json, config.yaml
 
 Round r+1 repeats the mining with the model of round r where the model takes part (semantics parsing, the
@@ -66,26 +67,26 @@ def _compact(result: Any) -> Any:
 
 
 def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: Path, model: Optional[str], eval_dir: Path,
-                           name: str, label: str, **kwargs: Any) -> dict[str, dict]:
-    """``name.json`` and, beside it, ``name_<control>.json`` for every ``eval.vision_controls``; the model is
-    loaded once for all of them."""
-    from step_ray.models.runtime import load_video_llm
-
+                           name: str, label: str, use_ray: bool = True, **kwargs: Any) -> dict[str, dict]:
+    """``name.json`` and, beside it, ``name_<control>.json`` for every ``eval.vision_controls``, those not
+    written before scored together in one run of the ``eval.pool`` actor pool (each actor loads the model once
+    for all of them; the driver never loads it)."""
     out: dict[str, dict] = {}
-    llm = None
+    todo: dict[str, str] = {}
     for vision in ["real", *cfg.eval.vision_controls]:
         key = name if vision == "real" else f"{name}_{vision}"
         result_file = eval_dir / f"{key}.json"
         if result_file.is_file():
             out[key] = json.loads(result_file.read_text())
-            continue
-        if llm is None:
-            llm = load_video_llm(cfg, model)
-        print(f"\n[step-ray] eval {label}{'' if vision == 'real' else f' ({vision} frames)'} ...", flush=True)
+        else:
+            todo[key] = vision
+    if todo:
+        what = ", ".join("real frames" if v == "real" else f"{v} frames" for v in todo.values())
+        print(f"\n[step-ray] eval {label} ({what}) ...", flush=True)
         start = time.perf_counter()
-        out[key] = steps.eval_step(cfg, qra, model, eval_dir, key, vision=vision, llm=llm, **kwargs)
-        run.seconds[f"eval {label} {vision}"] = round(time.perf_counter() - start, 1)
-    return out
+        out.update(steps.eval_files(cfg, qra, model, eval_dir, todo, use_ray=use_ray, **kwargs))
+        run.seconds[f"eval {label}"] = round(time.perf_counter() - start, 1)
+    return {key: out[key] for key in [name, *[f"{name}_{v}" for v in cfg.eval.vision_controls]]}
 
 
 def with_base(cfg: StepRayConfig, run: _Runner, run_dir: Path, use_ray: bool) -> tuple[StepRayConfig, Optional[dict]]:
@@ -150,20 +151,21 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         else:
             rs["qra"] = {"reused": str(qra_dir)}
         if r == 1:
-            rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, rdir / "eval", "base", "base (model 0)")
+            rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, rdir / "eval", "base", "base (model 0)",
+                                                     use_ray=use_ray)
         train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=previous_model))
         last = r == cfg.run.rounds
         rs["train"] = runner.stage(f"round {r}: train", rdir / "train", steps.train_step, train_cfg, qra_dir,
                                    rdir / "train", merged=not last and cfg.train.lora.enabled)
         model_r = str(rdir / "train")
         rs["eval_trained"] = evaluate_with_controls(runner, cfg, qra_dir, model_r, rdir / "eval", "trained",
-                                                    f"model {r}")
+                                                    f"model {r}", use_ray=use_ray)
         # The same model on questions it was trained on (as many as the held-out split has): separates "did not
         # learn" from "learned but does not generalise" when reading the held-out table.
         n_test = max(1, rs["eval_trained"]["trained"]["n"])
         rs["eval_trained_seen"] = runner.stage(
             f"round {r}: eval model {r} (train split)", rdir / "eval" / "train_split", steps.eval_step, cfg, qra_dir,
-            model_r, rdir / "eval", "trained_train_split", split="train", max_samples=n_test)
+            model_r, rdir / "eval", "trained_train_split", split="train", max_samples=n_test, use_ray=use_ray)
         summary["rounds"].append(rs)
         merged = rdir / "train" / "merged"
         previous_model = str(merged) if (merged / "config.json").is_file() else model_r

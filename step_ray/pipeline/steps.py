@@ -245,11 +245,11 @@ def require_split(qra_path: str | Path, split: str) -> None:
         ds = qra_dataset(qra_path)
         missing = [c for c in CORE_FIELDS if c not in ds.schema.names]
         if missing:
-            raise InputError(f"{qra_path}: not a QRA output (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
+            raise InputError(f"{qra_path}: not a QRA file (schema {QRA_SCHEMA_VERSION}, docs/qra_schema.md): "
                              f"no column {', '.join(missing)}")
         splits = ds.to_table(columns=["split"])["split"]
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{qra_path}: not readable as Parquet ({type(err).__name__}: "
+        raise InputError(f"{qra_path}: not a readable Parquet file ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not pc.any(pc.equal(splits, split)).as_py():
         raise InputError(f"{qra_path} has no '{split}' questions: the split is by video, so use more videos "
@@ -288,21 +288,63 @@ def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, merged:
     return run_training(cfg, qra_path, Path(out_dir), merged=merged, card_kind=card_kind)
 
 
+def eval_executor(cfg: StepRayConfig, use_ray: bool = True) -> Any:
+    """How an evaluation runs its ``eval-score`` stage: on the ``eval.pool`` actor pool (the model is loaded
+    in the actors, never in this process; Ray is started or joined, and the pool checked against it, when the
+    first questions are scored, so bad inputs fail before), or in this process (None) without Ray."""
+    if not use_ray:
+        return None
+    from step_ray.pipeline.runners import map_tables
+    from step_ray.utils.ray_session import init_ray
+
+    def on_ray(tables: Any, stages: Any) -> Any:
+        check_pool_fit(cfg, "eval.pool")
+        init_ray(cfg.ray)
+        return map_tables(tables, stages)
+
+    return on_ray
+
+
 def eval_step(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path, name: str,
-              split: str = "test", max_samples: int | None = None, vision: str = "real", llm: Any = None) -> dict:
+              split: str = "test", max_samples: int | None = None, vision: str = "real",
+              use_ray: bool = True) -> dict:
     """Accuracy of ``model`` (any model reference; None: the configured base model) on ``split``, written to
     ``out_dir/<name>.json``; ``max_samples`` overrides ``eval.max_samples``; ``vision``: 'real' frames or a
-    vision control ('blank', 'shuffled')."""
+    vision control ('blank', 'shuffled'). Scored on the ``eval.pool`` actor pool (in this process without
+    Ray)."""
+    return eval_files(cfg, qra, model, out_dir, {name: vision}, split, max_samples, use_ray)[name]
+
+
+def eval_files(cfg: StepRayConfig, qra: str | Path, model: str | None, out_dir: str | Path,
+               names: dict[str, str], split: str = "test", max_samples: int | None = None,
+               use_ray: bool = True) -> dict[str, dict]:
+    """:func:`eval_step` for several result files at once (``name -> vision``: an evaluation and its vision
+    controls), scored together in one run of the pool (each actor loads the model once for all of them);
+    writes ``out_dir/<name>.json`` for each; name -> result."""
     import dataclasses
 
-    from step_ray.eval.evaluate import evaluate
+    from step_ray.eval.evaluate import evaluate_visions
 
     if max_samples is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_samples=max_samples))
     qra_path = find_qra(qra)
     require_split(qra_path, split)
-    start = time.perf_counter()
-    result = evaluate(cfg, model, qra_path, split=split, vision=vision, llm=llm)  # type: ignore[arg-type]
-    result["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(Path(out_dir) / f"{name}.json", result)
-    return result
+    executor = eval_executor(cfg, use_ray)
+    visions = list(dict.fromkeys(names.values()))
+    by_vision = evaluate_visions(cfg, model, qra_path, visions, split=split, executor=executor)
+    out = {}
+    for name, vision in names.items():
+        out[name] = by_vision[vision]
+        write_json(storage.join(str(out_dir), f"{name}.json"), out[name])
+    return out
+
+
+def eval_benchmark_step(cfg: StepRayConfig, benchmark: str, input_uri: str, videos: str | None, out: str,
+                        model: str | None = None, mode: str = "both", compare: str | None = None,
+                        vision: str = "real", use_ray: bool = True, **options: Any) -> dict:
+    """``step-ray eval --benchmark``: :func:`step_ray.eval.run.evaluate_benchmark` scored on the ``eval.pool``
+    actor pool (in this process without Ray)."""
+    from step_ray.eval.run import evaluate_benchmark
+
+    return evaluate_benchmark(cfg, benchmark, input_uri, videos, out, model, mode, compare, vision,
+                              executor=eval_executor(cfg, use_ray), **options)
