@@ -45,6 +45,12 @@ A minimal stage::
     runners.run_local([table], [stage])                      # in this process (tests, --no-ray)
     runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
 
+The training stream's stages (``train/stream.py``: ``train-encode``, a batch :class:`Stage` that turns a
+QRA row into one or two sequences, ``one_row_per_input = False``, and ``train-replay`` over its encode
+cache) follow the contract too; their pool is read from ``train.data``'s flat fields by their own
+:meth:`Stage.pool_of`, and they are mapped by :func:`step_ray.ray_executor.map_stages` (the Ray executor
+sits beside this module, so that ``train`` and ``eval`` map stages without importing ``pipeline``).
+
 Adopting the contract (phase 2 of issue 10; these still run on the compatibility path of
 :func:`step_ray.pipeline.runners.run_stage`, or on their own Ray Data code):
 
@@ -55,11 +61,6 @@ Adopting the contract (phase 2 of issue 10; these still run on the compatibility
   ``flags: list<string>``. Because it scores with the model layer it moves above ``qra`` (next to eval, or
   into ``pipeline/``): ``qra`` may not import ``models`` / ``eval`` / ``train`` (the import contract). Its
   step then maps it over ``read_parquet`` of the QRA parts and writes parts back, like the QRA step does.
-* **the training stream's encode stage** (``train/stream.py``) becomes a batch :class:`Stage` (it turns one
-  QRA row into one or two sequences, so it sets ``one_row_per_input = False``) named ``train-encode`` with
-  fields ``model``, ``train``, ``seed``, ``pool_path = "train.data"`` once that section holds a
-  ``PoolConfig``; outputs are its four columns (``seq`` as ``large_binary``). ``build_stream`` maps it with
-  :func:`~step_ray.pipeline.runners.map_stages` instead of its own ``map_batches`` call.
 * **evaluation** becomes a batch :class:`Stage` named ``eval-score`` (fields ``model``, ``eval``, ``seed``
   and the model-loading callable; inputs the QRA columns it scores; outputs one prediction row per
   question: id, status, error, pred_index, correct, ``scores: list<double>``) run on an actor pool over the
