@@ -361,7 +361,7 @@ def test_ray_train_zero2_lora_resume_and_eval(ray_session, toy, tmp_path, monkey
     qra.mkdir()
     import pyarrow as pa
 
-    pq.write_table(pa.Table.from_pylist(table), qra / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(table), qra / "part-00000.parquet")
 
     overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
                  "train.zero_stage=2", "train.batch_size=4", "train.log_every=1",
