@@ -1,19 +1,28 @@
-"""Training speed and memory of the step-ray stack, against baselines measured in the same run.
+"""Training speed of the step-ray stack against plain PyTorch DDP on the same work, at steady state, on the
+rules of ``benchmarks/common.py`` (README.md); and the memory ZeRO-3 saves against ZeRO-0.
 
-1. Speed: samples/s (training sequences per second, both workers together) of the full stack - Ray Train
-   ``TorchTrainer``, DeepSpeed ZeRO-2, LoRA, frames decoded and encoded by a Ray Data actor and streamed to the
-   workers - against a plain PyTorch DDP loop (two ``torch.multiprocessing`` processes, gloo, torch AdamW) on
-   the same tiny model, the same LoRA, the same batch size and the same questions, decoding and encoding its
-   batches in the loop (the same decoder and processor code, as a PyTorch ``DataLoader`` with no worker
-   processes would). A second DDP figure trains on sequences encoded beforehand: the compute-only ceiling.
-   All exclude start-up: the stack's figure is the mean of its logged windows after the first; the DDP
-   loops' clocks start after their warm-up steps. Goal: stack >= 0.85 x DDP.
-2. Memory: per-worker peak RSS and per-worker model + optimizer state (MiB) of full fine-tuning (LoRA off,
-   where ZeRO has something to partition) under ZeRO-3 against ZeRO-0 (plain data parallel).
+Cases (every round runs each once, the order reversed every other round):
 
-    flock /tmp/step-ray-heavy.lock .venv/bin/python benchmarks/bench_train.py [--steps 30] [--out FILE]
+* ``stack`` (candidate): ``run_training`` as users run it - Ray Train ``TorchTrainer`` with 2 workers of 0.5 CPU,
+  DeepSpeed ZeRO-2, LoRA, the Ray Data stream on a 0.5-CPU actor with the encode cache (each question encoded
+  once, every later pass replayed: ``train.data.cache``), metrics and a checkpoint as configured below.
+* ``ddp`` (baseline): two ``torch.multiprocessing`` processes, gloo ``DistributedDataParallel``, torch AdamW, on
+  the same tiny model, LoRA, batch and questions; each rank encodes each of its questions once, on first use,
+  with the same ``RowEncoder`` (the same work as the stack's cache), and reuses the sequences after.
+* ``stack-nocache`` (context, ``--nocache-case``): the stack with ``train.data.cache: false`` (every pass
+  decodes and encodes its questions again, frame cache on): what the cache buys.
 
-Prints a table and writes JSON (default ``benchmarks/results/bench_train.json``).
+The same work: 4 questions (8 sequences) per worker per step, fp32, one torch thread per worker, ``--steps``
+optimizer steps (>= 120). The same window: a run's completions are its optimizer steps with the sequences they
+trained (the stack's come from its logged windows, every ``log_every`` steps, which tile its run; DDP's from
+every step); the window opens once ``--warmup`` of the run's sequences are trained and closes at its last step;
+rate = sequences in the window / the window's wall seconds, both sides. Start-up cost - wall seconds from a
+case's launch (``run_training`` called, ``mp.spawn`` called) to its first optimizer step - is reported beside
+the rates, not in them. ``ratio=`` is stack / ddp (medians; goal >= 0.95).
+
+    flock /tmp/step-ray-heavy.lock .venv/bin/python benchmarks/bench_train.py [--steps 120] [--repeats 3]
+
+Writes ``benchmarks/results/bench_train.json``; prints a table, the memory figures and ``ratio=<x>`` last.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -29,30 +40,35 @@ from pathlib import Path
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from step_ray.config import load_config  # noqa: E402
+from common import Case, Run, case_rows, finish, headline, measure, steady_window  # noqa: E402
+from step_ray.config import load_config, to_dict  # noqa: E402
 
 BATCH = 4  # questions per worker per micro-batch (two sequences each)
-COMMON = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.warmup_steps=2",
-          f"train.batch_size={BATCH}", "train.lr=5e-3", "train.progress=false", "train.lora.r=8"]
+WORLD = 2
+COMMON = [f"train.num_workers={WORLD}", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5",
+          "train.warmup_steps=2", f"train.batch_size={BATCH}", "train.lr=5e-3", "train.progress=false",
+          "train.lora.r=8", "train.tensorboard=false"]
 
 
 # ------------------------------------------------------------------------------------------------ DDP baseline
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, seq_file: str, steps: int, warmup: int,
-                result_file: str, preencoded: bool) -> None:
+def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, qra: str, steps: int, result_file: str) -> None:
+    import pyarrow.parquet as pq
     import torch.distributed as dist
     from peft import LoraConfig, get_peft_model
     from torch.nn.parallel import DistributedDataParallel
 
     from step_ray.config import from_dict
+    from step_ray.models.encoding import collate
     from step_ray.models.families import family_of
     from step_ray.models.loading import load_model_and_processor
-    from step_ray.models.encoding import collate
+    from step_ray.train.data import RowEncoder
     from step_ray.train.loss import step_loss
 
     torch.set_num_threads(1)  # as the stack's 0.5-CPU workers
@@ -70,132 +86,150 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, seq_file: str,
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     pad = int(processor.tokenizer.pad_token_id or 0)
-    if preencoded:
-        seqs = torch.load(seq_file, weights_only=True)
-        mine, per_batch = seqs[rank::world], 2 * BATCH
-    else:
-        import pyarrow.parquet as pq
-
-        from step_ray.train.data import RowEncoder
-
-        encoder = RowEncoder(processor, cfg.model, cfg.train.rationale_weight, cfg.train.loss_format)
-        rows = [r for r in pq.read_table(seq_file).to_pylist() if r["split"] == "train"]
-        mine, per_batch = rows[rank::world], BATCH
-    samples, start = 0, None
-    for step in range(warmup + steps):
-        if step == warmup:
-            dist.barrier()
-            start = time.perf_counter()
-        i = (step * per_batch) % max(1, len(mine) - per_batch)
-        chunk = mine[i:i + per_batch]
-        batch = collate(chunk, pad) if preencoded else encoder(chunk)
+    encoder = RowEncoder(processor, cfg.model, cfg.train.rationale_weight, cfg.train.loss_format)
+    rows = [r for r in pq.read_table(qra).to_pylist() if r["split"] == "train"]
+    mine = rows[rank::world]
+    encoded: dict[int, list] = {}  # each question encoded once, on first use (the stack's encode cache)
+    events, tokens = [], 0.0
+    for step in range(steps):
+        seqs = []
+        for j in range(step * BATCH, (step + 1) * BATCH):
+            q = j % len(mine)
+            if q not in encoded:
+                encoded[q] = encoder.sequences(mine[q])
+            seqs.extend(encoded[q])
+        batch = collate(seqs, pad)
         labels, task = batch.pop("labels"), batch.pop("task")
         batch.pop("label_task", None)
+        tokens += float(batch["attention_mask"].sum())
         out = step_loss(ddp(**batch, use_cache=False).logits, labels, task, cfg.train.rationale_weight)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step >= warmup:
-            samples += labels.shape[0]
-    elapsed = time.perf_counter() - start
-    total = torch.tensor([samples], dtype=torch.float64)
-    dist.all_reduce(total)
+        # DDP's all-reduce in backward keeps the ranks within one step: rank 0's clock times both.
+        events.append((time.time(), float(labels.shape[0] * world)))
     if rank == 0:
-        Path(result_file).write_text(json.dumps({"samples_per_s": total.item() / elapsed, "seconds": elapsed}))
+        Path(result_file).write_text(json.dumps({"events": events, "tokens_per_sample": tokens * world / sum(
+            n for _, n in events)}))
     dist.destroy_process_group()
 
 
-def ddp_baseline(cfg, qra: Path, steps: int, warmup: int, work: Path, preencoded: bool) -> dict:
-    """samples/s of the plain DDP loop (decoding in the loop, or on sequences encoded beforehand)."""
-    import pyarrow.parquet as pq
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_run(cfg, qra: Path, steps: int, warmup: float, work: Path) -> Run:
     import torch.multiprocessing as mp
 
-    from step_ray.models.loading import load_processor, resolve_base
-    from step_ray.train.data import RowEncoder
+    result_file = work / f"ddp-{time.time_ns()}.json"
+    launched = time.time()
+    mp.spawn(_ddp_worker, args=(WORLD, _free_port(), to_dict(cfg), str(qra), steps, str(result_file)),
+             nprocs=WORLD, join=True)
+    data = json.loads(result_file.read_text())
+    events = [tuple(e) for e in data["events"]]
+    return steady_window(events, warmup, start=launched, startup_seconds=events[0][0] - launched,
+                         steps=steps, tokens_per_sample=data["tokens_per_sample"])
 
-    from step_ray.config import to_dict
 
-    result_file = work / f"ddp_{preencoded}.json"
-    seq_file = work / "seqs.pt"
-    if preencoded:
-        processor = load_processor(resolve_base(cfg.model, cfg.run.seed))
-        encoder = RowEncoder(processor, cfg.model, cfg.train.rationale_weight, cfg.train.loss_format)
-        rows = [r for r in pq.read_table(qra).to_pylist() if r["split"] == "train"]
-        torch.save([s for r in rows for s in encoder.sequences(r)], seq_file)
-    port = 29500 + (os.getpid() + int(preencoded)) % 1000
-    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(seq_file if preencoded else qra), steps, warmup,
-                                str(result_file), preencoded), nprocs=2, join=True)
-    return json.loads(result_file.read_text())
+# ------------------------------------------------------------------------------------------------ the stack
+
+
+def stack_run(cfg, qra: Path, warmup: float, work: Path, name: str) -> Run:
+    from step_ray.train.trainer import run_training
+
+    launched = time.time()
+    summary = run_training(cfg, qra, work / name, name=name)
+    history = summary["history"]
+    events = [(h["time"], h["window_samples"]) for h in history]
+    samples = sum(h["window_samples"] for h in history)
+    return steady_window(events, warmup, start=launched, startup_seconds=summary["startup_seconds"],
+                         steps=summary["steps"], tokens_per_sample=sum(h["window_tokens"] for h in history) / samples,
+                         data_wait=statistics.median(h["data_wait"] for h in history[1:] or history),
+                         wall_seconds=summary["wall_seconds"])
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def memory(qra: Path, work: Path) -> dict:
+    """Per-worker peak RSS and model + optimizer state (MiB) of full fine-tuning (LoRA off: something for ZeRO
+    to partition), ZeRO-3 against ZeRO-0; one short run each (the figures are peaks, not rates)."""
+    from step_ray.train.trainer import run_training
+
+    out = {}
+    for stage in (0, 3):
+        cfg = load_config(None, COMMON + [f"train.zero_stage={stage}", "train.lora.enabled=false", "train.lr=1e-4",
+                                          "train.steps=3", "train.log_every=1", "train.checkpoint_every=3"])
+        summary = run_training(cfg, qra, work / f"mem{stage}", name=f"mem{stage}")
+        out[f"zero{stage}"] = {"peak_rss_mb": summary["peak_rss_mb"], "state_mb": summary["state_mb"]}
+    out["zero3_over_zero0"] = {k: out["zero3"][k] / out["zero0"][k] for k in ("peak_rss_mb", "state_mb")}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of the speed runs")
-    parser.add_argument("--videos", type=int, default=16, help="toy videos (3 questions each)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_train.json"))
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=120, help="optimizer steps of every speed run (>= 120)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every case")
+    parser.add_argument("--warmup", type=float, default=0.25, help="share of a run's sequences before its window")
+    parser.add_argument("--log-every", type=int, default=10, help="the stack's train.log_every (its windows)")
+    parser.add_argument("--videos", type=int, default=16, help="toy videos (3 questions each, 1 in 4 held out)")
+    parser.add_argument("--nocache-case", action="store_true", help="add the stack without its encode cache")
+    parser.add_argument("--no-memory", action="store_true", help="skip the ZeRO-3 / ZeRO-0 memory runs")
+    parser.add_argument("--allow-short", action="store_true", help="allow --steps < 120 (smoke runs, tests)")
+    args = parser.parse_args(argv)
+    if args.steps < 120 and not args.allow_short:
+        raise SystemExit("--steps: the rules ask for >= 120 steps (--allow-short for a smoke run)")
 
     import ray
 
     from step_ray.train.toy import make_toy_qra
-    from step_ray.train.trainer import run_training
     from step_ray.utils.env import worker_env
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     os.environ.setdefault("STEP_RAY_CACHE", str(work / "cache"))
     qra = make_toy_qra(work / "toy", videos=args.videos, seed=0)
+    speed = [f"train.steps={args.steps}", f"train.log_every={args.log_every}",
+             f"train.checkpoint_every={args.steps}", "train.zero_stage=2"]
+    stack_cfg = load_config(None, COMMON + speed)
+    nocache_cfg = load_config(None, COMMON + speed + ["train.data.cache=false"])
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", runtime_env={"env_vars": worker_env()},
              _temp_dir=tempfile.mkdtemp(prefix="ray_"))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "ray_cpus": 2}, "steps": args.steps, "batch": BATCH}
+    counter = iter(range(10**6))
+    cases = [
+        Case("stack", lambda: stack_run(stack_cfg, qra, args.warmup, work, f"stack-{next(counter)}"),
+             role="candidate", unit="sequences/s", note="Ray Train + ZeRO-2 + LoRA + Ray Data, encode cache"),
+        Case("ddp", lambda: ddp_run(stack_cfg, qra, args.steps, args.warmup, work), role="baseline",
+             unit="sequences/s", note="torch DDP (gloo) + LoRA + AdamW, each question encoded once"),
+    ]
+    if args.nocache_case:
+        cases.append(Case("stack-nocache", lambda: stack_run(nocache_cfg, qra, args.warmup, work,
+                                                             f"nocache-{next(counter)}"),
+                          unit="sequences/s", note="the stack, train.data.cache=false (encodes every pass)"))
     try:
-        log = max(1, args.steps // 6)
-        speed_cfg = load_config(None, COMMON + ["train.zero_stage=2", f"train.steps={args.steps}",
-                                                f"train.log_every={log}", f"train.checkpoint_every={args.steps}"])
-        started = time.perf_counter()
-        stack = run_training(speed_cfg, qra, work / "stack", name="speed")
-        results["stack_zero2"] = {"samples_per_s": stack["samples_per_s"], "tokens_per_s": stack["tokens_per_s"],
-                                  "wall_seconds": time.perf_counter() - started}
-        results["ddp"] = ddp_baseline(speed_cfg, qra, steps=args.steps - log, warmup=log, work=work,
-                                      preencoded=False)
-        results["ddp_preencoded"] = ddp_baseline(speed_cfg, qra, steps=args.steps - log, warmup=log, work=work,
-                                                 preencoded=True)
-        results["speed_ratio"] = results["stack_zero2"]["samples_per_s"] / results["ddp"]["samples_per_s"]
-        results["speed_ratio_vs_preencoded"] = (results["stack_zero2"]["samples_per_s"]
-                                                / results["ddp_preencoded"]["samples_per_s"])
-
-        for stage in (0, 3):
-            cfg = load_config(None, COMMON + [f"train.zero_stage={stage}", "train.lora.enabled=false",
-                                              "train.lr=1e-4", "train.steps=3", "train.log_every=1",
-                                              "train.checkpoint_every=3"])
-            summary = run_training(cfg, qra, work / f"mem{stage}", name=f"mem{stage}")
-            results[f"memory_zero{stage}"] = {"peak_rss_mb": summary["peak_rss_mb"], "state_mb": summary["state_mb"]}
-        z0, z3 = results["memory_zero0"], results["memory_zero3"]
-        results["memory_ratio"] = {"peak_rss": z3["peak_rss_mb"] / z0["peak_rss_mb"],
-                                   "state": z3["state_mb"] / z0["state_mb"]}
+        runs = measure(cases, args.repeats)
+        mem = None if args.no_memory else memory(qra, work)
     finally:
         ray.shutdown()
 
-    print("\nstep-ray training benchmark (tiny Qwen2.5-VL, 2 workers, CPU)")
-    print(f"{'':36}{'samples/s':>12}{'ratio':>10}")
-    ddp, pre = results["ddp"]["samples_per_s"], results["ddp_preencoded"]["samples_per_s"]
-    print(f"{'plain PyTorch DDP, decoding in loop':36}{ddp:>12.2f}{1.0:>10.2f}")
-    print(f"{'Ray Train + ZeRO-2 + Ray Data':36}{results['stack_zero2']['samples_per_s']:>12.2f}"
-          f"{results['speed_ratio']:>10.2f}   (goal >= 0.85)")
-    print(f"{'plain PyTorch DDP, pre-encoded':36}{pre:>12.2f}{pre / ddp:>10.2f}   (compute-only ceiling)")
-    print(f"\n{'full fine-tune, per worker':36}{'peak RSS MiB':>14}{'state MiB':>12}")
-    for stage in (0, 3):
-        m = results[f"memory_zero{stage}"]
-        print(f"{'ZeRO-' + str(stage):36}{m['peak_rss_mb']:>14.0f}{m['state_mb']:>12.1f}")
-    r = results["memory_ratio"]
-    print(f"{'ZeRO-3 / ZeRO-0':36}{r['peak_rss']:>14.2f}{r['state']:>12.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwritten: {out}")
+    rows = case_rows(cases, runs, baseline="ddp")
+    for row in rows:
+        info = [r.info for r in runs[row["case"]]]
+        row["startup_s"] = statistics.median(i["startup_seconds"] for i in info)
+        row["tokens/seq"] = statistics.median(i["tokens_per_sample"] for i in info)
+    notes = {"steps": args.steps, "warmup": args.warmup, "batch": f"{BATCH} questions x 2 sequences per worker",
+             "workers": WORLD, "stack_log_every": args.log_every, "rounds": args.repeats,
+             "startup": "wall seconds from launch to the first optimizer step (median), outside the rates",
+             "goal": "stack / ddp >= 0.95 at steady state"}
+    if mem is not None:
+        notes["memory_full_finetune_per_worker_mib"] = mem
+    head = headline(runs, "stack", "ddp")
+    finish("bench_train", rows, notes, head, runs)
     return 0
 
 

@@ -4,8 +4,7 @@
     flock /tmp/step-ray-heavy.lock .venv/bin/python benchmarks/sitting.py [--only qra,front] [--out FILE]
 
 Each benchmark runs as its own process (``python benchmarks/<script>``), prints its table, and ends with
-``ratio=<x>``; its JSON in ``benchmarks/results/`` holds the details read here. ``bench_train.py`` is not
-in the sitting (its port to the fairness rules is pending).
+``ratio=<x>``; its JSON in ``benchmarks/results/`` holds the details read here.
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ BENCHMARKS = {
     "scaling": (["bench_stsg_scaling.py"], "bench_stsg_scaling", "STSG videos/s, 2 / 1 perception actors, 2 cores"),
     "memory": (["bench_stsg_memory.py"], "bench_stsg_memory",
                "peak memory on a 10-min video, all frames held / streaming perception"),
+    "train": (["bench_train.py"], "bench_train",
+              "training sequences/s at steady state, the stack / plain PyTorch DDP (same work)"),
 }
 
 

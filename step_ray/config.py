@@ -478,14 +478,23 @@ class LoraConfig:
 class TrainDataConfig:
     """The Ray Data stream that feeds training: QRA Parquet -> decode + encode actors -> the workers' shards."""
 
-    num_cpus: float = _f(0.5, "CPUs per decode/encode actor (decord frames + the model's processor). These are "
-                              "reserved beside the training workers' CPUs: the run fails before it starts when the "
-                              "cluster cannot hold both.")
+    num_cpus: float = _f(0.5, "CPUs per decode/encode actor (decord frames + the model's processor), and per "
+                              "replay actor of the encode cache (cache: true). These are reserved beside the "
+                              "training workers' CPUs: the run fails before it starts when the cluster cannot hold "
+                              "both.")
     min_actors: int = _f(1, "Fewest decode/encode actors.")
     max_actors: int = _f(1, "Most decode/encode actors (Ray Data adds actors up to this when training waits).")
     batch_size: int = _f(4, "QRA rows per batch handed to a decode/encode actor.")
+    cache: bool = _f(True, "Encode each train question once per run and replay the encoded rows on every later "
+                           "pass (held in Ray's object store, spilled to disk when it fills). It costs about "
+                           "questions x sequences per question x bytes per sequence (token ids, labels and the "
+                           "frames' pixel values; the run logs the figure): turn it off for a train split too "
+                           "large to hold, and every pass decodes and encodes its questions again.",
+                     runtime=True)
     frame_cache_mb: int = _f(512, "Decoded frames each decode/encode actor keeps for the later passes over the data "
-                                  "(MiB; decoding is most of an encode's cost). 0: decode on every pass.")
+                                  "(MiB; decoding is most of an encode's cost). 0: decode on every pass. With "
+                                  "cache: true it only serves the questions of a video that share moments (each "
+                                  "question is decoded once anyway).")
     prefetch_batches: int = _f(2, "Micro-batches each training worker prefetches from its shard.")
     shuffle_buffer: int = _f(0, "Local shuffle buffer in the workers, in micro-batches. 0: stream order, which keeps "
                                 "a question's answer and rationale sequences in one micro-batch (the questions "

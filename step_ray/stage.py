@@ -45,28 +45,26 @@ A minimal stage::
     run_local([table], [stage])                              # in this process (tests, --no-ray)
     runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
 
-Adopting the contract (phase 2 of issue 10; these still run on their own Ray Data code):
+Every Ray-facing piece of work follows it:
 
-* **the training stream's encode stage** (``train/stream.py``) becomes a batch :class:`Stage` (it turns one
-  QRA row into one or two sequences, so it sets ``one_row_per_input = False``) named ``train-encode`` with
-  fields ``model``, ``train``, ``seed``, ``pool_path = "train.data"`` once that section holds a
-  ``PoolConfig``; outputs are its four columns (``seq`` as ``large_binary``). ``build_stream`` maps it with
-  :func:`~step_ray.pipeline.runners.map_stages` instead of its own ``map_batches`` call.
+* STSG perception and graph building (:mod:`step_ray.stsg.stage`) and QRA sampling (:mod:`step_ray.qra.stage`);
+* the QRA filter: the ``qra-filter`` ``RowStage`` of :mod:`step_ray.pipeline.qra_filter` (above the model
+  layer; its rules stay model-free in :mod:`step_ray.qra.filter`), mapped over a streamed read of the QRA
+  parts, its verdicts joined back to their parts by a shuffle and the parts written back (``carry`` hands on
+  the part index the stage does not read);
+* the training stream (``train/stream.py``): ``train-encode``, a batch :class:`Stage` that turns a QRA row
+  into one or two sequences (``one_row_per_input = False``), and ``train-replay`` over its encode cache; their
+  pool is read from ``train.data``'s flat fields by their own :meth:`Stage.pool_of`;
+* evaluation: :class:`step_ray.eval.score.EvalScore`, a batch :class:`Stage` named ``eval-score`` (fields
+  ``model``, ``eval``, ``seed``, the model reference and the modes; ``pool_path = "eval.pool"``; one scored
+  row per question and vision: key, id, vision, status, error, ``scores: list<double>``, the generated text
+  and rationale). Every evaluation (``step-ray eval``, the ``eval`` step, the evaluations of ``self-train``,
+  ``ablate`` and ``pretrain`` with their vision controls) maps it with
+  :func:`step_ray.ray_executor.map_tables` (its rows guarded by the :class:`CrashLedger`) or runs it with
+  :func:`run_local`.
 
-Evaluation has adopted it: :class:`step_ray.eval.score.EvalScore` is a batch :class:`Stage` named
-``eval-score`` (fields ``model``, ``eval``, ``seed``, the model reference and the modes; ``pool_path =
-"eval.pool"``; one scored row per question and vision: key, id, vision, status, error, ``scores:
-list<double>``, the generated text and rationale). Every evaluation (``step-ray eval``, the ``eval`` step,
-the evaluations of ``self-train``, ``ablate`` and ``pretrain`` with their vision controls) maps it with
-:func:`step_ray.pipeline.runners.map_tables` (its rows guarded by the :class:`CrashLedger`) or runs it with
-:func:`run_local`. Evaluation stands above the model layer, so it imports its loader directly.
-
-Done: STSG perception and graph building (:mod:`step_ray.stsg.stage`), QRA sampling
-(:mod:`step_ray.qra.stage`), and the QRA filter: the ``qra-filter`` ``RowStage`` of
-:mod:`step_ray.pipeline.qra_filter` (above the model layer; its rules stay model-free in
-:mod:`step_ray.qra.filter`), mapped over a streamed read of the QRA parts, its verdicts joined back to
-their parts by a shuffle and the parts written back (:func:`step_ray.pipeline.runners.map_stages`'s ``carry``
-hands on the part index the stage does not read).
+The Ray executor (:mod:`step_ray.ray_executor`) sits beside this module, below every package that maps
+stages, so that ``train`` and ``eval`` map stages without importing ``pipeline``.
 
 Stages that need a model receive the function that loads it as a field (a picklable callable), set by the
 step that builds them: the stage's package then does not import the model layer that stands above it.

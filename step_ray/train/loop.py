@@ -371,6 +371,7 @@ def train_loop_per_worker(config: dict) -> None:
     run_start = time.perf_counter()
     start_step = step
     state_mb = None
+    first_step_time: Optional[float] = None
     while step < tc.steps:
         waited = time.perf_counter()
         batch, questions, skipped, first = next(batches)
@@ -400,6 +401,8 @@ def train_loop_per_worker(config: dict) -> None:
         if not boundary:
             continue
         step = int(engine.global_steps)
+        if first_step_time is None:
+            first_step_time = time.time()
         if state_mb is None:
             state_mb = local_state_mb(engine)  # after the first step: the optimizer states exist now
         if bar is not None:
@@ -412,7 +415,8 @@ def train_loop_per_worker(config: dict) -> None:
         totals = window.to(device)  # nccl reduces device tensors only; gloo takes CPU ones
         dist.all_reduce(totals)  # sums over ranks
         totals = totals.cpu()
-        elapsed = max(time.perf_counter() - window_start, 1e-9)
+        now = time.perf_counter()
+        elapsed = max(now - window_start, 1e-9)
         n = max(totals[3].item(), 1.0)
         memory = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device)], dtype=torch.float64, device=device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)  # the largest worker's figures
@@ -435,6 +439,10 @@ def train_loop_per_worker(config: dict) -> None:
             "window_seconds": elapsed,
             "window_samples": totals[6].item(),
             "window_tokens": totals[7].item(),
+            # Wall-clock (epoch) seconds at the window's end and at this (re)start's first optimizer step:
+            # comparable with the driver's clock (a benchmark's start-up cost, the first step's wall time).
+            "time": time.time(),
+            "first_step_time": first_step_time,
             "restores": counters["restores"],
         }
         counters["rows"] += int(totals[4].item())
@@ -443,7 +451,8 @@ def train_loop_per_worker(config: dict) -> None:
         counters["micro_batches"] += int(totals[3].item())
         history.append(metrics)
         window.zero_()
-        window_start = time.perf_counter()
+        # Windows tile the run: the time spent logging and checkpointing below counts in the next window.
+        window_start = now
         if rank == 0:
             logger.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items() if k != "step"})
             if bar is not None:

@@ -1,12 +1,26 @@
-"""The training data stream: QRA Parquet -> Ray Data -> decode + encode actors -> each worker's shard.
+"""The training data stream: QRA Parquet -> Ray Data -> encode once -> replay every pass -> each worker's shard.
 
 ::
 
     the train split of the QRA Parquet, read on the driver (compact text rows) -> ray.data.from_arrow
-      -> EncodeStage (actor pool, train.data.num_cpus each): keep the train split, decode the question's frames
-         with decord (PyAV fallback), run the model's processor, build the labelled sequences
+      -> train-encode (TrainEncodeStage on an actor pool, train.data.num_cpus each): decode the question's
+         frames with decord (PyAV fallback), run the model's processor, build the labelled sequences
+      -> .materialize(): the encode cache, every question's rows once in Ray's object store (train.data.cache)
+    the run's stream positions (position, question), in each pass's order -> ray.data.from_arrow
+      -> train-replay (TrainReplayStage, the same pool): each position's cached rows, no decoding
       -> streaming_split(num_workers, equal=True)  (done by Ray Train)
       -> get_dataset_shard("train").iter_torch_batches(collate_fn=ShardCollate)  in every training worker
+
+A run passes over its questions many times (its steps x batch / questions: dozens of passes on a small QRA
+set), and decoding + the processor are nearly all of the stream's CPU: encoding each question once makes every
+later pass cost a copy of its rows (measured on the toy set, 2 workers on 2 cores: the workers wait for data
+0.6% of the time, ``benchmarks/bench_train.py``). The cache costs memory in the object store (:func:`encode_questions` says how
+much); ``train.data.cache: false`` streams the positions' QRA rows through ``train-encode`` instead, every pass
+decoding again (the frame cache of ``train.data.frame_cache_mb`` then saves most of the decoding).
+
+Both stages follow the stage contract (:mod:`step_ray.stage`) and are mapped by
+:func:`step_ray.ray_executor.map_stages`: Ray Data shows them as ``MapBatches(train-encode)`` and
+``MapBatches(train-replay)``.
 
 Decoding runs on CPU workers of its own, not inside the training processes: on a GPU cluster the trainers
 stay busy while CPU actors (any node) prepare the next batches, and Ray Data's backpressure keeps only a few
@@ -39,25 +53,62 @@ blocks in flight between the workers when the checkpoint was taken (the split ha
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
+import pyarrow as pa
 
-from step_ray.config import ConfigError, StepRayConfig, from_dict, to_dict
+from step_ray.config import ConfigError, ModelConfig, PoolConfig, StepRayConfig, TrainConfig
+from step_ray.stage import Stage, runtime_field, schema
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("id", "seq", "skip", "qra_rows", "pos")
+#: What the encode stage reads of a QRA row (the prompt, the targets, the moments of its frames) and the
+#: row's position in the stream (its question index while the encode cache is built).
+ENCODE_INPUTS = schema(
+    ("id", pa.string()), ("video_uri", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+    ("question", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.string()),
+    ("answer_index", pa.int64()), ("rationale", pa.list_(pa.string())), ("times", pa.list_(pa.float64())),
+    ("pos", pa.int64()),
+)
+#: QRA columns of older schema versions that a table may lack (read as null: frames spread over the span).
+OPTIONAL_INPUTS = ("times",)
+#: One row per training sequence (see the module docs).
+SEQUENCES = schema(("id", pa.string()), ("seq", pa.large_binary()), ("skip", pa.string()),
+                   ("qra_rows", pa.int64()), ("pos", pa.int64()))
+COLUMNS = tuple(SEQUENCES.names)
 
 
-class EncodeStage:
-    """Ray Data callable class: a batch of QRA rows -> a batch of encoded sequences (see the module docs)."""
+def stream_pool(cfg: StepRayConfig) -> PoolConfig:
+    """The actor pool of the stream's stages, from ``train.data`` (its CPUs are the ones
+    :func:`check_resources` reserves beside the trainers)."""
+    dc = cfg.train.data
+    return PoolConfig(min_size=dc.min_actors, max_size=dc.max_actors, num_cpus=dc.num_cpus, num_gpus=0.0,
+                      batch_size=dc.batch_size)
 
-    def __init__(self, cfg_data: dict, split: str = "train"):
-        self.cfg: StepRayConfig = from_dict(cfg_data)
-        self.split = split
-        self.encoder: Any = None
+
+@dataclass(kw_only=True)
+class TrainEncodeStage(Stage):
+    """QRA rows -> their training sequences: frames decoded with decord (PyAV fallback), the model's processor,
+    the labelled sequences of the run's loss format (one or two per row; a row that cannot be used becomes one
+    row with the reason in ``skip``)."""
+
+    name: ClassVar[str] = "train-encode"
+    pool_path: ClassVar[str] = "train.data"
+    one_row_per_input: ClassVar[bool] = False
+    inputs: ClassVar[pa.Schema] = ENCODE_INPUTS
+    outputs: ClassVar[pa.Schema] = SEQUENCES
+
+    model: ModelConfig
+    train: TrainConfig
+    seed: int = field(default=0, metadata={"config": "run.seed"})
+
+    @classmethod
+    def pool_of(cls, cfg: StepRayConfig) -> PoolConfig:
+        return stream_pool(cfg)
 
     def setup(self) -> None:
         """Load the processor (inside the actor, once)."""
@@ -67,44 +118,87 @@ class EncodeStage:
         from step_ray.train.data import RowEncoder
 
         torch.set_num_threads(1)  # an actor holds a fraction of a CPU: one thread, no oversubscription
-        processor = load_processor(resolve_base(self.cfg.model, self.cfg.run.seed), self.cfg.model.trust_remote_code)
-        tc = self.cfg.train
-        self.encoder = RowEncoder(processor, self.cfg.model, tc.rationale_weight, tc.loss_format,
+        processor = load_processor(resolve_base(self.model, self.seed), self.model.trust_remote_code)
+        tc = self.train
+        self.encoder = RowEncoder(processor, self.model, tc.rationale_weight, tc.loss_format,
                                   frame_cache_mb=tc.data.frame_cache_mb)
 
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-
+    def process(self, batch: pa.Table) -> pa.Table:
         from step_ray.models.encoding import pack_sequence
-        from step_ray.train.data import rows_from_batch
 
-        if self.encoder is None:
-            self.setup()
         out: dict[str, list] = {c: [] for c in COLUMNS}
-        for row in rows_from_batch(batch):
-            if row.get("split") != self.split:
-                continue
+
+        def add(row_id: str, seq: bytes, skip: str, first: int, pos: int) -> None:
+            for column, value in zip(COLUMNS, (row_id, seq, skip, first, pos)):
+                out[column].append(value)
+
+        for row in batch.to_pylist():
             seqs, reason = self.encoder.encode(row)
-            pos = int(row.get("pos", -1))
+            row_id, pos = str(row["id"]), int(row["pos"])
             if reason is not None:
-                out["id"].append(str(row.get("id")))
-                out["seq"].append(b"")
-                out["skip"].append(reason)
-                out["qra_rows"].append(1)
-                out["pos"].append(pos)
+                add(row_id, b"", reason, 1, pos)
             for i, seq in enumerate(seqs):
-                out["id"].append(str(row.get("id")))
-                out["seq"].append(pack_sequence(seq))
-                out["skip"].append("")
-                out["qra_rows"].append(1 if i == 0 else 0)
-                out["pos"].append(pos)
-        return pa.table({
-            "id": pa.array(out["id"], pa.string()),
-            "seq": pa.array(out["seq"], pa.large_binary()),
-            "skip": pa.array(out["skip"], pa.string()),
-            "qra_rows": pa.array(out["qra_rows"], pa.int64()),
-            "pos": pa.array(out["pos"], pa.int64()),
-        })
+                add(row_id, pack_sequence(seq), "", 1 if i == 0 else 0, pos)
+        return pa.Table.from_pydict(out, schema=SEQUENCES)
+
+
+@dataclass(kw_only=True)
+class TrainReplayStage(Stage):
+    """Stream positions -> the encoded rows of their questions, looked up in the encode cache (the blocks that
+    :func:`encode_questions` left in the object store, ``blocks``): no decoding, no processor, a copy of a few
+    rows. Each actor reads every cached block once (zero-copy from the object store of its node; a node
+    without them fetches them, a copy of the cache per node)."""
+
+    name: ClassVar[str] = "train-replay"
+    pool_path: ClassVar[str] = "train.data"
+    one_row_per_input: ClassVar[bool] = False
+    inputs: ClassVar[pa.Schema] = schema(("pos", pa.int64()), ("question", pa.int64()))
+    outputs: ClassVar[pa.Schema] = SEQUENCES
+
+    blocks: list = runtime_field(default_factory=list)  # ObjectRefs of the cached blocks (pyarrow tables)
+
+    @classmethod
+    def pool_of(cls, cfg: StepRayConfig) -> PoolConfig:
+        return stream_pool(cfg)
+
+    def setup(self) -> None:
+        import ray
+
+        self.index(ray.get(list(self.blocks)))
+
+    def index(self, tables: list) -> None:
+        """Index the cached rows by question (their ``pos`` while the cache was built), in cache order: a
+        question's answer and rationale sequences stay neighbours."""
+        self.tables = [t for t in tables if t.num_rows]
+        block = np.concatenate([np.full(t.num_rows, b, np.int64) for b, t in enumerate(self.tables)] or [[]])
+        row = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for t in self.tables] or [[]])
+        question = np.concatenate([t.column("pos").to_numpy() for t in self.tables] or [[]]).astype(np.int64)
+        order = np.argsort(question, kind="stable")
+        self.block, self.row = block[order].astype(np.int64), row[order].astype(np.int64)
+        questions = int(question.max()) + 1 if question.size else 0
+        self.first = np.searchsorted(question[order], np.arange(questions + 1))
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        positions = batch.column("pos").to_numpy()
+        questions = batch.column("question").to_numpy()
+        if not len(questions):
+            return SEQUENCES.empty_table()
+        known = questions < len(self.first) - 1
+        lo = np.where(known, self.first[np.minimum(questions, len(self.first) - 1)], 0)
+        hi = np.where(known, self.first[np.minimum(questions + 1, len(self.first) - 1)], 0)
+        if np.any(hi <= lo):
+            missing = sorted(set(questions[hi <= lo].tolist()))[:5]
+            raise RuntimeError(f"stage {self.name}: question(s) {missing} are not in the encode cache")
+        picks = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+        pos = np.repeat(positions, hi - lo)
+        blocks, rows = self.block[picks], self.row[picks]
+        parts, taken = [], []
+        for b in np.unique(blocks):
+            where = np.flatnonzero(blocks == b)
+            parts.append(self.tables[b].take(pa.array(rows[where])))
+            taken.append(where)
+        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(taken), kind="stable")))
+        return table.set_column(table.schema.get_field_index("pos"), "pos", pa.array(pos, pa.int64()))
 
 
 class ShardCollate:
@@ -172,36 +266,108 @@ def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(pass_index)]).permutation(n)
 
 
-def stream_table(base: Any, seed: int, start: int, end: int) -> Any:
-    """Positions ``start`` .. ``end - 1`` of the stream over the questions of ``base`` (see the module docs), as
-    the rows of ``base`` in stream order with their position in a ``pos`` column."""
-    import pyarrow as pa
-
-    n = base.num_rows
-    parts = []
+def stream_positions(n: int, seed: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions ``start`` .. ``end - 1`` of the stream over ``n`` questions, the question at each of them):
+    position ``i`` is question ``pass_order(seed, p)[i - p * n]`` of pass ``p = i // n`` (see the module
+    docs)."""
+    positions, questions = [], []
     for p in range(start // n if n else 0, -(-end // n) if n else 0):
         lo, hi = max(start - p * n, 0), min(end - p * n, n)
         if lo < hi:
-            part = base.take(pass_order(seed, p, n)[lo:hi])
-            parts.append(part.append_column("pos", pa.array(np.arange(p * n + lo, p * n + hi), pa.int64())))
-    if not parts:
-        return base.slice(0, 0).append_column("pos", pa.array([], pa.int64()))
-    return pa.concat_tables(parts)
+            questions.append(pass_order(seed, p, n)[lo:hi])
+            positions.append(np.arange(p * n + lo, p * n + hi))
+    if not positions:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(positions).astype(np.int64), np.concatenate(questions).astype(np.int64)
+
+
+def stream_table(base: Any, seed: int, start: int, end: int) -> Any:
+    """Positions ``start`` .. ``end - 1`` of the stream over the questions of ``base`` (see the module docs), as
+    the rows of ``base`` in stream order with their position in a ``pos`` column."""
+    positions, questions = stream_positions(base.num_rows, seed, start, end)
+    return base.take(pa.array(questions)).append_column("pos", pa.array(positions, pa.int64()))
+
+
+def question_table(base: Any) -> Any:
+    """The columns of ``base`` (a split of the QRA table) that the encode stage reads, the optional ones of
+    older QRA versions filled with nulls."""
+    names = [n for n in ENCODE_INPUTS.names if n != "pos"]
+    for name in OPTIONAL_INPUTS:
+        if name not in base.column_names:
+            column = ENCODE_INPUTS.field(name)
+            base = base.append_column(column, pa.nulls(base.num_rows, column.type))
+    missing = [n for n in names if n not in base.column_names]
+    if missing:
+        raise ValueError(f"the QRA table lacks column(s) {missing} that training reads")
+    return base.select(names)
+
+
+def _blocks(table: Any, rows: int) -> list:
+    """``table`` as in-memory blocks of ``rows`` rows. Sliced here, not with ``repartition()``: that is an
+    all-to-all operator whose tasks would need CPUs of their own."""
+    return [table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)]
+
+
+@dataclass
+class EncodedQuestions:
+    """The encode cache of a run: every train question encoded once (:func:`encode_questions`)."""
+
+    blocks: list  # ObjectRefs of the encoded blocks (pyarrow tables of SEQUENCES, "pos" = question index)
+    questions: int
+    sequences: int
+    nbytes: int
+    seconds: float
+
+
+def encode_questions(cfg: StepRayConfig, base: Any) -> EncodedQuestions:
+    """Every question of ``base`` through the ``train-encode`` stage once, kept in Ray's object store (the
+    encode cache of ``train.data.cache``).
+
+    Memory: the cache holds every encoded row of the split, questions x sequences per question (2 in the
+    multitask format) x the bytes of a sequence: its token ids, labels and mask (8 bytes per token each, up to
+    ``model.max_length`` tokens) and its frames' pixel values (``model.frames`` frames of ``frame_size``
+    pixels, float32 patches: for Qwen2.5-VL at 8 frames of 448 px, 4,096 patches of 1,176 values, about 19 MB a
+    sequence; a few hundred KB for the tiny test model). The run logs
+    the figure; the object store spills to disk beyond its share of memory. Too large to hold: set
+    ``train.data.cache: false`` and every pass encodes again.
+    """
+    import ray.data
+
+    from step_ray.ray_executor import map_stages
+
+    started = time.perf_counter()
+    table = question_table(base)
+    table = table.append_column("pos", pa.array(np.arange(table.num_rows), pa.int64()))
+    ds = ray.data.from_arrow(_blocks(table, max(1, 4 * cfg.train.data.batch_size)))
+    encoded = map_stages(ds, [TrainEncodeStage.from_config(cfg)]).materialize()
+    blocks = encoded.to_arrow_refs()
+    out = EncodedQuestions(blocks=blocks, questions=table.num_rows, sequences=encoded.count(),
+                           nbytes=int(encoded.size_bytes() or 0), seconds=time.perf_counter() - started)
+    logger.info("train-encode: %d questions encoded once into %d rows (%.1f MiB in the object store, %.1f s); "
+                "every pass replays them (train.data.cache)", out.questions, out.sequences, out.nbytes / 2**20,
+                out.seconds)
+    return out
 
 
 def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train", passes: Optional[int] = None,
-                 start: int = 0) -> Any:
-    """The lazy Ray Dataset of encoded ``split`` sequences (nothing is decoded until the workers iterate),
-    from stream position ``start`` (a resumed run's :func:`resume_position`) on.
+                 start: int = 0, encoded: Optional[EncodedQuestions] = None) -> Any:
+    """The lazy Ray Dataset of encoded ``split`` sequences, from stream position ``start`` (a resumed run's
+    :func:`resume_position`) on.
 
     One iteration of the stream covers the passes the run's steps need (or ``passes`` passes), each in its own
     order (:func:`pass_order`): Ray Data re-executes a dataset for every epoch (new actors, a new executor:
     seconds of start-up), so a run should read its data in one long epoch, not in many short ones (measured on
     the toy set of 18 questions: 11 samples/s with an epoch per pass, see benchmarks/).
+
+    With ``train.data.cache`` (the default) every question is encoded once, here, before the stream starts
+    (:func:`encode_questions`; or ``encoded``, a cache built before), and the stream only replays the encoded
+    rows in each pass's order (``train-replay``). Without it the positions' QRA rows go through
+    ``train-encode`` as the workers pull them (nothing is decoded until they iterate), every pass again.
     """
     import ray.data
 
-    dc = cfg.train.data
+    from step_ray.ray_executor import map_stages
+
     base = split_table(qra_path, split)
     n = max(base.num_rows, 1)
     if passes is None:
@@ -210,20 +376,20 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
         end = max(passes_needed(cfg, base.num_rows) * n, start + n)
     else:
         end = start + passes * n
-    table = stream_table(base, cfg.run.seed, start, end)
     # Blocks of a few actor batches: several actors can work at once and the workers' shards fill evenly.
-    # Sliced here, not with repartition(): that is an all-to-all operator whose tasks would need CPUs of their
-    # own.
-    size = max(1, 4 * dc.batch_size)
-    ds = ray.data.from_arrow([table.slice(i, size) for i in range(0, max(table.num_rows, 1), size)])
-    return ds.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs={"cfg_data": to_dict(cfg), "split": split},
-        compute=ray.data.ActorPoolStrategy(min_size=dc.min_actors, max_size=dc.max_actors),
-        num_cpus=dc.num_cpus,
-        batch_size=dc.batch_size,
-        batch_format="pyarrow",
-    )
+    size = max(1, 4 * cfg.train.data.batch_size)
+    if not cfg.train.data.cache:
+        table = stream_table(question_table(base), cfg.run.seed, start, end)
+        return map_stages(ray.data.from_arrow(_blocks(table, size)), [TrainEncodeStage.from_config(cfg)])
+    if encoded is None:
+        encoded = encode_questions(cfg, base)
+    if encoded.questions != base.num_rows:
+        raise ValueError(f"the encode cache holds {encoded.questions} questions, the {split} split has "
+                         f"{base.num_rows}: build it from the same QRA table")
+    positions, questions = stream_positions(base.num_rows, cfg.run.seed, start, end)
+    table = pa.table({"pos": pa.array(positions, pa.int64()), "question": pa.array(questions, pa.int64())})
+    replay = TrainReplayStage.from_config(cfg, blocks=encoded.blocks)
+    return map_stages(ray.data.from_arrow(_blocks(table, size)), [replay])
 
 
 def resume_position(run_path: str) -> int:

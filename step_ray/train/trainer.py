@@ -211,6 +211,7 @@ def run_training(
     """
     import ray
 
+    called = time.time()  # wall clock: compared with the workers' first_step_time
     if not ray.is_initialized():
         raise RuntimeError("run_training needs a running Ray: call ray.init() (or join a cluster) first")
     out = Path(out_dir).resolve()
@@ -269,6 +270,7 @@ def run_training(
     history = state.get("history", [])
     last = history[-1] if history else {}
     steps_run = int(state["step"]) - int(state.get("start_step", 0))
+    this_call = [h for h in history if h.get("first_step_time") and h["first_step_time"] >= called]
     summary = {
         "steps": int(state["step"]),
         "start_step": int(state.get("start_step", 0)),
@@ -290,6 +292,8 @@ def run_training(
         "train_seconds": state.get("seconds"),
         "seconds_per_step": (state["seconds"] / steps_run) if steps_run > 0 and state.get("seconds") else None,
         "wall_seconds": wall,
+        # From this call to its first optimizer step: Ray Train's start, the model, the encode cache, the stream.
+        "startup_seconds": (this_call[0]["first_step_time"] - called) if this_call else None,
         "checkpoint": checkpoint.path,
         "storage_path": storage,
         "name": name,

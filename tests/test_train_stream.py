@@ -1,0 +1,125 @@
+"""The training data stream on Ray: each question encoded once (train-encode), every pass replayed from the
+encode cache (train-replay) in the pass orders and from the resume positions of the uncached stream."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from step_ray.config import load_config
+from step_ray.train.toy import make_toy_qra
+
+PASSES = 3
+
+
+def _rows(ds) -> list[tuple]:
+    """The stream's rows as (position, first-row-of-its-question first, id, skip, sequence bytes), in order."""
+    rows = [(int(r["pos"]), -int(r["qra_rows"]), str(r["id"]), str(r["skip"]), bytes(r["seq"])) for r in ds.take_all()]
+    return sorted(rows, key=lambda r: r[:2])
+
+
+def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_path, monkeypatch):
+    """Three passes over the toy questions: with the cache the videos can be deleted once it is built and
+    every pass still yields every question's sequences, byte for byte those of the uncached stream (which
+    encodes each pass again, and after the deletion can only skip); positions and the resume start are those
+    of the uncached stream."""
+    from step_ray.models.loading import ensure_tiny
+    from step_ray.train.stream import build_stream, encode_questions, sequences_per_row, split_table, stream_table
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    qra = make_toy_qra(tmp_path / "toy", videos=4, seed=2)
+    common = ["train.data.num_cpus=0.5", "train.data.batch_size=2", "train.data.frame_cache_mb=0"]
+    cached_cfg = load_config(None, common + ["train.data.cache=true"])
+    plain_cfg = load_config(None, common + ["train.data.cache=false"])
+    ensure_tiny(cached_cfg.model, cached_cfg.run.seed)  # once here, not in two actors at once
+    base = split_table(qra)
+    n = base.num_rows
+    assert n >= 6
+
+    reference = _rows(build_stream(plain_cfg, qra, passes=PASSES))
+    assert not any(r[3] for r in reference)  # every question usable while its video is there
+    encoded = encode_questions(cached_cfg, base)
+    # Through the encode stage: each question once, its sequences once (2 in the multitask format).
+    assert encoded.questions == n and encoded.sequences == n * sequences_per_row(cached_cfg)
+    assert encoded.nbytes > 0
+
+    videos = sorted({r["video_uri"] for r in pq.read_table(qra).to_pylist()})
+    for uri in videos:
+        Path(uri).unlink()  # nothing after this point can decode a frame
+
+    replayed = _rows(build_stream(cached_cfg, qra, passes=PASSES, encoded=encoded))
+    assert replayed == reference  # the same sequences at the same positions, no video needed
+    questions = [r for r in replayed if r[1] == -1]
+    assert [r[0] for r in questions] == list(range(PASSES * n))  # every position once, in pass order
+    order = stream_table(base, cached_cfg.run.seed, 0, PASSES * n).column("id").to_pylist()
+    assert [r[2] for r in questions] == order
+    assert len({tuple(order[p * n:(p + 1) * n]) for p in range(PASSES)}) == PASSES  # a new order every pass
+
+    # The control: without the cache every pass encodes again, so with the videos gone every row is a skip.
+    again = _rows(build_stream(plain_cfg, qra, passes=1))
+    assert len(again) == n and all(r[3] == "video" for r in again)
+
+    # A resumed run starts its stream at the checkpoint's position: the same positions and questions.
+    start = n + 2
+    resumed = _rows(build_stream(cached_cfg, qra, passes=1, start=start, encoded=encoded))
+    assert resumed == [r for r in reference if start <= r[0] < start + n]
+
+
+def test_encode_cache_must_match_the_split(ray_session, tmp_path, monkeypatch):
+    """A cache built from another QRA table is refused, not replayed with the wrong questions."""
+    from step_ray.models.loading import ensure_tiny
+    from step_ray.train.stream import build_stream, encode_questions, split_table
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    small = make_toy_qra(tmp_path / "small", videos=2, seed=3)
+    large = make_toy_qra(tmp_path / "large", videos=4, seed=3)
+    cfg = load_config(None, ["train.data.num_cpus=0.5"])
+    ensure_tiny(cfg.model, cfg.run.seed)
+    encoded = encode_questions(cfg, split_table(small))
+    with pytest.raises(ValueError, match="encode cache holds"):
+        build_stream(cfg, large, passes=1, encoded=encoded)
+
+
+def test_replay_stage_gives_each_position_its_questions_rows_in_order(tmp_path, monkeypatch):
+    """In this process (run_local): train-encode over the questions once, train-replay over two passes from a
+    resume position; the rows follow the stream's order, and a question outside the cache is an error."""
+    import numpy as np
+    import pyarrow as pa
+
+    from step_ray.models.loading import ensure_tiny
+    from step_ray.pipeline.runners import run_local
+    from step_ray.stage import run_batch
+    from step_ray.train.stream import (
+        TrainEncodeStage, TrainReplayStage, question_table, split_table, stream_positions, stream_table,
+    )
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, ["train.data.batch_size=2"])
+    ensure_tiny(cfg.model, cfg.run.seed)
+    base = split_table(make_toy_qra(tmp_path / "toy", videos=4, seed=2))
+    n = base.num_rows
+    table = question_table(base).append_column("pos", pa.array(np.arange(n), pa.int64()))
+    encode = TrainEncodeStage.from_config(cfg)
+    assert encode.pool.num_cpus == cfg.train.data.num_cpus and encode.pool.max_size == cfg.train.data.max_actors
+    cache = list(run_local([table.slice(0, 4), table.slice(4)], [encode]))  # two blocks, as Ray would leave
+    replay = TrainReplayStage.from_config(cfg)
+    replay.index(cache)
+    positions, questions = stream_positions(n, cfg.run.seed, 3, 3 + 2 * n)
+    out = run_batch(replay, pa.table({"pos": positions, "question": questions}))
+    assert out.num_rows == 2 * 2 * n  # two passes, two sequences a question
+    firsts = [i for i, f in zip(out.column("id").to_pylist(), out.column("qra_rows").to_pylist()) if f]
+    assert firsts == stream_table(base, cfg.run.seed, 3, 3 + 2 * n).column("id").to_pylist()
+    assert out.column("pos").to_pylist() == np.repeat(positions, 2).tolist()
+    by_id = {}
+    for row in out.to_pylist():  # every pass replays the same bytes
+        by_id.setdefault((row["id"], row["qra_rows"]), set()).add(row["seq"])
+    assert all(len(v) == 1 for v in by_id.values())
+    with pytest.raises(RuntimeError, match="not in the encode cache"):
+        run_batch(replay, pa.table({"pos": [0], "question": [n]}))
