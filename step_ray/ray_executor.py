@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from step_ray.config import PoolConfig
 from step_ray.stage import CrashLedger, RowGuard, Stage, ledger_key, run_carrying, run_local
-from step_ray.utils.env import configure_ultralytics
+from step_ray.utils.env import configure_ultralytics, quiet_library_bars
 
 #: Times a row whose process died on it is run again before it becomes an error row, where the pool config
 #: does not say (``pool.max_retries``).
@@ -59,6 +59,7 @@ class StageActor:
 
     def __init__(self, stage: Stage, ledger: Any = None, carry: Sequence[str] = ()):
         configure_ultralytics()  # before any stage can load a YOLO checkpoint (safe loading, no downloads)
+        quiet_library_bars()  # inside `ray job submit` the driver's settings do not reach the actors: a log, not bars
         self.stage, self.carry = stage, tuple(carry)
         if ledger is not None and stage.row_key:
             stage.row_guard = LedgerGuard(ledger, stage.name, getattr(stage.pool, "max_retries", MAX_RETRIES))

@@ -134,6 +134,40 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
+def _pause_workers(stage: str) -> list[int]:
+    """SIGSTOP the Ray workers of a stage (their process title names it); their pids."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if stage in " ".join(proc.info["cmdline"] or []) and "ray::" in " ".join(proc.info["cmdline"] or []):
+                os.kill(proc.info["pid"], signal.SIGSTOP)
+                pids.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    return pids
+
+
+def _communicate_then_resume(proc: subprocess.Popen, paused: list[int], timeout: float) -> tuple[str, str]:
+    """Let the signalled driver act while its workers are paused (a few seconds), then let them go (so Ray's
+    shutdown can reap them), and wait for the driver."""
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    _resume(paused)
+    return proc.communicate(timeout=timeout)
+
+
+def _resume(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -182,16 +216,20 @@ def test_interrupted_stsg_driver_resumes_to_the_same_graphs(synth_corpus, refere
     uninterrupted run."""
     env, ray_tmp = _driver_env(tmp_path)
     out = tmp_path / "stsg"
-    # One video per perception actor and one graph per graph batch: graphs land one by one, so the interrupt
-    # after the first lands while five videos are still to do (with graphs written 4 at a time the whole run
-    # could end inside the poll interval, and the signal then hit Ray's shutdown instead of the run).
+    # One perception actor, one graph per graph batch: graphs land one by one. The perception actor is paused
+    # (SIGSTOP) once the first graph is there, so the interrupt lands mid-run: on 2 fast cores the other five
+    # videos could otherwise finish inside the poll interval, and the signal then hit Ray's shutdown.
     args = ["stsg", "--input", str(synth_corpus["dir"] / "videos"), "--output", str(out), "video.sample_fps=5",
             "ray.num_cpus=2", "perception.pool.max_size=1", "stsg.pool.batch_size=1"]
+    paused: list[int] = []
     try:
         proc = _cli(args, env)
         _wait_for(lambda: len(list(out.glob("*.stsg.json"))) >= 1, proc)
+        paused = _pause_workers("stsg-perception")
+        assert paused, "no perception actor to pause"
+        assert proc.poll() is None, "the run ended before the interrupt"
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, err = _communicate_then_resume(proc, paused, timeout=120)
         if sig == signal.SIGINT:
             assert proc.returncode == 130, err[-2000:]
             assert "interrupted; finished graphs in" in err and "a re-run skips them" in err
@@ -211,6 +249,7 @@ def test_interrupted_stsg_driver_resumes_to_the_same_graphs(synth_corpus, refere
         print(f"stsg {sig.name}: {kept} graph(s) kept, {summary['skipped_done']} skipped by the re-run of "
               f"{summary['videos']}, graphs byte-identical to the uninterrupted run")
     finally:
+        _resume(paused)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -246,10 +285,14 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
             return 0
 
     try:
+        # Training workers paused once a checkpoint is registered, so the interrupts land mid-run (12 steps of
+        # 2 s can otherwise end inside the poll interval).
         proc = _cli(args, env)
         _wait_for(lambda: checkpoints() >= 1, proc)
+        paused = _pause_workers("RayTrainWorker")
+        assert paused and proc.poll() is None, "no training worker to pause, or the run already ended"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=180)
+        _, err = _communicate_then_resume(proc, paused, timeout=180)
         assert proc.returncode == 130, err[-3000:]
         assert "interrupted; checkpoints in" in err and "resumes from the latest one" in err
         assert _no_ray_left(ray_tmp) == []
@@ -257,8 +300,10 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
         first = checkpoints()
         proc = _cli(args, env)
         _wait_for(lambda: checkpoints() >= first + 1, proc)
+        paused = _pause_workers("RayTrainWorker")
+        assert paused and proc.poll() is None, "no training worker to pause, or the run already ended"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        _communicate_then_resume(proc, paused, timeout=60)
         left = _no_ray_left(ray_tmp)
         assert left == [], f"a SIGKILLed driver left Ray processes: {left}"
 

@@ -73,6 +73,14 @@ def quiet_library_bars() -> None:
     if not show_progress():
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # An actor may have imported them already (unpickling its stage): switch their bars off directly too.
+        import importlib
+        import sys
+
+        if "transformers" in sys.modules:
+            importlib.import_module("transformers.utils.logging").disable_progress_bar()
+        if "huggingface_hub" in sys.modules:
+            importlib.import_module("huggingface_hub.utils").disable_progress_bars()
 
 
 def show_progress() -> bool:
