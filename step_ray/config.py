@@ -851,7 +851,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`ConfigError` on duplicated keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = _UniqueKeyLoader(text)  # what yaml.safe_load does, with the duplicate check of the subclass
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StepRayConfig:

@@ -110,8 +110,9 @@ def test_filter_stage_keeps_what_the_rules_decide(tmp_path, monkeypatch):
     """The tiny Qwen2.5-VL (random weights) in-process over a folder of two parts: every verdict equals the one
     the rules give with the model asked directly; parts come back with the same indices; with drop, exactly
     the flagged samples go; the driver reads no more than one part at a time."""
-    from step_ray.pipeline import qra_filter
+    from step_ray.pipeline import qra_filter, steps
     from step_ray.pipeline.steps import qra_filter_step
+    from step_ray.qra.card import card_stats
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
     folder, recs = toy_parts(tmp_path)
@@ -136,10 +137,12 @@ def test_filter_stage_keeps_what_the_rules_decide(tmp_path, monkeypatch):
     assert flag["mean_consistency"] == pytest.approx(round(sum(scored) / len(scored), 4))
     assert json.loads((tmp_path / "flag" / "filter.json").read_text())["kept"] == 6
     assert not (tmp_path / "flag" / "_work").exists()
-    drop = qra_filter_step(load_config(None, OVER + ["qra.filter.action=drop"]), folder, tmp_path / "drop",
-                           use_ray=False)
-    kept = {r["id"] for r in R.read_parquet(tmp_path / "drop")}
-    assert kept == set(expected) - inconsistent and drop["dropped"] == len(inconsistent)
+    drop, card = steps._filter(load_config(None, OVER + ["qra.filter.action=drop"]), folder, tmp_path / "drop",
+                               use_ray=False)
+    kept = R.read_parquet(tmp_path / "drop")
+    assert {r["id"] for r in kept} == set(expected) - inconsistent and drop["dropped"] == len(inconsistent)
+    # the card of what was kept, from the filter's tallies, is the card of the kept records (never read back)
+    assert card == card_stats(kept) and "card_stats" not in json.loads((tmp_path / "drop" / "filter.json").read_text())
     # the stage's own contract: typed inputs and outputs, its pool where the config says
     stage = qra_filter.QraFilter.from_config(cfg)
     assert stage.pool == cfg.qra.filter.pool and stage.qra == cfg.qra.filter and stage.seed == cfg.run.seed

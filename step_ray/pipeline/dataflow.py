@@ -481,7 +481,7 @@ class RayFlow:
         ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"],
                                    num_cpus=TASK_CPUS)
         aggs = [Count(alias_name="n")] + [Sum(c, alias_name=c) for c in sums]
-        return ds.groupby(list(keys), num_partitions=1).aggregate(*aggs).take_all()
+        return _aggregated(ds.groupby(list(keys), num_partitions=1).aggregate(*aggs))
 
     def first_rows(self, files: Sequence[str], columns: Sequence[str], order_by: str, limit: int,
                    filter: Any = None) -> list[dict]:
@@ -492,7 +492,7 @@ class RayFlow:
         ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
         if filter is not None:
             ds = ds.map_batches(lambda t: t.filter(filter), batch_format="pyarrow", num_cpus=TASK_CPUS)
-        return ds.select_columns(list(columns)).sort(order_by).limit(limit).take_all()
+        return ds.select_columns(list(columns)).sort(order_by).take(limit)
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
         """``fn`` on each item in Ray tasks (one item per task), the tally rows summed by key."""
@@ -503,7 +503,7 @@ class RayFlow:
             return []
         ds = ray.data.from_items([{"item": i} for i in items], override_num_blocks=len(items))
         ds = ds.map_batches(_MapItems(fn), batch_size=1, batch_format="pyarrow", num_cpus=1)
-        return ds.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")).take_all()
+        return _aggregated(ds.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")))
 
     def shuffle(self, files: Sequence[str], key: Callable[[pa.Table], pa.Array],
                 group_fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
@@ -516,7 +516,13 @@ class RayFlow:
         ds = ds.map_batches(lambda t: t.append_column("_group", key(t)), batch_format="pyarrow", num_cpus=TASK_CPUS)
         groups = ds.groupby("_group", num_partitions=self.partitions).map_groups(
             lambda t: group_fn(t.drop(["_group"])), batch_format="pyarrow", num_cpus=1)
-        return groups.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")).take_all()
+        return _aggregated(groups.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")))
+
+
+def _aggregated(ds: Any) -> list[dict]:
+    """The rows of an aggregation to the driver: one per group, and the groups are tally keys or statuses
+    (bounded by the answer vocabulary, the examples kept and the parts), never one per video or sample."""
+    return [dict(row) for row in ds.iter_rows()]
 
 
 class _MapItems:

@@ -35,6 +35,8 @@ from step_ray.config import ModelConfig, QraFilterConfig, StepRayConfig
 from step_ray.pipeline.dataflow import (STREAM_IO_CPUS, PartSink, TableSpec, flow_for, new_run_id, parquet_blocks,
                                         parquet_parts, run_files, runs_of)
 from step_ray.qra import records as R
+from step_ray.qra.card import card_stats_from_tallies
+from step_ray.qra.corpus import tally_records
 from step_ray.qra.filter import apply_verdict, permutations, verdict
 from step_ray.stage import Row, RowStage, config_key, runtime_field, schema
 from step_ray.utils import storage
@@ -231,6 +233,7 @@ def _finish(index: int, path: str, verdicts: pa.Table, out_folder: str, action: 
         if out.get("consistency") is not None:
             t.add("scored")
             t.add("consistency_nano", n=int(round(out["consistency"] * NANO)))
+    tally_records(kept, t)  # what the dataset card counts, so the step never reads the parts back
     if kept:
         R.write_part(kept, out_folder, index)
         t.add("part", R.part_name(index))
@@ -306,6 +309,7 @@ def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model:
     _remove_if_empty(storage.join(out, "_work"))
     summary = summarise(tallies, fcfg, cfg, parts, time.perf_counter() - start)
     summary["reused_verdicts"] = reused
+    summary["card_stats"] = card_stats_from_tallies(tallies)
     return summary
 
 

@@ -148,16 +148,15 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
     drawn corpus-wide by passes over parts (:mod:`step_ray.qra.corpus`). With ``qra.filter.enabled`` the
     model-side filter runs last."""
     from step_ray.pipeline import qra_run
-    from step_ray.qra.card import card_stats, write_card
+    from step_ray.qra.card import write_card
 
     out = str(out_dir)
     check_pool_fit(cfg, "qra.pool", use_ray=use_ray)
     summary = qra_run.run(cfg, inputs, out, use_ray=use_ray)
     stats, parts = summary.pop("card_stats"), summary.pop("parts")
     if cfg.qra.filter.enabled and summary["samples"]:
-        summary["filter"] = qra_filter_step(cfg, out, out, use_ray=use_ray)
+        summary["filter"], stats = _filter(cfg, out, out, use_ray=use_ray)
         summary["samples"] = summary["filter"]["kept"]
-        stats = card_stats(_read_qra(out))
     summary["card"] = str(write_card(stats, summary, out))
     summary["parts"] = parts
     write_json(storage.join(out, "stats.json"), summary)
@@ -167,12 +166,6 @@ def qra_step(cfg: StepRayConfig, inputs: list[str], out_dir: str | Path, use_ray
     return summary
 
 
-def _read_qra(path: str | Path) -> list[dict]:
-    from step_ray.qra.records import read_parquet
-
-    return read_parquet(path)
-
-
 def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, use_ray: bool = True,
                     model: str | None = None) -> dict:
     """The model-side self-consistency filter over a QRA output (a folder of parts or one file, local or on an
@@ -180,13 +173,21 @@ def qra_filter_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, us
     pool, streaming over the parts; writes the QRA parts in ``out_dir`` (may be the input folder) with
     ``consistency`` and ``flags`` set (and flagged samples dropped when ``qra.filter.action`` is drop) and
     ``filter.json``. ``model`` overrides ``qra.filter.model``."""
+    return _filter(cfg, qra, out_dir, use_ray=use_ray, model=model)[0]
+
+
+def _filter(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, use_ray: bool = True,
+            model: str | None = None) -> tuple[dict, dict]:
+    """(the filter's summary, written to ``filter.json``; the dataset card's stats of what it kept, from
+    the filter's tallies: the kept samples are never read back on the driver)."""
     from step_ray.pipeline import qra_filter
 
     out = str(out_dir)
     check_output(out)
     summary = qra_filter.run(cfg, find_qra(qra), out, use_ray=use_ray, model=model)
+    stats = summary.pop("card_stats")
     write_json(storage.join(out, "filter.json"), summary)
-    return summary
+    return summary, stats
 
 
 def qra_check_step(qra: str | Path, graphs: list[str], out_path: str | Path | None = None,
