@@ -35,9 +35,12 @@ def driver_rows(monkeypatch):
         def wrapper(self, *args, **kwargs):
             out = original(self, *args, **kwargs)
             if name in ("iter_rows", "iter_batches"):
+                rows: list[dict] = []  # one entry per call, filled as the rows arrive
+                fetched.append((name, rows))
+
                 def gen():
                     for item in out:
-                        fetched.append((name, [item] if name == "iter_rows" else [{"batch": True}] * _rows(item)))
+                        rows.extend([dict(item)] if name == "iter_rows" else [{"batch": True}] * _rows(item))
                         yield item
                 return gen()
             rows = out if isinstance(out, list) else [{"batch": True}] * _rows(out)
