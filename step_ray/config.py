@@ -491,6 +491,11 @@ class TrainDataConfig:
                            "frames' pixel values; the run logs the figure): turn it off for a train split too "
                            "large to hold, and every pass decodes and encodes its questions again.",
                      runtime=True)
+    cache_max_fraction: float = _f(0.5, "The most of the cluster's object store memory the encode cache may fill. "
+                                        "The cache is measured as it is built; past this share it is dropped and "
+                                        "the run streams instead (every pass encodes again), saying so in the "
+                                        "log and in train_summary.json (encode_cache): a cache that would spill "
+                                        "to disk costs more than it saves.", runtime=True)
     frame_cache_mb: int = _f(512, "Decoded frames each decode/encode actor keeps for the later passes over the data "
                                   "(MiB; decoding is most of an encode's cost). 0: decode on every pass. With "
                                   "cache: true it only serves the questions of a video that share moments (each "
@@ -505,6 +510,7 @@ class TrainDataConfig:
         _require(self.min_actors >= 1, f"{path}.min_actors", "must be >= 1")
         _require(self.max_actors >= self.min_actors, f"{path}.max_actors", "must be >= min_actors")
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        _require(0 < self.cache_max_fraction <= 1, f"{path}.cache_max_fraction", "must be in (0, 1]")
         _require(self.frame_cache_mb >= 0, f"{path}.frame_cache_mb", "must be >= 0")
         _require(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "must be >= 0")
         _require(self.shuffle_buffer >= 0, f"{path}.shuffle_buffer", "must be >= 0")

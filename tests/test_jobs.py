@@ -60,7 +60,9 @@ def _stop_head(head: subprocess.Popen, temp: str) -> None:
         os.killpg(head.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    deadline = time.time() + 30
+    # `ray start --block` stops its own processes on SIGTERM within seconds; what is still running after 10 s
+    # gets SIGKILL with the group (anything outside the group is caught by the fixture's check).
+    deadline = time.time() + 10
     while _session_processes(temp) and time.time() < deadline:
         time.sleep(1)
     try:
@@ -71,10 +73,11 @@ def _stop_head(head: subprocess.Popen, temp: str) -> None:
     time.sleep(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_head(tmp_path_factory):
-    """`ray start --head --block` with its own ports and temp dir, in its own process group; stopped by
-    signalling that group (never `ray stop`, which would stop every Ray on the machine)."""
+    """`ray start --head --block` with its own ports and temp dir, in its own process group, shared by this
+    module's job tests; stopped by signalling that group (never `ray stop`, which would stop every Ray on the
+    machine)."""
     temp = tempfile_dir = tmp_path_factory.mktemp("rayhead")
     temp = str(Path("/tmp") / f"srh{os.getpid()}")  # Ray's socket paths must stay short
     shutil.rmtree(temp, ignore_errors=True)

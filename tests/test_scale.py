@@ -14,7 +14,7 @@ import pytest
 
 from step_ray.config import load_config
 
-N_GOOD = 3000
+N_GOOD = 2000
 
 #: Columns that carry the corpus itself; none may reach the driver.
 CORPUS_COLUMNS = {"uri", "stsg_path", "perceived", "semantics", "records", "question", "options", "rationale",

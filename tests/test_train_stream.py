@@ -43,8 +43,16 @@ def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_
     n = base.num_rows
     assert n >= 6
 
-    reference = _rows(build_stream(plain_cfg, qra, passes=PASSES))
+    notes: dict = {}
+    reference = _rows(build_stream(plain_cfg, qra, passes=PASSES, notes=notes))
     assert not any(r[3] for r in reference)  # every question usable while its video is there
+    assert notes["encode_cache"] == {"used": False, "reason": "train.data.cache is false"}
+    # A cache that outgrows its share of the object store is dropped while it is built: the run streams and
+    # encodes every pass instead, the same rows, and says why.
+    over = load_config(None, common + ["train.data.cache=true", "train.data.cache_max_fraction=1e-9"])
+    assert encode_questions(over, base, budget=1) is None
+    assert _rows(build_stream(over, qra, passes=PASSES, notes=notes)) == reference
+    assert not notes["encode_cache"]["used"] and "cache_max_fraction" in notes["encode_cache"]["reason"]
     encoded = encode_questions(cached_cfg, base)
     # Through the encode stage: each question once, its sequences once (2 in the multitask format).
     assert encoded.questions == n and encoded.sequences == n * sequences_per_row(cached_cfg)
@@ -54,8 +62,9 @@ def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_
     for uri in videos:
         Path(uri).unlink()  # nothing after this point can decode a frame
 
-    replayed = _rows(build_stream(cached_cfg, qra, passes=PASSES, encoded=encoded))
+    replayed = _rows(build_stream(cached_cfg, qra, passes=PASSES, encoded=encoded, notes=notes))
     assert replayed == reference  # the same sequences at the same positions, no video needed
+    assert notes["encode_cache"]["used"] and notes["encode_cache"]["rows"] == encoded.sequences
     questions = [r for r in replayed if r[1] == -1]
     assert [r[0] for r in questions] == list(range(PASSES * n))  # every position once, in pass order
     order = stream_table(base, cached_cfg.run.seed, 0, PASSES * n).column("id").to_pylist()

@@ -319,7 +319,15 @@ class EncodedQuestions:
     seconds: float
 
 
-def encode_questions(cfg: StepRayConfig, base: Any) -> EncodedQuestions:
+def cache_budget(cfg: StepRayConfig) -> int:
+    """Bytes the encode cache may take: ``train.data.cache_max_fraction`` of the cluster's object store."""
+    import ray
+
+    store = float(ray.cluster_resources().get("object_store_memory", 0))
+    return int(cfg.train.data.cache_max_fraction * store)
+
+
+def encode_questions(cfg: StepRayConfig, base: Any, budget: Optional[int] = None) -> Optional[EncodedQuestions]:
     """Every question of ``base`` through the ``train-encode`` stage once, kept in Ray's object store (the
     encode cache of ``train.data.cache``).
 
@@ -328,21 +336,34 @@ def encode_questions(cfg: StepRayConfig, base: Any) -> EncodedQuestions:
     ``model.max_length`` tokens) and its frames' pixel values (``model.frames`` frames of ``frame_size``
     pixels, float32 patches: for Qwen2.5-VL at 8 frames of 448 px, 4,096 patches of 1,176 values, about 19 MB a
     sequence; a few hundred KB for the tiny test model). The run logs
-    the figure; the object store spills to disk beyond its share of memory. Too large to hold: set
-    ``train.data.cache: false`` and every pass encodes again.
+    the figure. The blocks are counted as they come: once they pass ``budget`` bytes (default
+    :func:`cache_budget`) the cache is dropped and None returned: the caller streams without it, since a
+    cache that spills to disk costs more than encoding again. Set ``train.data.cache: false`` to skip it.
     """
     import ray.data
 
     from step_ray.ray_executor import map_stages
 
     started = time.perf_counter()
+    budget = cache_budget(cfg) if budget is None else budget
     table = question_table(base)
     table = table.append_column("pos", pa.array(np.arange(table.num_rows), pa.int64()))
     ds = ray.data.from_arrow(_blocks(table, max(1, 4 * cfg.train.data.batch_size)))
-    encoded = map_stages(ds, [TrainEncodeStage.from_config(cfg)]).materialize()
-    blocks = encoded.to_arrow_refs()
-    out = EncodedQuestions(blocks=blocks, questions=table.num_rows, sequences=encoded.count(),
-                           nbytes=int(encoded.size_bytes() or 0), seconds=time.perf_counter() - started)
+    blocks: list = []
+    sequences = nbytes = 0
+    bundles = map_stages(ds, [TrainEncodeStage.from_config(cfg)]).iter_internal_ref_bundles()
+    for bundle in bundles:  # ObjectRefs only: the encoded rows stay in the object store
+        blocks += bundle.block_refs
+        sequences += bundle.num_rows() or 0
+        nbytes += bundle.size_bytes()
+        if nbytes > budget:
+            bundles.close()
+            logger.warning("train-encode: the encode cache passed %.1f MiB (train.data.cache_max_fraction of the "
+                           "object store) after %d rows; dropped, every pass encodes again", budget / 2**20,
+                           sequences)
+            return None
+    out = EncodedQuestions(blocks=blocks, questions=table.num_rows, sequences=sequences, nbytes=nbytes,
+                           seconds=time.perf_counter() - started)
     logger.info("train-encode: %d questions encoded once into %d rows (%.1f MiB in the object store, %.1f s); "
                 "every pass replays them (train.data.cache)", out.questions, out.sequences, out.nbytes / 2**20,
                 out.seconds)
@@ -350,7 +371,8 @@ def encode_questions(cfg: StepRayConfig, base: Any) -> EncodedQuestions:
 
 
 def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train", passes: Optional[int] = None,
-                 start: int = 0, encoded: Optional[EncodedQuestions] = None) -> Any:
+                 start: int = 0, encoded: Optional[EncodedQuestions] = None,
+                 notes: Optional[dict[str, Any]] = None) -> Any:
     """The lazy Ray Dataset of encoded ``split`` sequences, from stream position ``start`` (a resumed run's
     :func:`resume_position`) on.
 
@@ -361,8 +383,10 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
 
     With ``train.data.cache`` (the default) every question is encoded once, here, before the stream starts
     (:func:`encode_questions`; or ``encoded``, a cache built before), and the stream only replays the encoded
-    rows in each pass's order (``train-replay``). Without it the positions' QRA rows go through
-    ``train-encode`` as the workers pull them (nothing is decoded until they iterate), every pass again.
+    rows in each pass's order (``train-replay``). Without it (or when the cache outgrows its share of the
+    object store) the positions' QRA rows go through ``train-encode`` as the workers pull them (nothing is
+    decoded until they iterate), every pass again. ``notes``, if given, receives ``encode_cache``: what was
+    done (used, questions, rows, MiB, seconds; or why not).
     """
     import ray.data
 
@@ -378,11 +402,19 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
         end = start + passes * n
     # Blocks of a few actor batches: several actors can work at once and the workers' shards fill evenly.
     size = max(1, 4 * cfg.train.data.batch_size)
-    if not cfg.train.data.cache:
+    notes = {} if notes is None else notes
+    notes["encode_cache"] = {"used": False, "reason": "train.data.cache is false"}
+    if cfg.train.data.cache and encoded is None:
+        budget = cache_budget(cfg)
+        encoded = encode_questions(cfg, base, budget=budget)
+        if encoded is None:
+            notes["encode_cache"]["reason"] = (f"larger than train.data.cache_max_fraction of the object store "
+                                               f"({budget / 2**20:.0f} MiB)")
+    if not cfg.train.data.cache or encoded is None:
         table = stream_table(question_table(base), cfg.run.seed, start, end)
         return map_stages(ray.data.from_arrow(_blocks(table, size)), [TrainEncodeStage.from_config(cfg)])
-    if encoded is None:
-        encoded = encode_questions(cfg, base)
+    notes["encode_cache"] = {"used": True, "questions": encoded.questions, "rows": encoded.sequences,
+                             "mib": round(encoded.nbytes / 2**20, 1), "seconds": round(encoded.seconds, 1)}
     if encoded.questions != base.num_rows:
         raise ValueError(f"the encode cache holds {encoded.questions} questions, the {split} split has "
                          f"{base.num_rows}: build it from the same QRA table")

@@ -234,7 +234,8 @@ def run_training(
     # A re-run of the same run starts the data stream where its latest checkpoint left it (no replay).
     start = resume_position(storage.rstrip("/") + "/" + name)
     started = time.perf_counter()
-    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start), name, storage, user_ds,
+    stream_notes: dict[str, Any] = {}
+    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start, notes=stream_notes), name, storage, user_ds,
                             str(out / "tensorboard") if cfg.train.tensorboard else None)
     result = fit_interruptible(trainer)
     wall = time.perf_counter() - started
@@ -288,6 +289,7 @@ def run_training(
         "state_mb": last.get("state_mb"),
         "skipped_rows": state.get("skipped", 0),
         "stream_start": start,
+        "encode_cache": stream_notes.get("encode_cache"),
         "resumes": state.get("resumes", []),
         "train_seconds": state.get("seconds"),
         "seconds_per_step": (state["seconds"] / steps_run) if steps_run > 0 and state.get("seconds") else None,
