@@ -267,7 +267,13 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
     from step_ray.models.export import materialize
     from step_ray.models.sources import ModelSourceError
 
+    from step_ray.models.sources import resolve_model
+
     try:
+        if storage.is_remote(str(out_dir)) and resolve_model(cfg.train.init, cfg.model.name_or_path).adapter:
+            raise ConfigError("train.init", f"{cfg.train.init} is an adapter: merging it into its base needs a "
+                                            f"local output folder, not {out_dir} (give the merged model, "
+                                            f"OUT/merged of `step-ray train --merged`, or a local --output)")
         folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
     except ModelSourceError as err:
         raise ConfigError("train.init", str(err)) from None
