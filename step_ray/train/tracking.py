@@ -9,7 +9,7 @@ read them. Every rank reports the same all-reduced figures; the callbacks take r
   cannot append to an object.
 * MLflow (``train.mlflow.tracking_uri``; ``pip install 'step-ray[mlflow]'``, the small ``mlflow-skinny``
   client): the driver opens one MLflow run per training call and logs the resolved ``train`` section as flat
-  parameters (``lora.r``, ``data.batch_size``, ...; plus ``model.name_or_path`` and ``run.seed``);
+  parameters (``train.lr``, ``train.lora.r``, ...; plus ``model.name_or_path`` and ``run.seed``);
   :class:`MlflowCallback` logs every numeric metric of each report at its optimizer step (``loss``,
   ``loss_answer``, ``lr``, ``samples_per_s``, ...); the driver ends the run FINISHED, FAILED (an error in
   training or export) or KILLED (Ctrl-C / SIGTERM). A resumed training is a new MLflow run whose metrics
@@ -118,8 +118,8 @@ def resolve_tracking_uri(uri: str) -> str:
 
 
 def flat_params(cfg: StepRayConfig) -> dict[str, str]:
-    """The resolved ``train`` section as flat MLflow parameters (``lora.r``, ``data.batch_size``), plus the
-    model and the seed; lists and nulls as JSON."""
+    """The resolved ``train`` section as flat MLflow parameters (``train.lr``, ``train.lora.r``), plus the
+    model and the seed; lists, flags and nulls as JSON."""
     def flatten(prefix: str, tree: dict, out: dict[str, str]) -> dict[str, str]:
         for key, value in tree.items():
             name = f"{prefix}{key}"
@@ -129,7 +129,7 @@ def flat_params(cfg: StepRayConfig) -> dict[str, str]:
                 out[name] = value if isinstance(value, str) else json.dumps(value)
         return out
 
-    params = flatten("", to_dict(cfg)["train"], {})
+    params = flatten("train.", to_dict(cfg)["train"], {})
     params["model.name_or_path"] = cfg.model.name_or_path
     params["run.seed"] = str(cfg.run.seed)
     return params
