@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,39 +64,47 @@ def test_mlflow_configured_but_not_installed_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlruns").exists()  # refused before the QRA input
 
 
+def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, monkeypatch):
+    """The callback as the controller gets it (pickled): the driver's MLFLOW_* settings travel with it and fill
+    an environment that lacks them; rank 0's numeric figures are logged at their step, a report without a step
+    is passed over. (The whole path, a real Ray Train run into MLflow, is the object-store test below.)"""
+    import pickle
+
+    from mlflow import MlflowClient
+
+    from step_ray.train.tracking import MlflowRun
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
+    cfg = load_config(None, [f"train.mlflow.tracking_uri={tmp_path}/mlruns", "train.mlflow.run_name=unit"])
+    run = MlflowRun.start(cfg, str(tmp_path / "out"), "step-ray-train")
+    callback = pickle.loads(pickle.dumps(run.callback()))
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the controller's own environment: no MLflow settings
+    callback.after_report(None, [{"step": 1, "loss": 2.5, "lr": 1e-3, "time": 1.7e9, "done": True},
+                                 {"step": 1, "loss": 9.0}], None)
+    callback.after_report(None, [{"loss": 1.0}], None)
+    callback.after_report(None, [{"step": 2, "loss": 2.0, "lr": 1e-3}], None)
+    run.end("FINISHED")
+    client = MlflowClient(tracking_uri=run.tracking_uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 2.5), (2, 2.0)]
+    assert client.get_metric_history(run.run_id, "loss")[0].timestamp == 1_700_000_000_000
+    logged = client.get_run(run.run_id)
+    assert set(logged.data.metrics) == {"loss", "lr"} and logged.info.run_name == "unit"
+    assert logged.info.status == "FINISHED" and logged.data.params["train.steps"] == "200"
+
+
 @pytest.mark.ray
-def test_mlflow_gets_params_metrics_per_step_and_the_end_of_the_run(ray_session, toy_qra, tmp_path, monkeypatch):
-    """A real Ray Train run logging to an MLflow file store: the train section as params, `loss` (and the other
-    curves) at every reported step, equal to the run's own history, status FINISHED; a failure after the run
-    opened ends it FAILED and Ctrl-C KILLED."""
+def test_mlflow_run_ends_failed_or_killed_with_the_training(ray_session, toy_qra, tmp_path, monkeypatch):
+    """Once the driver has opened the MLflow run, an error in training or export ends it FAILED and Ctrl-C
+    KILLED (the training itself is replaced by the failure here)."""
     from mlflow import MlflowClient
 
     from step_ray.train import trainer
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = f"file:{tmp_path}/mlruns"
-    cfg = load_config(None, TINY_RUN + ["train.steps=3", "train.checkpoint_every=3", "train.lr=0.005",
-                                        f"train.mlflow.tracking_uri={store}", "train.mlflow.experiment=tiny"])
-    summary = trainer.run_training(cfg, str(toy_qra), tmp_path / "out")
-
+    cfg = load_config(None, TINY_RUN + [f"train.mlflow.tracking_uri={store}", "train.mlflow.experiment=ends"])
     client = MlflowClient(tracking_uri=store)
-    experiment = client.get_experiment_by_name("tiny")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
-    assert run.info.run_name == f"{tmp_path.name}/out"
-    assert run.data.tags["step_ray.output"] == str((tmp_path / "out").resolve())
-    assert run.data.tags["step_ray.steps"] == "3"
-    params = run.data.params
-    assert params["train.steps"] == "3" and params["train.lr"] == "0.005" and params["train.lora.r"] == "4"
-    assert params["train.zero_stage"] == "2" and params["model.name_or_path"] == "tiny"
-    loss = client.get_metric_history(run.info.run_id, "loss")
-    assert [m.step for m in loss] == [1, 2, 3]
-    assert [m.value for m in loss] == pytest.approx([h["loss"] for h in summary["history"]])
-    assert {"loss_answer", "loss_rationale", "lr", "samples_per_s", "tokens_per_s"} <= set(run.data.metrics)
-    assert not {"step", "time", "first_step_time"} & set(run.data.metrics)
-
-    # The run's end follows the training's: FAILED on an error once the run is open, KILLED on Ctrl-C.
     for raised, status in ((RuntimeError("export broke"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
         def broken(*args, raised=raised, **kwargs):
             raise raised
@@ -103,8 +112,10 @@ def test_mlflow_gets_params_metrics_per_step_and_the_end_of_the_run(ray_session,
         monkeypatch.setattr(trainer, "_train_and_export", broken)
         with pytest.raises(type(raised)):
             trainer.run_training(cfg, str(toy_qra), tmp_path / f"out_{status}")
+        experiment = client.get_experiment_by_name("ends")
         (ended,) = client.search_runs([experiment.experiment_id], f"tags.step_ray.output LIKE '%out_{status}'")
-        assert ended.info.status == status and ended.data.params["train.steps"] == "3"
+        assert ended.info.status == status and ended.data.params["train.lora.r"] == "4"
+        assert ended.data.tags["step_ray.error"].startswith(type(raised).__name__)
 
 
 # ------------------------------------------------------------------------------------------------ object store
@@ -118,12 +129,17 @@ def _bucket_files(fs, prefix: str) -> list[str]:
 
 
 @pytest.mark.own_ray
-def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_bucket(s3_server, toy_qra, tmp_path):
+def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_bucket(s3_server, toy_qra, tmp_path,
+                                                                                   monkeypatch):
     """`step-ray train --output s3://bucket/run` (its own embedded Ray, the moto server's endpoint from the
     environment): Ray Train's checkpoints, the adapter, its base, the summary and the TensorBoard files land in
-    the bucket, nothing on the local disk; a re-run with more steps resumes from the bucket's checkpoint."""
+    the bucket, nothing on the local disk; a re-run with more steps resumes from the bucket's checkpoint. Both
+    runs log to an MLflow file store: the train section as params, `loss` at every reported step (equal to the
+    run's history), FINISHED."""
     import pyarrow.fs as pafs
+    from mlflow import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
     fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
     fs.create_dir("trainbucket")
     ray_tmp = Path("/tmp") / f"srs{os.getpid()}"  # Ray's socket paths must stay short
@@ -131,8 +147,9 @@ def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_buck
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), "TMPDIR": str(tmp_path / "tmp"),
            "STEP_RAY_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    store = (tmp_path / "tmp" / "mlruns").as_uri()
     args = ["train", "--input", str(toy_qra), "--output", "s3://trainbucket/run", "ray.num_cpus=2", *TINY_RUN,
-            "train.checkpoint_every=2"]
+            "train.checkpoint_every=2", "train.num_workers=1", "train.lr=0.005", f"train.mlflow.tracking_uri={store}"]
 
     def train(steps: int) -> dict:
         proc = subprocess.run([sys.executable, "-m", "step_ray.cli", *args, f"train.steps={steps}"], cwd=tmp_path,
@@ -142,7 +159,10 @@ def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_buck
             return json.loads(f.read())
 
     try:
+        started = time.perf_counter()
         first = train(2)
+        print(f"s3 train: first run {time.perf_counter() - started:.0f} s, startup {first['startup_seconds']:.0f} s, "
+              f"fit {first['wall_seconds']:.0f} s")
         files = _bucket_files(fs, "trainbucket/run")
         assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/step_ray_model.json",
                 "base/config.json", "train_summary.json"} <= set(files), files
@@ -161,8 +181,24 @@ def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_buck
         events = [f for f in _bucket_files(fs, "trainbucket/run") if f.startswith("tensorboard/")]
         assert len(events) == 2  # the re-run's event file beside the first run's, not replacing it
 
+        # MLflow: a run per call, the second one's metrics continuing at the checkpoint's step.
+        client = MlflowClient(tracking_uri=store)
+        runs = client.search_runs([client.get_experiment_by_name("step-ray").experiment_id], order_by=["start_time"])
+        assert [r.info.run_id for r in runs] == [first["mlflow_run_id"], second["mlflow_run_id"]]
+        for run, summary, steps in ((runs[0], first, [1, 2]), (runs[1], second, [3])):
+            assert run.info.status == "FINISHED" and run.info.run_name == "trainbucket/run"
+            assert run.data.tags["step_ray.output"] == "s3://trainbucket/run"
+            params = run.data.params
+            assert params["train.steps"] == str(steps[-1]) and params["train.lr"] == "0.005"
+            assert params["train.lora.r"] == "4" and params["model.name_or_path"] == "tiny"
+            loss = client.get_metric_history(run.info.run_id, "loss")
+            assert [m.step for m in loss] == steps
+            assert [m.value for m in loss] == pytest.approx([h["loss"] for h in summary["history"][-len(steps):]])
+            assert {"loss_answer", "loss_rationale", "lr", "samples_per_s", "tokens_per_s"} <= set(run.data.metrics)
+            assert not {"step", "time", "first_step_time"} & set(run.data.metrics)
+
         # Nothing on the local disk: no "s3:" folder under the working directory, no staging folder left behind.
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
-        assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))
+        assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))  # (the MLflow store is there)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

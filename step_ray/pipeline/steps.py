@@ -297,7 +297,7 @@ def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, merged:
     require_split(qra_path, "train")
     cfg = with_init(cfg, out_dir)
     init_ray(cfg.ray)
-    return run_training(cfg, qra_path, Path(out_dir), merged=merged, card_kind=card_kind)
+    return run_training(cfg, qra_path, str(out_dir), merged=merged, card_kind=card_kind)  # str: keeps s3://
 
 
 def eval_executor(cfg: StepRayConfig, use_ray: bool = True) -> Any:
