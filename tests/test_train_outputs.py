@@ -65,9 +65,10 @@ def test_mlflow_configured_but_not_installed_is_refused_before_any_work(tmp_path
 
 
 def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, monkeypatch):
-    """The callback as the controller gets it (pickled): the driver's MLFLOW_* settings travel with it and fill
-    an environment that lacks them; rank 0's numeric figures are logged at their step, a report without a step
-    is passed over. (The whole path, a real Ray Train run into MLflow, is the object-store test below.)"""
+    """The callback as the controller gets it (pickled, in a process of its own whose environment has no MLflow
+    settings): the driver's MLFLOW_* settings travel with it; rank 0's numeric figures are logged at their step,
+    a report without a step is passed over. A store that refuses the run is one line naming the field. (The
+    whole path, a real Ray Train run into MLflow, is the object-store test below.)"""
     import pickle
 
     from mlflow import MlflowClient
@@ -77,12 +78,17 @@ def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
     cfg = load_config(None, [f"train.mlflow.tracking_uri={tmp_path}/mlruns", "train.mlflow.run_name=unit"])
     run = MlflowRun.start(cfg, str(tmp_path / "out"), "step-ray-train")
-    callback = pickle.loads(pickle.dumps(run.callback()))
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the controller's own environment: no MLflow settings
-    callback.after_report(None, [{"step": 1, "loss": 2.5, "lr": 1e-3, "time": 1.7e9, "done": True},
-                                 {"step": 1, "loss": 9.0}], None)
-    callback.after_report(None, [{"loss": 1.0}], None)
-    callback.after_report(None, [{"step": 2, "loss": 2.0, "lr": 1e-3}], None)
+    (tmp_path / "callback.pkl").write_bytes(pickle.dumps(run.callback()))
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    reports = [[{"step": 1, "loss": 2.5, "lr": 1e-3, "time": 1.7e9, "done": True}, {"step": 1, "loss": 9.0}],
+               [{"loss": 1.0}], [{"step": 2, "loss": 2.0, "lr": 1e-3}]]
+    script = ("import pickle, sys\n"
+              "callback = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+              f"for metrics in {reports!r}:\n"
+              "    callback.after_report(None, metrics, None)\n")
+    controller = subprocess.run([sys.executable, "-c", script, str(tmp_path / "callback.pkl")], capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert controller.returncode == 0 and "not logged" not in controller.stderr, controller.stderr[-2000:]
     run.end("FINISHED")
     client = MlflowClient(tracking_uri=run.tracking_uri)
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 2.5), (2, 2.0)]
@@ -90,6 +96,12 @@ def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, 
     logged = client.get_run(run.run_id)
     assert set(logged.data.metrics) == {"loss", "lr"} and logged.info.run_name == "unit"
     assert logged.info.status == "FINISHED" and logged.data.params["train.steps"] == "200"
+
+    # MLflow caches a store per URI: a fresh one shows the refusal (the switch is off again).
+    refused = load_config(None, [f"train.mlflow.tracking_uri={tmp_path}/refused"])
+    with pytest.raises(ConfigError, match=r"^train\.mlflow\.tracking_uri: file://.*: MLflow refused to open a run: "
+                                          r".*MLFLOW_ALLOW_FILE_STORE=true"):
+        MlflowRun.start(refused, str(tmp_path / "out"), "step-ray-train")
 
 
 @pytest.mark.ray

@@ -148,11 +148,21 @@ class MlflowRun:
 
     @classmethod
     def start(cls, cfg: StepRayConfig, out_uri: str, ray_run_name: str) -> "MlflowRun":
+        """Open the run (before any training worker starts): a store that refuses it is a
+        :class:`~step_ray.config.ConfigError` naming ``train.mlflow.tracking_uri``, with MLflow's reason."""
+        uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri)
+        try:
+            return cls._start(cfg, uri, out_uri, ray_run_name)
+        except Exception as err:  # noqa: BLE001 - MLflow raises its own and its HTTP stack's errors
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ConfigError("train.mlflow.tracking_uri", f"{uri}: MLflow refused to open a run: {reason}") from None
+
+    @classmethod
+    def _start(cls, cfg: StepRayConfig, uri: str, out_uri: str, ray_run_name: str) -> "MlflowRun":
         from mlflow import MlflowClient
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         mc = cfg.train.mlflow
-        uri = resolve_tracking_uri(mc.tracking_uri)
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(mc.experiment)
         if experiment is not None:
