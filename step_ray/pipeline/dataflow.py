@@ -42,6 +42,9 @@ TASK_CPUS = 0.25
 STREAM_IO_CPUS = 0
 #: Rows per block of the listing read tasks (before ids are assigned; listing rows are a few hundred bytes).
 LISTING_BLOCK_ROWS = 1000
+#: Data shuffles over less than this many bytes of Parquet use Ray Data's task-based sort shuffle instead of
+#: its default actor-based one (see :func:`_shuffled_by`).
+SMALL_SHUFFLE_BYTES = 2 << 30
 
 
 def new_run_id() -> str:
@@ -446,7 +449,8 @@ class RayFlow:
             prev = prev.map_batches(_previous_table, fn_args=(names, previous.row_type), batch_format="pyarrow",
                                     num_cpus=TASK_CPUS)
             ds = ds.union(prev)
-        ds = ds.groupby("name", num_partitions=self.partitions).map_groups(
+        # Listing rows are a few hundred bytes (a million inputs: a few hundred MB): the task-based shuffle.
+        ds = _shuffled_by(ds, small=True).groupby("name", num_partitions=self.partitions).map_groups(
             assign_group, batch_format="pyarrow", num_cpus=TASK_CPUS)
         sink = PartSink(scratch, "inputs", [TableSpec("ids", _all_rows)], LISTING_BLOCK_ROWS)
         self.write(ds, sink)
@@ -481,7 +485,7 @@ class RayFlow:
         ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"],
                                    num_cpus=TASK_CPUS)
         aggs = [Count(alias_name="n")] + [Sum(c, alias_name=c) for c in sums]
-        return _aggregated(ds.groupby(list(keys), num_partitions=1).aggregate(*aggs))
+        return _aggregated(_shuffled_by(ds, small=True).groupby(list(keys), num_partitions=1).aggregate(*aggs))
 
     def first_rows(self, files: Sequence[str], columns: Sequence[str], order_by: str, limit: int,
                    filter: Any = None) -> list[dict]:
@@ -492,7 +496,7 @@ class RayFlow:
         ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
         if filter is not None:
             ds = ds.map_batches(lambda t: t.filter(filter), batch_format="pyarrow", num_cpus=TASK_CPUS)
-        return ds.select_columns(list(columns)).sort(order_by).take(limit)
+        return _shuffled_by(ds.select_columns(list(columns)), small=True).sort(order_by).take(limit)
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
         """``fn`` on each item in Ray tasks (one item per task), the tally rows summed by key."""
@@ -503,7 +507,8 @@ class RayFlow:
             return []
         ds = ray.data.from_items([{"item": i} for i in items], override_num_blocks=len(items))
         ds = ds.map_batches(_MapItems(fn), batch_size=1, batch_format="pyarrow", num_cpus=1)
-        return _aggregated(ds.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")))
+        return _aggregated(_shuffled_by(ds, small=True).groupby(TALLY_KEYS, num_partitions=1)
+                           .aggregate(Sum("n", alias_name="n")))
 
     def shuffle(self, files: Sequence[str], key: Callable[[pa.Table], pa.Array],
                 group_fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
@@ -514,9 +519,33 @@ class RayFlow:
             return []
         ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
         ds = ds.map_batches(lambda t: t.append_column("_group", key(t)), batch_format="pyarrow", num_cpus=TASK_CPUS)
+        ds = _shuffled_by(ds, small=_parquet_bytes(files) < SMALL_SHUFFLE_BYTES)
         groups = ds.groupby("_group", num_partitions=self.partitions).map_groups(
             lambda t: group_fn(t.drop(["_group"])), batch_format="pyarrow", num_cpus=1)
-        return _aggregated(groups.groupby(TALLY_KEYS, num_partitions=1).aggregate(Sum("n", alias_name="n")))
+        return _aggregated(_shuffled_by(groups, small=True).groupby(TALLY_KEYS, num_partitions=1)
+                           .aggregate(Sum("n", alias_name="n")))
+
+
+def _shuffled_by(ds: Any, small: bool) -> Any:
+    """``ds`` with the shuffle strategy of its next groupby / sort: Ray Data's task-based sort shuffle when the
+    data is ``small``, else its default (``SHUFFLE_V2``: hash-partitioning aggregator actors, built for large
+    data). Those actors start again with every execution, seconds each on a small node: with them a ``qra``
+    step over 14 graphs took 33 s on 2 cores, 9 s with tasks (``benchmarks/bench_shuffle.py`` measures the
+    two on the same work). Aggregations whose inputs are tallies or a step's results rows are small in this
+    sense whatever the corpus: their map side combines rows before anything is shuffled."""
+    if small:
+        from ray.data.context import ShuffleStrategy
+
+        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    return ds
+
+
+def _parquet_bytes(files: Sequence[str]) -> int:
+    total = 0
+    for f in files:
+        fs, p = storage.filesystem(f)
+        total += fs.get_file_info(p).size or 0
+    return total
 
 
 def _aggregated(ds: Any) -> list[dict]:
