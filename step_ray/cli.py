@@ -290,6 +290,12 @@ def output_of(args: argparse.Namespace) -> str | None:
     return getattr(args, "output", None)
 
 
+#: Commands whose outputs are written through the local file system (a local or shared folder, no s3://).
+LOCAL_OUTPUTS = ("synth", "pretrain", "ablate", "self-train")
+#: Commands that fine-tune (Ray Train), so log to the configured trackers.
+TRAINING_COMMANDS = ("train", "pretrain", "ablate", "self-train")
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["plan"]:  # its own options (the corpus, the cluster, the rates): docs/scaling.md
@@ -328,7 +334,12 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "self-train" and out is None:
         out, flag = cfg.run.output_dir, "run.output_dir"
     if out is not None:
-        steps.check_output(out, flag)  # before any work: a bad --output must not fail after hours of it
+        # Before any work: a bad --output must not fail after hours of it.
+        steps.check_output(out, flag, local_only=args.command in LOCAL_OUTPUTS)
+    if args.command in TRAINING_COMMANDS:
+        from step_ray.train.tracking import check_tracking
+
+        check_tracking(cfg)  # a configured tracker that is not installed: refused now, not after the mining
     _INTERRUPT_NOTE[0] = interrupt_note(args.command, out)
     use_ray = not getattr(args, "no_ray", False)  # Ray itself is started (or joined) by the steps that use it
     if args.command == "synth":

@@ -517,6 +517,28 @@ class TrainDataConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """Experiment tracking to MLflow (``pip install 'step-ray[mlflow]'``): one MLflow run per training call, with
+    the resolved train section as its parameters and rank 0's reported metrics at every ``train.log_every``."""
+
+    tracking_uri: str = _f("", "MLflow tracking URI: a tracking server ('http://mlflow.internal:5000'), "
+                               "'databricks', a database ('sqlite:////abs/mlflow.db', needs the full mlflow "
+                               "package) or a local store ('file:/abs/mlruns'; MLflow 3 wants "
+                               "MLFLOW_ALLOW_FILE_STORE=true for it). Empty: MLflow is off. Credentials come from "
+                               "the driver's MLFLOW_* environment (MLFLOW_TRACKING_TOKEN, "
+                               "MLFLOW_TRACKING_USERNAME / _PASSWORD).")
+    experiment: str = _f("step-ray", "MLflow experiment of the runs (created when missing).")
+    run_name: str = _f("", "MLflow run name; empty: the last two parts of the output location "
+                           "('round_1/train' for runs/demo/round_1/train). Its full URI is the run's tag "
+                           "step_ray.output.")
+
+    def validate(self, path: str) -> None:
+        _require(self.tracking_uri == self.tracking_uri.strip(), f"{path}.tracking_uri",
+                 "must not start or end with spaces")
+        _require(bool(self.experiment.strip()), f"{path}.experiment", "must not be empty")
+
+
+@dataclass
 class TrainConfig:
     """Ray Train + DeepSpeed fine-tuning with the answer + rationale loss."""
 
@@ -556,12 +578,15 @@ class TrainConfig:
     progress: bool = _f(True, "Show a progress bar (rank 0) while training, when stderr is a terminal (never in "
                               "job or CI logs; STEP_RAY_PROGRESS=1 forces bars).")
     tensorboard: bool = _f(True, "Write the reported metrics as TensorBoard scalars to OUT/tensorboard "
-                                 "(`tensorboard --logdir OUT/tensorboard`).")
+                                 "(`tensorboard --logdir OUT/tensorboard`; with an object-store output, written "
+                                 "locally during the run and uploaded when it ends).")
     init: Optional[str] = _f(None, "Start from this model instead of model.name_or_path: any model reference (a "
                                    "training or pretraining output, an adapter, a merged or HF folder; adapters are "
                                    "merged into its base first). Self-training rounds set it to the last round's model.")
     lora: LoraConfig = _f(factory=LoraConfig, help="LoRA settings.")
     data: TrainDataConfig = _f(factory=TrainDataConfig, help="The Ray Data stream that feeds the workers.")
+    mlflow: MlflowConfig = _f(factory=MlflowConfig, help="Experiment tracking to MLflow (off unless "
+                                                         "tracking_uri is set).")
 
     def validate(self, path: str) -> None:
         _require(self.num_workers >= 1, f"{path}.num_workers", "must be >= 1")

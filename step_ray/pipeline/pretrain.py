@@ -61,7 +61,7 @@ def pretrain_key(cfg: StepRayConfig) -> str:
     derived["run"] = {"seed": cfg.run.seed}
     derived["pretrain"].pop("enabled", None)
     derived["pretrain"].pop("output", None)
-    for field in ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard"):
+    for field in ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "mlflow"):
         derived["train"].pop(field, None)  # how the run is watched and kept, not what it learns
     derived["versions"] = {"transformers": transformers.__version__,
                            "tiny": hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]}

@@ -38,16 +38,21 @@ def in_ray_job_working_dir() -> bool:
         return False
 
 
-def check_output(out: str | Path, name: str = "--output") -> None:
+def check_output(out: str | Path, name: str = "--output", local_only: bool = False) -> None:
     """Fail (:class:`~step_ray.utils.inputs.InputError`, exit 2) before any work when ``out`` cannot become an
     output folder: it is a file, sits under a file, is not writable, or is relative inside a Ray job (it would
-    land in the job's temporary copy of the working dir, deleted with the job). Nothing is created here. An
-    object-store prefix is checked by the first write (it has no permissions to look at beforehand)."""
+    land in the job's temporary copy of the working dir, deleted with the job); an object-store URI where the
+    command writes through the local file system (``local_only``). Nothing is created here. An object-store
+    prefix is checked by the first write (it has no permissions to look at beforehand)."""
     import os
 
     from step_ray.utils.inputs import InputError
 
     if storage.is_remote(str(out)):
+        if local_only:
+            raise InputError(f"{name} {out}: this command writes its run directory through the local file "
+                             f"system, not to an object store: give a local or shared folder (e.g. "
+                             f"/mnt/shared/runs/NAME); stsg, qra, qra-filter, eval and train write to s3:// / gs://")
         return
     if not Path(out).is_absolute() and in_ray_job_working_dir():
         raise InputError(f"{name} {out}: a relative path inside a Ray job lands in Ray's temporary copy of the "
@@ -267,7 +272,13 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
     from step_ray.models.export import materialize
     from step_ray.models.sources import ModelSourceError
 
+    from step_ray.models.sources import resolve_model
+
     try:
+        if storage.is_remote(str(out_dir)) and resolve_model(cfg.train.init, cfg.model.name_or_path).adapter:
+            raise ConfigError("train.init", f"{cfg.train.init} is an adapter: merging it into its base needs a "
+                                            f"local output folder, not {out_dir} (give the merged model, "
+                                            f"OUT/merged of `step-ray train --merged`, or a local --output)")
         folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
     except ModelSourceError as err:
         raise ConfigError("train.init", str(err)) from None
@@ -286,7 +297,7 @@ def train_step(cfg: StepRayConfig, qra: str | Path, out_dir: str | Path, merged:
     require_split(qra_path, "train")
     cfg = with_init(cfg, out_dir)
     init_ray(cfg.ray)
-    return run_training(cfg, qra_path, Path(out_dir), merged=merged, card_kind=card_kind)
+    return run_training(cfg, qra_path, str(out_dir), merged=merged, card_kind=card_kind)  # str: keeps s3://
 
 
 def eval_executor(cfg: StepRayConfig, use_ray: bool = True) -> Any:

@@ -424,16 +424,17 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
     return map_stages(ray.data.from_arrow(_blocks(table, size)), [replay])
 
 
-def resume_position(run_path: str) -> int:
-    """The stream position the latest checkpoint of the Ray Train run at ``run_path`` (``storage_path/name``)
-    reached: the questions its workers had consumed; 0 for a new run. Read through Ray Train's own record of
-    its checkpoints, so a checkpoint folder that a killed attempt left half-written is never taken."""
+def resume_position(run_path: str, filesystem: Any = None) -> int:
+    """The stream position the latest checkpoint of the Ray Train run at ``run_path`` (``storage_path/name``,
+    within the pyarrow ``filesystem`` when given) reached: the questions its workers had consumed; 0 for a new
+    run. Read through Ray Train's own record of its checkpoints, so a checkpoint folder that a killed attempt
+    left half-written is never taken."""
     import json as _json
 
     from ray.train import Result
 
     try:
-        result = Result.from_path(run_path)
+        result = Result.from_path(run_path, storage_filesystem=filesystem)
     except RuntimeError:  # no such run yet (or no checkpoint record): a fresh start
         return 0
     if result.checkpoint is None:

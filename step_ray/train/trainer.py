@@ -7,7 +7,7 @@ the option, before any worker starts), then fits a ``TorchTrainer`` fed by the R
 its latest checkpoint and continues at the saved step; within a run, ``FailureConfig(max_failures)`` restarts
 the worker group after a worker dies, and every rank restores the latest checkpoint.
 
-Outputs in ``out_dir``:
+Outputs in ``out_dir`` (a local folder, or an object-store prefix such as ``s3://bucket/run``):
 
 * ``adapter/`` - the peft adapter of the final checkpoint (``PeftModel.from_pretrained(base, out_dir/adapter)``),
   or ``model/`` - the full model when LoRA is off;
@@ -17,7 +17,19 @@ Outputs in ``out_dir``:
 * ``step_ray_model.json`` in ``adapter/`` / ``model/`` / ``merged/`` - the model card: the prompt and loss
   format the model was trained with (:mod:`step_ray.models.card`), which evaluation follows;
 * ``train_summary.json`` - the summary dict returned;
-* ``tensorboard/`` - the reported metrics as TensorBoard scalars (``train.tensorboard``).
+* ``tensorboard/`` - the reported metrics as TensorBoard scalars (``train.tensorboard``);
+* ``checkpoints/`` - Ray Train's run folder (``step-ray-train/checkpoint_*``), unless ``storage_path`` says
+  otherwise.
+
+The reported metrics also go to MLflow when ``train.mlflow.tracking_uri`` is set (:mod:`step_ray.train.tracking`).
+
+On an object store, Ray Train writes the checkpoints there itself (pyarrow's S3 / GCS filesystem, the endpoint
+resolved on the driver) and a re-run resumes from the latest one there; the rest is written into a local
+staging folder on the driver (under ``$TMPDIR``) and uploaded when the run ends: the exports and the summary
+only when it succeeds, the TensorBoard files also when it fails or is interrupted. ``base/`` is uploaded when
+it is a copy (the tiny model); a local model folder is named by its path (in the adapter's config and the
+summary), not copied into the bucket. ``train.init`` must then be a model folder, not an adapter: its merge
+would need a local output folder.
 
 Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` here as anywhere else in step-ray: the workers stop with the driver,
 the checkpoints already reported stay, and the same call resumes from the latest one. (``fit()`` runs in a
@@ -123,12 +135,12 @@ def worker_env(cfg: StepRayConfig) -> dict[str, str]:
 
 
 def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str,
-                  user_ds: Optional[dict] = None, tensorboard_dir: Optional[str] = None) -> Any:
-    """The ``TorchTrainer`` of this run (not started); metrics also go to TensorBoard in ``tensorboard_dir``."""
+                  user_ds: Optional[dict] = None, callbacks: Optional[list] = None,
+                  storage_filesystem: Any = None) -> Any:
+    """The ``TorchTrainer`` of this run (not started): checkpoints under ``storage_path/name`` (a path within
+    the pyarrow ``storage_filesystem`` when given), the reports also to the tracking ``callbacks``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from step_ray.train.tracking import TensorBoardCallback
 
     tc = cfg.train
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}
@@ -143,10 +155,11 @@ def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg)},
-            callbacks=[TensorBoardCallback(tensorboard_dir)] if tensorboard_dir else None,
+            callbacks=callbacks or None,
         ),
         datasets={"train": dataset},
     )
@@ -185,7 +198,7 @@ def check_fingerprint(cfg: StepRayConfig, base_dir: Path, expected: str) -> None
         raise RuntimeError(f"exported base {base_dir} has weights {got}, the workers trained on {expected}")
 
 
-def point_adapter_at(adapter_dir: Path, base_dir: Path) -> None:
+def point_adapter_at(adapter_dir: Path, base_dir: Path | str) -> None:
     """Make the exported adapter name the exported base (the workers wrote their cache path into it)."""
     config_file = adapter_dir / "adapter_config.json"
     config = json.loads(config_file.read_text())
@@ -204,39 +217,77 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on the train split of ``qra_path`` with Ray Train + DeepSpeed; export; summarise.
 
-    ``name`` / ``storage_path`` are Ray Train's run name and storage (default: ``step-ray-train`` under
-    ``out_dir/checkpoints``); calling again with the same pair resumes from the latest checkpoint. Ray must
-    already be initialised. Returns the summary (also written to ``out_dir/train_summary.json``): the final
-    step, the final losses, the logged history (for plots), times, and the checkpoint / adapter / base paths.
+    ``out_dir`` is a local folder or an object-store URI (``s3://bucket/run``). ``name`` / ``storage_path``
+    are Ray Train's run name and storage (default: ``step-ray-train`` under ``out_dir/checkpoints``, on the
+    object store too: Ray Train writes the checkpoints through a pyarrow filesystem); calling again with the
+    same pair resumes from the latest checkpoint. With an object-store ``out_dir`` the exports, the summary and
+    the TensorBoard files are written into a local staging folder and uploaded when the run ends
+    (:func:`step_ray.utils.storage.staged_folder`). Ray must already be initialised. Returns the summary (also
+    written to ``out_dir/train_summary.json``): the final step, the final losses, the logged history (for
+    plots), times, and the checkpoint / adapter / base paths.
     """
     import ray
+
+    from step_ray.train.tracking import MlflowRun, check_tracking
+    from step_ray.utils import storage as store
 
     called = time.time()  # wall clock: compared with the workers' first_step_time
     if not ray.is_initialized():
         raise RuntimeError("run_training needs a running Ray: call ray.init() (or join a cluster) first")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_tracking(cfg)
+    remote = store.is_remote(str(out_dir))
+    out_uri = str(out_dir).rstrip("/") if remote else str(Path(out_dir).resolve())
     name = name or DEFAULT_RUN_NAME
     storage = str(Path(storage_path).resolve()) if storage_path and "://" not in storage_path else (
-        storage_path or str(out / "checkpoints"))
+        storage_path or store.join(out_uri, "checkpoints"))
+    # On an object store Ray Train gets the filesystem the driver resolved (its endpoint included; credentials
+    # are not part of it: every node reads its own, as pyarrow does).
+    storage_fs, storage_in_fs = store.filesystem(storage) if store.is_remote(storage) else (None, storage)
 
     if cfg.model.name_or_path == "tiny":
         from step_ray.models.loading import ensure_tiny
 
         ensure_tiny(cfg.model, cfg.run.seed)  # build once here, not concurrently in every worker
 
-    from step_ray.train.stream import build_stream, resume_position
+    from step_ray.train.stream import resume_position
     from step_ray.utils.env import show_progress
 
     if cfg.train.progress and not show_progress():  # no bar redraws in non-interactive logs
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     user_ds = preflight(cfg, qra_path)
     # A re-run of the same run starts the data stream where its latest checkpoint left it (no replay).
-    start = resume_position(storage.rstrip("/") + "/" + name)
+    start = resume_position(storage_in_fs.rstrip("/") + "/" + name, storage_fs)
+    tracker = MlflowRun.start(cfg, out_uri, name) if cfg.train.mlflow.tracking_uri else None
+    try:
+        with store.staged_folder(out_uri, logs=("tensorboard",)) as out:
+            summary = _train_and_export(cfg, qra_path, out, out_uri, name, storage, storage_in_fs, storage_fs,
+                                        user_ds, start, tracker, merged, card_kind, called)
+    except BaseException as err:
+        if tracker is not None:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            tracker.end(status, {"step_ray.error": repr(err)[:500]})
+        raise
+    if tracker is not None:
+        tracker.end("FINISHED", {"step_ray.steps": str(summary["steps"])})
+    return summary
+
+
+def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_uri: str, name: str, storage: str,
+                      storage_in_fs: str, storage_fs: Any, user_ds: Optional[dict], start: int, tracker: Any,
+                      merged: bool, card_kind: str, called: float) -> dict[str, Any]:
+    """Fit, export into the local folder ``out`` (the output itself, or its staging folder for ``out_uri``
+    on an object store) and write the summary there; the summary names the paths at ``out_uri``."""
+    from step_ray.train.stream import build_stream
+    from step_ray.train.tracking import tracking_callbacks
+    from step_ray.utils import storage as store
+
+    staged = out_uri != str(out)
+    at = (lambda p: store.join(out_uri, Path(p).relative_to(out).as_posix())) if staged else str
     started = time.perf_counter()
+    callbacks = tracking_callbacks(str(out / "tensorboard") if cfg.train.tensorboard else None, tracker)
     stream_notes: dict[str, Any] = {}
-    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start, notes=stream_notes), name, storage, user_ds,
-                            str(out / "tensorboard") if cfg.train.tensorboard else None)
+    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start, notes=stream_notes), name, storage_in_fs,
+                            user_ds, callbacks, storage_fs)
     result = fit_interruptible(trainer)
     wall = time.perf_counter() - started
     if result.error is not None:
@@ -253,8 +304,11 @@ def run_training(
             shutil.rmtree(weights)
         shutil.copytree(Path(directory) / weights_name, weights)
     base = export_base(cfg, out, state.get("base_fingerprint"))
-    if base is not None and cfg.train.lora.enabled:
-        point_adapter_at(weights, base)
+    # The base as the adapter names it: the exported copy where it will be read (the bucket for an object
+    # store), or the local model folder that base/ links to (a link is not uploaded to an object store).
+    base_ref = (str(base.resolve()) if staged and base.is_symlink() else at(base)) if base is not None else None
+    if base_ref is not None and cfg.train.lora.enabled:
+        point_adapter_at(weights, base_ref)
     from step_ray.models.card import ModelCard, write_card
 
     # How the model was trained (prompt format, loss format, frames): evaluation asks it the same way.
@@ -272,6 +326,7 @@ def run_training(
     last = history[-1] if history else {}
     steps_run = int(state["step"]) - int(state.get("start_step", 0))
     this_call = [h for h in history if h.get("first_step_time") and h["first_step_time"] >= called]
+    scheme = storage.split("://", 1)[0] + "://" if storage_fs is not None else ""
     summary = {
         "steps": int(state["step"]),
         "start_step": int(state.get("start_step", 0)),
@@ -296,13 +351,15 @@ def run_training(
         "wall_seconds": wall,
         # From this call to its first optimizer step: Ray Train's start, the model, the encode cache, the stream.
         "startup_seconds": (this_call[0]["first_step_time"] - called) if this_call else None,
-        "checkpoint": checkpoint.path,
+        "checkpoint": scheme + checkpoint.path,
         "storage_path": storage,
         "name": name,
-        "adapter_dir": str(weights) if cfg.train.lora.enabled else None,
-        "model_dir": str(weights) if not cfg.train.lora.enabled else None,
-        "base_dir": str(base) if base is not None else cfg.model.name_or_path,
-        "merged_dir": str(merged_dir) if merged_dir else None,
+        "output": out_uri,
+        "adapter_dir": at(weights) if cfg.train.lora.enabled else None,
+        "model_dir": at(weights) if not cfg.train.lora.enabled else None,
+        "base_dir": base_ref if base_ref is not None else cfg.model.name_or_path,
+        "merged_dir": at(merged_dir) if merged_dir else None,
+        "mlflow_run_id": tracker.run_id if tracker is not None else None,
         "rationale_weight": cfg.train.rationale_weight,
         "zero_stage": cfg.train.zero_stage,
         "loss_format": cfg.train.loss_format,

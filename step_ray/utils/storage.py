@@ -4,6 +4,10 @@ Videos on an object store are copied to a local temporary file before decoding (
 seekable local file; the copy streams in blocks and is removed afterwards). Outputs are written atomically on
 a local disk (temp file + rename); object stores have no rename, but a single PUT is atomic already.
 
+Outputs that other libraries write into a local folder (Ray Train's exports, Hugging Face ``save_pretrained``,
+TensorBoard event files) reach an object store through :func:`staged_folder`: they are written into a local
+staging folder and uploaded when the step ends.
+
 Credentials and endpoints come from the usual environment of each store (``AWS_*`` variables, including
 ``AWS_ENDPOINT_URL`` for S3-compatible stores such as MinIO; ``GOOGLE_APPLICATION_CREDENTIALS``), or from a
 pyarrow URI query (``s3://bucket/key?endpoint_override=...``).
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -21,6 +27,8 @@ from typing import BinaryIO, Iterator
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 HASH_BLOCK = 1 << 20  # bytes read from the start, the middle and the end of a file for its content key
 COPY_BLOCK = 8 << 20
+
+logger = logging.getLogger(__name__)
 
 
 def is_remote(uri: str) -> bool:
@@ -173,3 +181,60 @@ def list_dir(uri: str) -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     return sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def upload_file(local: str | Path, uri: str) -> None:
+    """Copy a local file to ``uri`` (local or remote), atomically (see :func:`open_write`)."""
+    with open(local, "rb") as src, open_write(uri) as out:
+        while block := src.read(COPY_BLOCK):
+            out.write(block)
+
+
+def upload_dir(local: str | Path, uri: str, replace: bool = True) -> None:
+    """Copy a local folder and everything under it to the folder or prefix ``uri``; ``replace``: remove what
+    was there first (no file of an older export survives beside the new one), else merge into it."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if replace and fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def staged_folder(uri: str, logs: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local folder to write the output folder ``uri`` into: the folder itself when it is local (created);
+    for an object store, a temporary staging folder whose entries are uploaded into ``uri`` when the block
+    ends, folders replacing the ones there and files last, then removed.
+
+    ``logs`` names entries that are merged with what the store holds (event files of earlier runs stay) and
+    uploaded even when the block fails or is interrupted; other entries are uploaded only when it succeeds,
+    so a half-written export never replaces a whole one. A symlink (a local model folder the output refers
+    to) is not uploaded. The staging folder is under ``$TMPDIR``: it needs room for the exports."""
+    if not is_remote(uri):
+        folder = Path(uri)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    stage = Path(tempfile.mkdtemp(prefix="step-ray-stage-"))
+    succeeded = False
+    try:
+        yield stage
+        succeeded = True
+    finally:
+        try:
+            entries = [e for e in sorted(stage.iterdir(), key=lambda e: (e.is_file(), e.name))
+                       if not e.is_symlink() and (succeeded or e.name in logs)]
+            for entry in entries:
+                if entry.is_dir():
+                    upload_dir(entry, join(uri, entry.name), replace=entry.name not in logs)
+                else:
+                    upload_file(entry, join(uri, entry.name))
+        except Exception as err:
+            if succeeded:
+                raise
+            logger.warning("could not upload %s to %s after the failure: %s", ", ".join(logs), uri, err)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
