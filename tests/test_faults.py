@@ -149,6 +149,29 @@ def _pause_workers(stage: str) -> list[int]:
     return pids
 
 
+def _step_workers_until(stage: str, predicate, proc: subprocess.Popen, burst: float = 0.3,
+                        timeout: float = 300) -> list[int]:
+    """Run a stage's workers in short bursts until ``predicate()`` holds; return their pids, paused. The
+    workers are paused as soon as they exist, so the stages after them see only what the bursts let through:
+    the interrupt that follows lands mid-run however fast the machine (a free-running perception actor can
+    finish every video before the graph actor has started, and the graphs then land all at once)."""
+    deadline = time.time() + timeout
+    pids: list[int] = []
+    while not pids:
+        assert proc.poll() is None, "the run ended before its workers started"
+        assert time.time() < deadline, f"no {stage} worker appeared"
+        pids = _pause_workers(stage)
+        time.sleep(0.05)
+    while not predicate():
+        assert proc.poll() is None, "the run ended while its workers were paused"
+        assert time.time() < deadline, "timed out waiting for progress"
+        _resume(pids)
+        time.sleep(burst)
+        pids = _pause_workers(stage) or pids
+        time.sleep(0.5)  # what the burst finished flows on to the next stage
+    return pids
+
+
 def _communicate_then_resume(proc: subprocess.Popen, paused: list[int], timeout: float) -> tuple[str, str]:
     """Let the signalled driver act while its workers are paused (a few seconds), then let them go (so Ray's
     shutdown can reap them), and wait for the driver."""
@@ -216,17 +239,16 @@ def test_interrupted_stsg_driver_resumes_to_the_same_graphs(synth_corpus, refere
     uninterrupted run."""
     env, ray_tmp = _driver_env(tmp_path)
     out = tmp_path / "stsg"
-    # One perception actor, one graph per graph batch: graphs land one by one. The perception actor is paused
-    # (SIGSTOP) once the first graph is there, so the interrupt lands mid-run: on 2 fast cores the other five
-    # videos could otherwise finish inside the poll interval, and the signal then hit Ray's shutdown.
+    # One perception actor, one graph per graph batch: graphs land one by one. The perception actor runs in
+    # short bursts (SIGSTOP / SIGCONT) until the first graph is there and is then left paused, so the interrupt
+    # lands mid-run: free-running, it can finish all six videos before the graph actor starts.
     args = ["stsg", "--input", str(synth_corpus["dir"] / "videos"), "--output", str(out), "video.sample_fps=5",
             "ray.num_cpus=2", "perception.pool.max_size=1", "stsg.pool.batch_size=1"]
     paused: list[int] = []
     try:
         proc = _cli(args, env)
-        _wait_for(lambda: len(list(out.glob("*.stsg.json"))) >= 1, proc)
-        paused = _pause_workers("stsg-perception")
-        assert paused, "no perception actor to pause"
+        paused = _step_workers_until("stsg-perception", lambda: len(list(out.glob("*.stsg.json"))) >= 1, proc)
+        assert len(list(out.glob("*.stsg.json"))) < len(synth_corpus["items"]), "every graph done before the interrupt"
         assert proc.poll() is None, "the run ended before the interrupt"
         proc.send_signal(sig)
         _, err = _communicate_then_resume(proc, paused, timeout=120)
