@@ -10,8 +10,10 @@ actor counts, per row, the attempts that began and never ended (Ray Data alone w
 Ray's own restarts instead leaves a pool of dead actors and a hung run).
 
 It sits beside the contract, below every package that maps stages (the STSG and QRA steps of
-``pipeline``, the training stream of ``train``, evaluation), so none of them imports a layer above it;
-:mod:`step_ray.pipeline.runners` re-exports it next to the in-process executor.
+``pipeline``, the training stream of ``train``, evaluation), so none of them imports a layer above it. The
+in-process executor, :func:`step_ray.stage.run_local`, sits with the contract itself; both go through
+:func:`step_ray.stage.run_batch`, where a stage's declared inputs and outputs are checked, so a stage behaves
+the same in a test and on a cluster.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from the whole tree and hands it those sections and nothing else. Its class decl
 Its life: constructed anywhere (cheap, picklable: it is shipped to the actors as it is), :meth:`Stage.setup`
 once inside the actor (models, trackers, anything heavy), :meth:`Stage.process` per batch (an Arrow table in,
 an Arrow table out), :meth:`Stage.teardown` when the actor goes away. :func:`run_batch` is the one place that
-checks the contract around ``process``; both executors (:mod:`step_ray.pipeline.runners`: in this process,
+checks the contract around ``process``; both executors (:func:`run_local`: in this process,
 or on a Ray Data actor pool per stage) call it, so a stage behaves the same in a test and on a cluster.
 
 Every input is accounted for: a :class:`RowStage` (one row at a time, the common case) turns an exception
@@ -43,7 +43,7 @@ A minimal stage::
 
     stage = WordCount.from_config(cfg)                       # cheap; WordCount.pool_of(cfg) without building
     run_local([table], [stage])                              # in this process (tests, --no-ray)
-    runners.map_stages(ds, [stage])                          # one Ray Data actor pool per stage
+    ray_executor.map_stages(ds, [stage])                     # one Ray Data actor pool per stage
 
 Every Ray-facing piece of work follows it:
 
@@ -140,7 +140,7 @@ class Stage:
     one_row_per_input: ClassVar[bool] = True
     #: The input column that names a row (unique within a run): the executor counts, per row, the processes
     #: that died working on it, and a row that keeps killing its actor becomes an error row (see
-    #: :class:`RowStage` and the :class:`CrashLedger` actor of ``pipeline.runners``). None: no such guard.
+    #: :class:`RowStage` and the :class:`CrashLedger` actor of :mod:`step_ray.ray_executor`). None: no such guard.
     row_key: ClassVar[Optional[str]] = None
 
     pool: PoolConfig = field(default_factory=PoolConfig, metadata={RUNTIME: True})
@@ -216,7 +216,7 @@ class RowGuard:
     """What an executor may put around each row of a :class:`RowStage` (``stage.row_guard``): ``begin(key)``
     returns how many processes already died working on that row, ``end(key)`` marks it done; a row whose
     deaths exceed ``max_retries`` becomes an error row instead of being run again. The Ray executor's guard
-    is a small ledger actor (the :class:`CrashLedger` actor of ``pipeline.runners``); in-process there is none."""
+    is a small ledger actor (the :class:`CrashLedger` actor of :mod:`step_ray.ray_executor`); in-process there is none."""
 
     max_retries: int = 0
 
@@ -372,7 +372,7 @@ def run_local(batches: Iterable[pa.Table], stages: Sequence[Stage], carry: Seque
     """The in-process executor: set every stage up here, push each batch through all of them (through
     :func:`run_carrying`), yield the results as they come; tear the stages down at the end (also when the caller
     stops early). ``carry``: input columns handed on beside the outputs, unseen by the stages. Tests, debugging
-    and ``--no-ray`` use it; the Ray executor is :func:`step_ray.pipeline.runners.map_stages`."""
+    and ``--no-ray`` use it; the Ray executor is :func:`step_ray.ray_executor.map_stages`."""
     for stage in stages:
         stage.setup()
     try:

@@ -1,4 +1,4 @@
-"""The QRA stage through both runners, and the whole self-train loop at tiny sizes on the session's Ray."""
+"""The QRA stage through both executors (in process and on Ray), and the whole self-train loop at tiny sizes on the session's Ray."""
 
 import json
 
@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from step_ray.config import load_config
-from step_ray.pipeline.runners import run_local
+from step_ray.stage import run_local
 from step_ray.pipeline.steps import qra_step
 from step_ray.qra.corpus import finalize
 from step_ray.qra.records import part_files, read_parquet

@@ -82,7 +82,7 @@ def test_carry_hands_columns_on_beside_a_stage(tmp_path):
     from dataclasses import dataclass
     from typing import ClassVar
 
-    from step_ray.pipeline.runners import run_local
+    from step_ray.stage import run_local
     from step_ray.stage import RowStage, StageContractError, schema
 
     @dataclass(kw_only=True)

@@ -14,7 +14,7 @@ from step_ray.perception.semantics import (
     parse_answer,
     render_prompt,
 )
-from step_ray.pipeline.runners import run_local
+from step_ray.stage import run_local
 from step_ray.stsg import schema
 from step_ray.stsg.build import build_stsg
 from step_ray.stsg.stage import input_table, stsg_stages

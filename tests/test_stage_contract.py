@@ -14,7 +14,8 @@ import pytest
 from step_ray.config import QraConfig, load_config
 from step_ray.perception.semantics import AttributeFact, ParsedSemantics, SemanticsRecord, semantics_from_record, semantics_record
 from step_ray.perception.tracks import AttrChange, Clip, Event, Perceived, Track
-from step_ray.pipeline.runners import actor_class, run_local
+from step_ray.ray_executor import actor_class
+from step_ray.stage import run_local
 from step_ray.stage import RowStage, Stage, StageContractError, run_batch, schema
 from step_ray.stsg.stage import GraphStage, PerceptionStage, settings_key, stsg_stages
 from step_ray.utils import arrow

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from step_ray.pipeline.runners import run_local
+from step_ray.stage import run_local
 from step_ray.pipeline.steps import stsg_step
 from step_ray.pipeline.stsg_run import rows_of_last_run
 from step_ray.stsg import schema

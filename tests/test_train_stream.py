@@ -103,7 +103,7 @@ def test_replay_stage_gives_each_position_its_questions_rows_in_order(tmp_path, 
     import pyarrow as pa
 
     from step_ray.models.loading import ensure_tiny
-    from step_ray.pipeline.runners import run_local
+    from step_ray.stage import run_local
     from step_ray.stage import run_batch
     from step_ray.train.stream import (
         TrainEncodeStage, TrainReplayStage, question_table, split_table, stream_positions, stream_table,

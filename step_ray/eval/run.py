@@ -5,7 +5,7 @@ The driver reads the questions (:func:`step_ray.eval.benchmarks.load_benchmark`:
 and writes the outputs; it never loads the model. The questions are scored by :class:`~step_ray.eval.score.
 EvalScore` (likelihood and / or generation; the model loaded once per actor of ``eval.pool``, bf16 on a GPU)
 through the executor the caller hands in: the pipeline's Ray Data actor pool
-(:func:`step_ray.pipeline.runners.map_tables`; ``step-ray eval``), or this process (tests, ``--no-ray``).
+(:func:`step_ray.ray_executor.map_tables`; ``step-ray eval``), or this process (tests, ``--no-ray``).
 A generated answer is mapped onto an option by :func:`step_ray.eval.answers.parse_answer`, else ``unparsed``.
 
 A question whose video is missing is a row with its reason (the adapters say so); one whose video cannot be

@@ -3,7 +3,7 @@
 Every evaluation of step-ray goes through this one stage: ``step-ray eval --benchmark`` (public benchmarks and
 step-ray's QRA), the ``eval`` step, and the evaluations ``self-train``, ``ablate`` and ``pretrain`` run (base,
 trained, the vision controls, the trained model on its training split). On Ray it runs on the ``eval.pool``
-actor pool (:func:`step_ray.pipeline.runners.map_tables`): each actor loads the model once in
+actor pool (:func:`step_ray.ray_executor.map_tables`): each actor loads the model once in
 :meth:`EvalScore.setup` (on its GPU in bf16 when it has one: ``eval.device`` / ``eval.precision``), decodes the
 frames of its batch and scores them, so the driver never loads a model; without Ray (tests, ``--no-ray``) the
 same stage runs in this process (:func:`step_ray.stage.run_local`).
@@ -58,7 +58,7 @@ OUTPUTS = schema(
 )
 
 #: Runs stages over input tables, yielding output tables: :func:`step_ray.stage.run_local` in this process,
-#: or the pipeline's Ray executor (:func:`step_ray.pipeline.runners.map_tables`).
+#: or the pipeline's Ray executor (:func:`step_ray.ray_executor.map_tables`).
 Executor = Callable[[Sequence[pa.Table], Sequence[Stage]], Iterable[pa.Table]]
 
 

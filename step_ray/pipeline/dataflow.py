@@ -5,7 +5,7 @@ A step is written once against a *flow* and runs on either of two:
 * :class:`RayFlow` — Ray Data end to end. Inputs are listed inside read tasks (:class:`InputListing`: one
   task per ``--input`` argument, yielding small blocks as it walks a folder, a prefix or a manifest), ids are
   made unique by a ``groupby`` on the requested id, blocks are re-cut to each stage's batch size, stages run
-  on their actor pools (:func:`~step_ray.pipeline.runners.map_stages`), and rows reach Parquet tables through
+  on their actor pools (:func:`~step_ray.ray_executor.map_stages`), and rows reach Parquet tables through
   :class:`PartSink` as they come. Summaries are ``groupby`` sums; nothing the size of the corpus is ever
   collected on the driver.
 * :class:`LocalFlow` — the same in this process with plain Python (tests, debugging, ``--no-ray``); it keeps
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from step_ray.pipeline.runners import run_local
+from step_ray.stage import run_local
 from step_ray.stage import Stage
 from step_ray.utils import storage
 from step_ray.utils.inputs import id_problem, input_name, iter_argument, unique_ids
@@ -469,7 +469,7 @@ class RayFlow:
         return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS), count
 
     def stages(self, ds: Any, stages: Sequence[Stage], carry: Sequence[str] = ()) -> Any:
-        from step_ray.pipeline.runners import map_stages
+        from step_ray.ray_executor import map_stages
 
         return map_stages(ds, stages, carry=carry)
 

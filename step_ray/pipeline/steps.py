@@ -306,7 +306,7 @@ def eval_executor(cfg: StepRayConfig, use_ray: bool = True) -> Any:
     first questions are scored, so bad inputs fail before), or in this process (None) without Ray."""
     if not use_ray:
         return None
-    from step_ray.pipeline.runners import map_tables
+    from step_ray.ray_executor import map_tables
     from step_ray.utils.ray_session import init_ray
 
     def on_ray(tables: Any, stages: Any) -> Any:

@@ -13,7 +13,7 @@ Output folder (local or ``s3://`` / ``gs://``): ``{video_id}.stsg.json`` per vid
 last, so it marks the run complete). A re-run hands each input its row of the runs since the last complete
 one and skips a video whose key (content + settings) is unchanged and whose graph is there. A video that
 keeps killing its actor becomes an error row after ``pool.max_retries`` restarts
-(:class:`step_ray.pipeline.runners.CrashLedger`), so every input is accounted for and the run goes on.
+(:class:`step_ray.stage.CrashLedger`), so every input is accounted for and the run goes on.
 """
 
 from __future__ import annotations
