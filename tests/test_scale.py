@@ -141,7 +141,13 @@ def test_thousands_of_inputs_stream_through_stsg_and_qra(ray_session, tmp_path, 
     per_kind = Counter(r["kind"] for r in tallies)
     assert max(per_kind.values()) <= 2 * vocabulary + 10, (per_kind, vocabulary)
     summaries = [(name, [r for r in rows if "kind" not in r]) for name, rows in driver_rows if not search(rows)]
+    # The other rows are the summaries' own: a row per status, and at most the examples each step keeps (error
+    # and no-sample examples of stsg and qra, 100 each): a constant, far below the corpus.
+    from step_ray.pipeline.qra_run import EXAMPLES
+    from step_ray.pipeline.stsg_run import ERROR_EXAMPLES
+
     total = sum(len(rows) for _, rows in summaries)
     worst = max((len(rows), name) for name, rows in summaries)
     leaked = {k for _, rows in driver_rows for r in rows for k in r} & CORPUS_COLUMNS
-    assert total < n / 10 and worst[0] <= 200 and not leaked, (total, worst, leaked)
+    bound = ERROR_EXAMPLES + 2 * EXAMPLES + 50
+    assert total <= bound < n / 5 and worst[0] <= 200 and not leaked, (total, bound, worst, leaked)

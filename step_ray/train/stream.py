@@ -351,13 +351,19 @@ def encode_questions(cfg: StepRayConfig, base: Any, budget: Optional[int] = None
     ds = ray.data.from_arrow(_blocks(table, max(1, 4 * cfg.train.data.batch_size)))
     blocks: list = []
     sequences = nbytes = 0
-    bundles = map_stages(ds, [TrainEncodeStage.from_config(cfg)]).iter_internal_ref_bundles()
+    # The executor itself (Ray Data's private _execute_to_iterator, ray pinned in pyproject.toml): the public
+    # iter_internal_ref_bundles() gives no way to stop an execution half-way, and an abandoned one keeps its
+    # encode actors (and their CPUs) until it is garbage-collected.
+    bundles, _, executor = map_stages(ds, [TrainEncodeStage.from_config(cfg)])._execute_to_iterator(
+        capture_executor=False)
     for bundle in bundles:  # ObjectRefs only: the encoded rows stay in the object store
         blocks += bundle.block_refs
         sequences += bundle.num_rows() or 0
         nbytes += bundle.size_bytes()
         if nbytes > budget:
-            bundles.close()
+            if executor is not None:
+                executor.shutdown(force=True)
+            del blocks
             logger.warning("train-encode: the encode cache passed %.1f MiB (train.data.cache_max_fraction of the "
                            "object store) after %d rows; dropped, every pass encodes again", budget / 2**20,
                            sequences)
