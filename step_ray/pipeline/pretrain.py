@@ -63,6 +63,7 @@ def pretrain_key(cfg: StepRayConfig) -> str:
     derived["pretrain"].pop("output", None)
     for field in ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "mlflow"):
         derived["train"].pop(field, None)  # how the run is watched and kept, not what it learns
+    derived["train"].get("data", {}).pop("cache_max_fraction", None)  # how the stream is kept, likewise
     derived["versions"] = {"transformers": transformers.__version__,
                            "tiny": hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(derived, sort_keys=True, default=str).encode()).hexdigest()[:16]
