@@ -129,9 +129,17 @@ def test_video_that_kills_its_decoder_becomes_an_error_row(ray_session, synth_co
 # ------------------------------------------------------------------------------------------------ drivers
 
 
+def _foreground_signals() -> None:
+    """In the child: SIGINT back to its default, as for a command typed at a terminal. A suite started in the
+    background of a script (``make test &``, nohup) runs with SIGINT ignored, a child inherits that, and Python
+    then installs no Ctrl-C handler at all: the driver would never see the interrupt these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "step_ray.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_foreground_signals)
 
 
 def _pause_workers(stage: str) -> list[int]:
