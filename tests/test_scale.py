@@ -151,3 +151,18 @@ def test_thousands_of_inputs_stream_through_stsg_and_qra(ray_session, tmp_path, 
     leaked = {k for _, rows in driver_rows for r in rows for k in r} & CORPUS_COLUMNS
     bound = ERROR_EXAMPLES + 2 * EXAMPLES + 50
     assert total <= bound < n / 5 and worst[0] <= 200 and not leaked, (total, bound, worst, leaked)
+
+
+@pytest.mark.ray
+def test_a_listing_keeps_its_own_blocks(ray_session, tmp_path):
+    """1,500 manifest lines arrive in the listing's blocks of LISTING_BLOCK_ROWS (2), not split into Ray Data's
+    default 200 read blocks: every block is a map task of the id assignment's shuffle."""
+    from step_ray.pipeline.dataflow import LISTING_BLOCK_ROWS, InputListing, read_listing
+    from step_ray.pipeline.qra_run import NO_PREVIOUS
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"uri": f"v{i}.mp4", "video_id": f"v{i:05d}"}) + "\n"
+                                for i in range(1500)))
+    ds = read_listing(InputListing([str(manifest)], (".mp4",), manifests=True, previous_type=NO_PREVIOUS))
+    blocks = ds.materialize()
+    assert blocks.count() == 1500 and blocks.num_blocks() == -(-1500 // LISTING_BLOCK_ROWS)

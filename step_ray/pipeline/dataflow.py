@@ -212,6 +212,18 @@ class InputListing:
         return ListInputs()
 
 
+def read_listing(listing: InputListing) -> Any:
+    """``listing`` as a lazy Ray Dataset in the listing's own blocks (:data:`LISTING_BLOCK_ROWS` rows each).
+
+    ``override_num_blocks`` is the number of read tasks (one per argument), so Ray Data does not split the read
+    into ``read_op_min_num_blocks`` (200) blocks: the id assignment's sort shuffle runs a map task per block,
+    and 300 inputs split 200 ways took 149 s to get their ids on 2 slow cores, in 400 tasks of a few rows."""
+    import ray.data
+
+    return ray.data.read_datasource(listing.datasource(), num_cpus=TASK_CPUS,
+                                    override_num_blocks=max(1, len(listing.items)))
+
+
 def parquet_blocks(path: str, rows: int, transform: Optional[Callable[[pa.Table, int], pa.Table]] = None,
                    index: int = 0) -> Iterator[pa.Table]:
     """The rows of one Parquet file in blocks of at most ``rows`` (``transform(table, index)`` applied first)."""
@@ -441,10 +453,10 @@ class RayFlow:
 
         if not scratch:
             raise ValueError("RayFlow.inputs needs a scratch folder for the listed inputs")
-        ds = ray.data.read_datasource(listing.datasource(), num_cpus=TASK_CPUS)
+        ds = read_listing(listing)
         if previous is not None and previous.files:
             prev = ray.data.read_parquet(list(previous.files), file_extensions=["parquet"],
-                                         num_cpus=TASK_CPUS)
+                                         num_cpus=TASK_CPUS, override_num_blocks=len(previous.files))
             names = [previous.row_type.field(i).name for i in range(previous.row_type.num_fields)]
             prev = prev.map_batches(_previous_table, fn_args=(names, previous.row_type), batch_format="pyarrow",
                                     num_cpus=TASK_CPUS)
@@ -483,7 +495,7 @@ class RayFlow:
         if not files:
             return []
         ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"],
-                                   num_cpus=TASK_CPUS)
+                                   num_cpus=TASK_CPUS, override_num_blocks=len(files))  # see read_listing
         aggs = [Count(alias_name="n")] + [Sum(c, alias_name=c) for c in sums]
         return _aggregated(_shuffled_by(ds, small=True).groupby(list(keys), num_partitions=1).aggregate(*aggs))
 
@@ -493,7 +505,8 @@ class RayFlow:
 
         if not files:
             return []
-        ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
+        ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS,
+                                   override_num_blocks=len(files))
         if filter is not None:
             ds = ds.map_batches(lambda t: t.filter(filter), batch_format="pyarrow", num_cpus=TASK_CPUS)
         return _shuffled_by(ds.select_columns(list(columns)), small=True).sort(order_by).take(limit)
@@ -517,7 +530,8 @@ class RayFlow:
 
         if not files:
             return []
-        ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS)
+        ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS,
+                                   override_num_blocks=len(files))
         ds = ds.map_batches(lambda t: t.append_column("_group", key(t)), batch_format="pyarrow", num_cpus=TASK_CPUS)
         ds = _shuffled_by(ds, small=_parquet_bytes(files) < SMALL_SHUFFLE_BYTES)
         groups = ds.groupby("_group", num_partitions=self.partitions).map_groups(
