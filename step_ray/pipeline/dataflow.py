@@ -213,7 +213,8 @@ class InputListing:
 
 
 def read_listing(listing: InputListing) -> Any:
-    """``listing`` as a lazy Ray Dataset in the listing's own blocks (:data:`LISTING_BLOCK_ROWS` rows each).
+    """``listing`` as a lazy Ray Dataset of one read task per argument, each in at most its own blocks of
+    :data:`LISTING_BLOCK_ROWS` rows (Ray Data may merge them up to its target block size).
 
     ``override_num_blocks`` is the number of read tasks (one per argument), so Ray Data does not split the read
     into ``read_op_min_num_blocks`` (200) blocks: the id assignment's sort shuffle runs a map task per block,
