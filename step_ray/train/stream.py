@@ -363,7 +363,6 @@ def encode_questions(cfg: StepRayConfig, base: Any, budget: Optional[int] = None
         if nbytes > budget:
             if executor is not None:
                 executor.shutdown(force=True)
-            del blocks
             logger.warning("train-encode: the encode cache passed %.1f MiB (train.data.cache_max_fraction of the "
                            "object store) after %d rows; dropped, every pass encodes again", budget / 2**20,
                            sequences)
