@@ -11,6 +11,9 @@ A *model source* is one of
 * a Hugging Face model folder (``config.json``), e.g. a merged export, a pretrained base, a local checkpoint;
 * a hub id (anything that is not a local folder but looks like ``org/name``), handed to ``from_pretrained``.
 
+Any of these folders may be an object-store prefix (``s3://``, ``gs://``): it is copied to a local folder first
+(:func:`local_copy`, kept by the objects' listing), in the process that resolves it.
+
 The card (:mod:`step_ray.models.card`) is looked up in the adapter or model folder, then in the run folder.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from step_ray.models.card import ModelCard, read_card
+from step_ray.utils import storage
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -52,6 +56,13 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
     """Resolve ``source`` (see the module docstring); ``base_name`` is ``cfg.model.name_or_path``."""
     if source is None or str(source) == "":
         return ResolvedModel(None, None, f"base:{base_name}", None)
+    if storage.is_remote(str(source)):
+        import dataclasses
+
+        uri = str(source).rstrip("/")
+        local = local_copy(uri)
+        resolved = resolve_model(local, base_name)
+        return dataclasses.replace(resolved, description=resolved.description.replace(local, uri))
     path = Path(source)
     if not path.is_dir():
         if "://" not in str(source) and _HUB_ID.match(str(source)) and not path.exists():
@@ -69,9 +80,27 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         if (sibling / "config.json").is_file():
             return ResolvedModel(str(sibling), str(path), f"adapter:{path}", card)
         named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if named and storage.is_remote(named) and storage.exists(storage.join(named, "config.json")):
+            return ResolvedModel(local_copy(named), str(path), f"adapter:{path}", card)
         if named and (Path(named) / "config.json").is_file():
             return ResolvedModel(str(named), str(path), f"adapter:{path}", card)
         return ResolvedModel(None, str(path), f"adapter:{path}", card)
     if (path / "config.json").is_file():
         return ResolvedModel(str(path), None, f"model:{path}", _card(path))
     raise ModelSourceError(f"{source}: neither a run output, a checkpoint, an adapter nor a model folder")
+
+
+#: Entries of a training output that are not the model: not copied with it from an object store.
+NOT_THE_MODEL = ("checkpoints", "tensorboard", "init")
+
+
+def local_copy(uri: str) -> str:
+    """A local folder holding the model folder at the object-store prefix ``uri`` (a training or pretraining
+    output, an adapter, a Hugging Face folder), cached by its listing (:func:`step_ray.utils.storage.local_dir`);
+    a training output's checkpoints and logs (and ``merged/`` beside an adapter: the same model) are left
+    out. :class:`ModelSourceError` when nothing is there."""
+    names = storage.list_dir(uri)
+    if not names:
+        raise ModelSourceError(f"no model folder at {uri}")
+    skip = NOT_THE_MODEL + (("merged",) if "adapter" in names else ())
+    return storage.local_dir(uri, skip)
