@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="synth (unless --input is given) -> stsg -> qra -> eval base -> train -> eval "
                                    "trained -> report.md. Finished steps are skipped on a re-run.")
     p.add_argument("--input", nargs="+", metavar="PATH", help="videos (default: a synthetic corpus per synth.*)")
-    p.add_argument("--output", metavar="DIR", help="run directory, a folder or s3:// gs:// URI (default: run.output_dir)")
+    p.add_argument("--output", metavar="DIR",
+                   help="run directory, a folder or s3:// gs:// URI (default: run.output_dir)")
     _common(p, ray=True)
 
     p = sub.add_parser("stsg-eval", formatter_class=fmt, epilog=EPILOG,

@@ -350,7 +350,7 @@ def test_ablate_and_its_pretrained_base_on_s3(s3_server, tmp_path):
         assert read_json(f"abl/run/{run}/eval/trained.json")["model"] == f"model:s3://abl/run/{run}/train/model"
 
         out = ablate()  # the base found in the bucket, every stage done
-        assert "base model reused: s3://abl/base/train/model" in out and f"train {run}: done before, skipped" in out
+        assert "base model reused: s3://abl/base/train/model" in out and "train lam0_multitask_seed0: done before, skipped" in out
 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
         assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))

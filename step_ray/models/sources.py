@@ -70,8 +70,10 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         raise ModelSourceError(f"no model folder at {source}")
     if (path / "adapter" / "adapter_config.json").is_file():
         base = path / "base"
-        return ResolvedModel(str(base) if (base / "config.json").is_file() else None, str(path / "adapter"),
-                             f"adapter:{path}", _card(path / "adapter", path))
+        # No base/ when the base was on an object store (a self-training round's merged model): the adapter
+        # names it there.
+        found = str(base) if (base / "config.json").is_file() else _remote_base(path / "adapter")
+        return ResolvedModel(found, str(path / "adapter"), f"adapter:{path}", _card(path / "adapter", path))
     if (path / "model" / "config.json").is_file():
         return ResolvedModel(str(path / "model"), None, f"model:{path / 'model'}", _card(path / "model", path))
     if (path / "adapter_config.json").is_file():
@@ -80,14 +82,23 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         if (sibling / "config.json").is_file():
             return ResolvedModel(str(sibling), str(path), f"adapter:{path}", card)
         named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if named and storage.is_remote(named) and storage.exists(storage.join(named, "config.json")):
-            return ResolvedModel(local_copy(named), str(path), f"adapter:{path}", card)
+        remote = _remote_base(path)
+        if remote is not None:
+            return ResolvedModel(remote, str(path), f"adapter:{path}", card)
         if named and (Path(named) / "config.json").is_file():
             return ResolvedModel(str(named), str(path), f"adapter:{path}", card)
         return ResolvedModel(None, str(path), f"adapter:{path}", card)
     if (path / "config.json").is_file():
         return ResolvedModel(str(path), None, f"model:{path}", _card(path))
     raise ModelSourceError(f"{source}: neither a run output, a checkpoint, an adapter nor a model folder")
+
+
+def _remote_base(adapter: Path) -> Optional[str]:
+    """The local copy of the base an adapter names when that is a model folder on an object store, else None."""
+    named = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if named and storage.is_remote(named) and storage.exists(storage.join(named, "config.json")):
+        return local_copy(named)
+    return None
 
 
 #: Entries of a training output that are not the model: not copied with it from an object store.
