@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write N synthetic videos (shapes that move, collide, enter, leave, occlude, with "
                                    "scene cuts) to OUT/videos and their ground-truth scene graphs to OUT/gt. "
                                    "Deterministic by seed; re-running skips finished videos.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     p.add_argument("--videos", type=int, help="number of videos (synth.videos)")
     p.add_argument("--seed", type=int, help="seed (synth.seed)")
     _common(p)
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/filter.json (flagged samples are dropped when "
                                    "qra.filter.action=drop). Runs on the qra.filter.pool actors.")
     p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     p.add_argument("--model", metavar="DIR", help="model to ask (default: qra.filter.model, else the base model)")
     _common(p, ray=True)
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(train.max_failures). The adapter is exported to DIR/adapter (DIR/model "
                                    "without LoRA). configs/train_*.yaml and configs/gpu_*.yaml are examples.")
     p.add_argument("--input", required=True, metavar="PATH", help="a qra output folder (its parts) or a Parquet file")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     p.add_argument("--init", metavar="MODEL", help="start from this model (train.init): a training or pretraining "
                                                    "output, an adapter (merged into its base first), a HF folder")
     p.add_argument("--merged", action="store_true", help="also export base + adapter merged into DIR/merged")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out accuracy, with black frames beside it, is in DIR/pretrain.json. "
                                    "A finished DIR with the same settings is reused. On GPUs, skip this and point "
                                    "model.name_or_path at a real checkpoint.")
-    p.add_argument("--output", metavar="DIR", help="output folder (default: pretrain.output, else step-ray's cache)")
+    p.add_argument("--output", metavar="DIR", help="output folder or s3:// gs:// URI (default: pretrain.output, else "
+                                                  "step-ray's cache)")
     _common(p, ray=True)
 
     p = sub.add_parser("ablate", formatter_class=fmt, epilog=EPILOG,
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with 95% intervals and under the vision controls (eval.vision_controls), and "
                                    "write OUT/ablation.json, ablation.md, ablation.html. Finished runs are skipped "
                                    "on a re-run. configs/step_miniature.yaml is the STEP-in-miniature experiment.")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder or s3:// gs:// URI")
     p.add_argument("--input", nargs="+", metavar="PATH", help="videos (default: a synthetic corpus per synth.*)")
     _common(p, ray=True)
 
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="synth (unless --input is given) -> stsg -> qra -> eval base -> train -> eval "
                                    "trained -> report.md. Finished steps are skipped on a re-run.")
     p.add_argument("--input", nargs="+", metavar="PATH", help="videos (default: a synthetic corpus per synth.*)")
-    p.add_argument("--output", metavar="DIR", help="run directory (default: run.output_dir)")
+    p.add_argument("--output", metavar="DIR",
+                   help="run directory, a folder or s3:// gs:// URI (default: run.output_dir)")
     _common(p, ray=True)
 
     p = sub.add_parser("stsg-eval", formatter_class=fmt, epilog=EPILOG,
@@ -290,8 +292,6 @@ def output_of(args: argparse.Namespace) -> str | None:
     return getattr(args, "output", None)
 
 
-#: Commands whose outputs are written through the local file system (a local or shared folder, no s3://).
-LOCAL_OUTPUTS = ("synth", "pretrain", "ablate", "self-train")
 #: Commands that fine-tune (Ray Train), so log to the configured trackers.
 TRAINING_COMMANDS = ("train", "pretrain", "ablate", "self-train")
 
@@ -335,7 +335,7 @@ def run(argv: list[str] | None = None) -> int:
         out, flag = cfg.run.output_dir, "run.output_dir"
     if out is not None:
         # Before any work: a bad --output must not fail after hours of it.
-        steps.check_output(out, flag, local_only=args.command in LOCAL_OUTPUTS)
+        steps.check_output(out, flag)
     if args.command in TRAINING_COMMANDS:
         from step_ray.train.tracking import check_tracking
 
@@ -459,6 +459,8 @@ _INTERRUPT_NOTE = ["finished outputs are kept and a re-run resumes"]
 
 
 def interrupt_note(command: str, out: str | None) -> str:
+    from step_ray.utils.storage import is_remote
+
     where = out or "the output folder"
     return {
         "stsg": f"finished graphs in {where} are kept; a re-run skips them",
@@ -466,7 +468,9 @@ def interrupt_note(command: str, out: str | None) -> str:
                  f"latest one",
         "self-train": f"finished steps in {where} are kept; a re-run skips them and resumes training from its "
                       f"latest checkpoint",
-        "synth": f"finished videos in {where} are kept; a re-run skips them",
+        "synth": (f"nothing was uploaded to {where} (a corpus is uploaded when complete); re-run the command"
+                  if out and is_remote(out) else
+                  f"finished videos in {where} are kept; a re-run skips them"),
     }.get(command, f"nothing partial is left in {where}; re-run the command")
 
 

@@ -50,7 +50,7 @@ class RunConfig:
     """Where a run writes and how it is seeded."""
 
     output_dir: str = _f("runs/demo", "Run directory: round_<r>/ (stsg/, qra/, train/, eval/), report.md and "
-                                      "report.html go here.")
+                                      "report.html go here. A local or shared folder, or s3:// / gs://.")
     seed: int = _f(0, "Global seed for sampling, splits, training and evaluation.")
     rounds: int = _f(1, "Self-training rounds: round r+1 mines its QRA with the model of round r (its semantics "
                         "parsing when semantics.enabled, its self-consistency filter when qra.filter.enabled) and "
@@ -663,8 +663,9 @@ class PretrainConfig:
     real checkpoint (Qwen2.5-VL or the like)."""
 
     enabled: bool = _f(False, "self-train: pretrain (or reuse) this base first and fine-tune it instead of model.")
-    output: Optional[str] = _f(None, "Where the base is kept; null: step-ray's cache, keyed by every setting that "
-                                     "shapes it (a second run with the same settings reuses it).")
+    output: Optional[str] = _f(None, "Where the base is kept (a folder, or s3:// / gs://); null: step-ray's cache, "
+                                     "keyed by every setting that shapes it (a second run with the same settings "
+                                     "reuses it).")
     videos: int = _f(2000, "Videos of the perception corpus (synthetic, ground-truth graphs).")
     seed: int = _f(1000, "World seed of the perception corpus (keep it apart from synth.seed: other videos).")
     samples_per_video: int = _f(4, "Questions per video.")

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,62 @@ def test_model_sources(tiny_dir, tmp_path):
     assert resolve_model("Qwen/Qwen2.5-VL-7B-Instruct").description.startswith("hub:")
     with pytest.raises(ModelSourceError):
         resolve_model(str(tmp_path / "nothing"))
+
+
+def test_model_sources_on_an_object_store(s3_server, tiny_dir, tmp_path, monkeypatch):
+    """A model folder, a training output and an adapter naming an object-store base, all under s3:// (moto): each
+    resolves to a local copy under $TMPDIR/step-ray-remote/ (a training output's checkpoints left out, reused
+    while the objects stay the same, a new copy once they change), with descriptions naming the bucket; the
+    base of a config, its family and shape, and a train.init are read there too."""
+    import pyarrow.fs as pafs
+
+    from step_ray.models.families import checkpoint_model_type
+    from step_ray.models.loading import resolve_base
+    from step_ray.pipeline.steps import with_init
+    from step_ray.utils import storage
+    from step_ray.utils.memory import model_shape
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read $TMPDIR
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("models")
+    storage.upload_dir(tiny_dir, "s3://models/merged")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "s3://models/merged"}))
+    write_card(run / "adapter", ModelCard(loss_format="joint"))
+    (run / "checkpoints" / "c1").mkdir(parents=True)
+    (run / "checkpoints" / "c1" / "state.json").write_text("{}")
+    storage.upload_dir(run, "s3://models/run")
+
+    merged = resolve_model("s3://models/merged/")
+    assert merged.description == "model:s3://models/merged" and merged.adapter is None
+    assert merged.base.startswith(str(tmp_path / "tmp" / "step-ray-remote")) and (Path(merged.base) / "config.json").is_file()
+    assert resolve_model("s3://models/merged").base == merged.base  # the same objects: the same copy
+    trained = resolve_model("s3://models/run")
+    assert trained.description == "adapter:s3://models/run" and trained.card.loss_format == "joint"
+    assert trained.base == merged.base  # the adapter's base, named in the bucket
+    assert not (Path(trained.adapter).parent / "checkpoints").exists()
+    assert resolve_model("s3://models/run/adapter").base == merged.base
+    with pytest.raises(ModelSourceError, match="no model folder at s3://models/nothing"):
+        resolve_model("s3://models/nothing")
+
+    cfg = load_config(None, ["model.name_or_path=s3://models/merged"])
+    assert resolve_base(cfg.model) == merged.base
+    assert checkpoint_model_type("s3://models/merged") == json.loads((tiny_dir / "config.json").read_text())["model_type"]
+    assert model_shape("s3://models/merged") == model_shape(str(tiny_dir))
+    # train.init on an object store stays named there (every worker copies it), also into a bucket's output.
+    init = load_config(None, ["train.init=s3://models/merged"])
+    assert with_init(init, "s3://models/out").model.name_or_path == "s3://models/merged"
+
+    with fs.open_output_stream("models/merged/extra.txt") as f:
+        f.write(b"changed")
+    changed = resolve_model("s3://models/merged").base
+    assert changed != merged.base and (Path(changed) / "extra.txt").read_text() == "changed"
 
 
 def test_merged_export_carries_the_card(tiny_dir, tmp_path):

@@ -214,3 +214,145 @@ def test_train_output_on_s3_writes_checkpoints_exports_and_resumes_from_the_buck
         assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))  # (the MLflow store is there)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+SELF_TRAIN_TINY = ["synth.videos=8", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2", "train.batch_size=2",
+                   "train.checkpoint_every=2", "train.log_every=1", "train.num_workers=1", "train.progress=false",
+                   "train.lora.enabled=true", "model.frames=2", "eval.batch_size=8", "ray.num_cpus=2",
+                   "pretrain.enabled=false"]
+
+
+@pytest.mark.own_ray
+def test_self_train_run_dir_on_s3_lands_in_the_bucket_and_resumes_from_it(s3_server, tmp_path):
+    """`step-ray self-train run.output_dir=s3://bucket/run` (one round, its own embedded Ray, the moto server's
+    endpoint from the environment): the corpus, the round's graphs, QRA parts, checkpoints and exports, the
+    evaluations, the report with its plots and the summary are objects in the bucket, and nothing is written to
+    the working directory (only under $TMPDIR and the cache). A re-run finds every stage done in the bucket and
+    trains nothing."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("selftrain")
+    ray_tmp = Path("/tmp") / f"srst{os.getpid()}"  # Ray's socket paths must stay short
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), "TMPDIR": str(tmp_path / "tmp"),
+           "STEP_RAY_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["self-train", "--config", str(ROOT / "configs" / "demo.yaml"), "run.output_dir=s3://selftrain/run",
+            *SELF_TRAIN_TINY]
+
+    def self_train() -> tuple[dict, str]:
+        proc = subprocess.run([sys.executable, "-m", "step_ray.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+        with fs.open_input_stream("selftrain/run/summary.json") as f:
+            return json.loads(f.read()), proc.stdout
+
+    def read(key: str) -> bytes:
+        with fs.open_input_stream(f"selftrain/run/{key}") as f:
+            return f.read()
+
+    try:
+        started = time.perf_counter()
+        summary, _ = self_train()
+        print(f"s3 self-train: first run {time.perf_counter() - started:.0f} s")
+        files = set(_bucket_files(fs, "selftrain/run"))
+        expected = {"config.yaml", "summary.json", "report.md", "report.html", "plots/accuracy_by_steps.png",
+                    "plots/loss.png", "corpus/stage.json", "corpus/manifest.json", "corpus/videos/synth_0000.mp4",
+                    "corpus/gt/synth_0000.stsg.json", "round_1/stsg/stage.json", "round_1/stsg/summary.json",
+                    "round_1/stsg/synth_0000.stsg.json", "round_1/qra/stage.json", "round_1/qra/stats.json",
+                    "round_1/qra/card.md", "round_1/qra/part-00000.parquet", "round_1/train/stage.json",
+                    "round_1/train/train_summary.json", "round_1/train/adapter/adapter_model.safetensors",
+                    "round_1/train/base/config.json", "round_1/eval/base.json", "round_1/eval/base_blank.json",
+                    "round_1/eval/trained.json", "round_1/eval/trained_blank.json",
+                    "round_1/eval/trained_train_split.json", "round_1/eval/train_split/stage.json"}
+        assert expected <= files, sorted(expected - files)
+        assert [f for f in files if f.startswith("round_1/stsg/results/")]
+        assert [f for f in files if f.startswith("round_1/train/checkpoints/step-ray-train/checkpoint_")]
+        (r1,) = summary["rounds"]
+        assert summary["run_dir"] == "s3://selftrain/run" and r1["dir"] == "s3://selftrain/run/round_1"
+        assert r1["stsg"]["ok"] == 8 and r1["qra"]["samples"] > 0 and r1["train"]["steps"] == 2
+        assert r1["train"]["adapter_dir"] == "s3://selftrain/run/round_1/train/adapter"
+        trained = json.loads(read("round_1/eval/trained.json"))
+        assert trained["n"] == r1["eval_base"]["base"]["n"] > 0 and trained["model"].startswith(
+            "adapter:s3://selftrain/run/round_1/train")
+        assert json.loads(read("round_1/eval/trained_blank.json"))["vision"] == "blank"
+        report = read("report.md").decode()
+        assert "Run directory: `s3://selftrain/run`" in report and "| model 1 |" in report
+        assert "data:image/png;base64," in read("report.html").decode()
+        assert len(read("plots/accuracy_by_steps.png")) > 1000
+        assert {"round 1: stsg", "round 1: qra", "round 1: train"} <= set(summary["seconds"])
+
+        # A re-run reads every stage's record back from the bucket: nothing is mined, trained or scored again.
+        again, out = self_train()
+        assert "round 1: train: done before, skipped" in out and "synth: done before, skipped" in out
+        assert not again["seconds"], again["seconds"]
+
+        # Nothing on the local disk but temporary files and the cache: no "s3:" folder, no run directory, no
+        # staging folder left behind.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
+        assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.own_ray
+def test_ablate_and_its_pretrained_base_on_s3(s3_server, tmp_path):
+    """`step-ray ablate --output s3://...` with `pretrain.output=s3://...` (one run of the grid, tiny sizes):
+    the base is pretrained into the bucket and every later step loads it from there (copied to $TMPDIR); the
+    mining, the run, its evaluations and the ablation report are objects in the bucket, nothing is written to
+    the working directory; a re-run finds the base and every stage done."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("abl")
+    ray_tmp = Path("/tmp") / f"srab{os.getpid()}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp), "TMPDIR": str(tmp_path / "tmp"),
+           "STEP_RAY_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["ablate", "--config", str(ROOT / "configs" / "step_miniature.yaml"), "--output", "s3://abl/run",
+            "pretrain.output=s3://abl/base", "synth.videos=8", "qra.samples_per_video=6", "train.steps=2",
+            "train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2", "train.num_workers=1",
+            "train.progress=false", "pretrain.videos=6", "pretrain.steps=2", "pretrain.batch_size=2",
+            "pretrain.samples_per_video=2", "pretrain.test_fraction=0.5", "ablation.rationale_weights=[0]",
+            "ablation.seeds=[0]", "eval.batch_size=8", "ray.num_cpus=2"]
+
+    def ablate() -> str:
+        proc = subprocess.run([sys.executable, "-m", "step_ray.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+        return proc.stdout
+
+    def read_json(key: str) -> dict:
+        with fs.open_input_stream(key) as f:
+            return json.loads(f.read())
+
+    try:
+        started = time.perf_counter()
+        ablate()
+        print(f"s3 ablate: first run {time.perf_counter() - started:.0f} s")
+        base_files = set(_bucket_files(fs, "abl/base"))
+        assert {"pretrain.json", "train/model/config.json", "train/model/model.safetensors", "qra/stats.json",
+                "eval/held_out.json", "corpus/gt/synth_0000.stsg.json"} <= base_files, sorted(base_files)
+        pre = read_json("abl/base/pretrain.json")
+        assert pre["model_dir"] == "s3://abl/base/train/model" and pre["train_steps"] == 2
+        assert read_json("abl/run/base.json")["model"] == "s3://abl/base/train/model"
+        files = set(_bucket_files(fs, "abl/run"))
+        run = "runs/lam0_multitask_seed0"
+        assert {"config.yaml", "ablation.json", "ablation.md", "ablation.html", "plots/ablation.png",
+                "corpus/stage.json", "stsg/stage.json", "qra/stage.json", "eval/base.json", "eval/base_blank.json",
+                f"{run}/train/stage.json", f"{run}/train/model/config.json", f"{run}/eval/trained.json",
+                f"{run}/eval/trained_blank.json"} <= files, sorted(files)
+        stored = read_json("abl/run/ablation.json")
+        assert [e["name"] for e in stored["entries"]] == ["lam0_multitask_seed0"]
+        assert stored["entries"][0]["eval"]["n"] == stored["base"]["n"] > 0
+        assert read_json(f"abl/run/{run}/eval/trained.json")["model"] == f"model:s3://abl/run/{run}/train/model"
+
+        out = ablate()  # the base found in the bucket, every stage done
+        assert "base model reused: s3://abl/base/train/model" in out and "train lam0_multitask_seed0: done before, skipped" in out
+
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
+        assert not list((tmp_path / "tmp").glob("step-ray-stage-*"))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -214,7 +214,7 @@ def keyframe_strip(row: dict, model_cfg: Any) -> Optional[str]:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def examples(qra_dir: Optional[Path], result: Optional[dict], model_cfg: Any, per_bucket: int = 2) -> list[dict]:
+def examples(qra_dir: Optional[str | Path], result: Optional[dict], model_cfg: Any, per_bucket: int = 2) -> list[dict]:
     """A few held-out questions per steps bucket, right and wrong, with rationale, answer and prediction."""
     if qra_dir is None or not result or not result.get("predictions"):
         return []
@@ -248,8 +248,12 @@ def _controls(evals: Optional[dict], name: str) -> list[tuple[str, dict]]:
             and k[len(name) + 1:] in CONTROL_NAMES]
 
 
-def write_report(run: Path, summary: dict, model_cfg: Any = None) -> Path:
-    """``report.md`` and ``report.html`` of a self-train run (see the module docstring)."""
+def write_report(run: Path, summary: dict, model_cfg: Any = None, name: Optional[str] = None) -> Path:
+    """``report.md``, ``report.html`` and ``plots/`` of a self-train run (see the module docstring) in the local
+    folder ``run``; ``name``: the run directory the report names (default ``run``; e.g. the object-store
+    prefix ``run`` is staged for)."""
+    run = Path(run)
+    name = name or str(run)
     rounds = _rounds(summary)
     first = rounds[0]
     base_evals = first.get("eval_base") or {}
@@ -312,7 +316,7 @@ def write_report(run: Path, summary: dict, model_cfg: Any = None) -> Path:
     times = summary.get("seconds", {})
     acc_rows = accuracy_rows(entries, reference=base)
 
-    md = ["# step-ray self-training report", "", f"Run directory: `{run}`", "", f"**{headline}**", "",
+    md = ["# step-ray self-training report", "", f"Run directory: `{name}`", "", f"**{headline}**", "",
           "## Accuracy by number of reasoning steps (held-out videos, 95% intervals)", "",
           *markdown_table(ACC_HEADER, acc_rows), "",
           f"Chance is {pct(chance(base) if base else None)}. Changes are paired differences on the same questions; "
@@ -328,8 +332,8 @@ def write_report(run: Path, summary: dict, model_cfg: Any = None) -> Path:
     (run / "report.md").write_text("\n".join(md))
 
     qra_file = (first.get("qra") or {}).get("output")
-    ex = examples(Path(qra_file) if qra_file else None, trained, model_cfg) if model_cfg is not None else []
-    parts = [f"<h1>step-ray self-training report</h1><p class='run'>{html.escape(str(run))}</p>",
+    ex = examples(str(qra_file) if qra_file else None, trained, model_cfg) if model_cfg is not None else []
+    parts = [f"<h1>step-ray self-training report</h1><p class='run'>{html.escape(name)}</p>",
              f"<p class='headline'>{html.escape(headline)}</p>",
              "<h2>Accuracy by number of reasoning steps</h2><p>Held-out videos; 95% Wilson intervals; changes are "
              "paired differences on the same questions ('within noise': the interval holds zero).</p>",
@@ -417,4 +421,6 @@ def print_console_summary(summary: dict) -> None:
     for c, r in _controls(last, "trained"):
         print(f"control    {CONTROL_NAMES[c]}: {vision_verdict(last.get('trained'), r)}")
     print("seconds    " + ", ".join(f"{k} {v}" for k, v in summary.get("seconds", {}).items()))
-    print(f"report     {Path(summary['run_dir']) / 'report.md'} and report.html")
+    from step_ray.utils import storage
+
+    print(f"report     {storage.join(str(summary['run_dir']), 'report.md')} and report.html")

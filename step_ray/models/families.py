@@ -71,6 +71,10 @@ FAMILIES: dict[str, Family] = {
 def checkpoint_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
     """``model_type`` of a local checkpoint's config.json, or of a hub id through ``AutoConfig`` (cache only
     when offline)."""
+    from step_ray.utils import storage
+
+    if storage.is_remote(name_or_path):
+        return str(json.loads(storage.read_text(storage.join(name_or_path, "config.json"))).get("model_type", ""))
     config_file = Path(name_or_path) / "config.json"
     if config_file.is_file():
         return str(json.loads(config_file.read_text()).get("model_type", ""))

@@ -85,6 +85,12 @@ def resolve_base(model_cfg: ModelConfig, seed: int = 0) -> str:
     """What ``from_pretrained`` loads for this config: the saved tiny directory, or ``name_or_path``."""
     if model_cfg.name_or_path == TINY:
         return str(ensure_tiny(model_cfg, seed))
+    from step_ray.utils import storage
+
+    if storage.is_remote(model_cfg.name_or_path):  # a model folder on an object store: its local copy
+        from step_ray.models.sources import local_copy
+
+        return local_copy(model_cfg.name_or_path)
     return model_cfg.name_or_path
 
 

@@ -11,6 +11,9 @@ A *model source* is one of
 * a Hugging Face model folder (``config.json``), e.g. a merged export, a pretrained base, a local checkpoint;
 * a hub id (anything that is not a local folder but looks like ``org/name``), handed to ``from_pretrained``.
 
+Any of these folders may be an object-store prefix (``s3://``, ``gs://``): it is copied to a local folder first
+(:func:`local_copy`, kept by the objects' listing), in the process that resolves it.
+
 The card (:mod:`step_ray.models.card`) is looked up in the adapter or model folder, then in the run folder.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from step_ray.models.card import ModelCard, read_card
+from step_ray.utils import storage
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -52,6 +56,13 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
     """Resolve ``source`` (see the module docstring); ``base_name`` is ``cfg.model.name_or_path``."""
     if source is None or str(source) == "":
         return ResolvedModel(None, None, f"base:{base_name}", None)
+    if storage.is_remote(str(source)):
+        import dataclasses
+
+        uri = str(source).rstrip("/")
+        local = local_copy(uri)
+        resolved = resolve_model(local, base_name)
+        return dataclasses.replace(resolved, description=resolved.description.replace(local, uri))
     path = Path(source)
     if not path.is_dir():
         if "://" not in str(source) and _HUB_ID.match(str(source)) and not path.exists():
@@ -59,8 +70,10 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         raise ModelSourceError(f"no model folder at {source}")
     if (path / "adapter" / "adapter_config.json").is_file():
         base = path / "base"
-        return ResolvedModel(str(base) if (base / "config.json").is_file() else None, str(path / "adapter"),
-                             f"adapter:{path}", _card(path / "adapter", path))
+        # No base/ when the base was on an object store (a self-training round's merged model): the adapter
+        # names it there.
+        found = str(base) if (base / "config.json").is_file() else _remote_base(path / "adapter")
+        return ResolvedModel(found, str(path / "adapter"), f"adapter:{path}", _card(path / "adapter", path))
     if (path / "model" / "config.json").is_file():
         return ResolvedModel(str(path / "model"), None, f"model:{path / 'model'}", _card(path / "model", path))
     if (path / "adapter_config.json").is_file():
@@ -69,9 +82,36 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         if (sibling / "config.json").is_file():
             return ResolvedModel(str(sibling), str(path), f"adapter:{path}", card)
         named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        remote = _remote_base(path)
+        if remote is not None:
+            return ResolvedModel(remote, str(path), f"adapter:{path}", card)
         if named and (Path(named) / "config.json").is_file():
             return ResolvedModel(str(named), str(path), f"adapter:{path}", card)
         return ResolvedModel(None, str(path), f"adapter:{path}", card)
     if (path / "config.json").is_file():
         return ResolvedModel(str(path), None, f"model:{path}", _card(path))
     raise ModelSourceError(f"{source}: neither a run output, a checkpoint, an adapter nor a model folder")
+
+
+def _remote_base(adapter: Path) -> Optional[str]:
+    """The local copy of the base an adapter names when that is a model folder on an object store, else None."""
+    named = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if named and storage.is_remote(named) and storage.exists(storage.join(named, "config.json")):
+        return local_copy(named)
+    return None
+
+
+#: Entries of a training output that are not the model: not copied with it from an object store.
+NOT_THE_MODEL = ("checkpoints", "tensorboard", "init")
+
+
+def local_copy(uri: str) -> str:
+    """A local folder holding the model folder at the object-store prefix ``uri`` (a training or pretraining
+    output, an adapter, a Hugging Face folder), cached by its listing (:func:`step_ray.utils.storage.local_dir`);
+    a training output's checkpoints and logs (and ``merged/`` beside an adapter: the same model) are left
+    out. :class:`ModelSourceError` when nothing is there."""
+    names = storage.list_dir(uri)
+    if not names:
+        raise ModelSourceError(f"no model folder at {uri}")
+    skip = NOT_THE_MODEL + (("merged",) if "adapter" in names else ())
+    return storage.local_dir(uri, skip)

@@ -12,7 +12,9 @@ perception questions of a synthetic corpus of its own, through the same pipeline
 Outputs under the pretrain folder: ``corpus/``, ``qra/``, ``train/`` (checkpoints, and ``train/model/``: the
 base), ``eval/`` (``held_out.json``, ``held_out_blank.json``) and ``pretrain.json`` (the summary; its presence with the same
 settings key means done). With ``pretrain.output`` null the folder is in step-ray's cache, keyed by every
-setting that shapes the base, so later runs (the demo's second run, the ablation's seeds) reuse it.
+setting that shapes the base, so later runs (the demo's second run, the ablation's seeds) reuse it. The folder
+may be an object-store prefix (``pretrain.output`` or ``--output`` ``s3://...``): everything is written there,
+and whoever loads the base copies ``train/model/`` to its ``$TMPDIR``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from step_ray.config import FamilyWeights, StepRayConfig, to_dict
+from step_ray.utils import storage
 
 SUMMARY = "pretrain.json"
-MODEL_DIR = Path("train") / "model"  # where the trainer exports a full fine-tune
+MODEL_DIR = "train/model"  # where the trainer exports a full fine-tune
+
+
+def _join(folder: str, name: str) -> str:
+    return storage.join(folder, name)
 
 
 def pretrain_config(cfg: StepRayConfig) -> StepRayConfig:
@@ -69,23 +76,31 @@ def pretrain_key(cfg: StepRayConfig) -> str:
     return hashlib.sha256(json.dumps(derived, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def pretrain_dir(cfg: StepRayConfig) -> Path:
-    """Where the base of ``cfg`` is (or will be) kept."""
+def _folder(out: str | Path) -> str:
+    """An output folder as a string: an object-store URI as is (no trailing slash), a local path."""
+    return str(out).rstrip("/") if storage.is_remote(str(out)) else str(Path(out))
+
+
+def pretrain_dir(cfg: StepRayConfig) -> str:
+    """Where the base of ``cfg`` is (or will be) kept: a local folder or an object-store URI."""
     if cfg.pretrain.output:
-        return Path(cfg.pretrain.output)
+        return _folder(cfg.pretrain.output)
     from step_ray.utils.env import cache_dir
 
-    return cache_dir() / "pretrained" / f"base-{pretrain_key(cfg)}"
+    return str(cache_dir() / "pretrained" / f"base-{pretrain_key(cfg)}")
 
 
-def finished(out: Path, key: str) -> Optional[dict[str, Any]]:
+def finished(out: str | Path, key: str) -> Optional[dict[str, Any]]:
     """The summary of a finished pretraining in ``out`` with settings ``key``, else None."""
-    path, model_dir = out / SUMMARY, out / MODEL_DIR
-    if not path.is_file() or not (model_dir / "config.json").is_file():
+    out = _folder(out)
+    path, model_dir = _join(out, SUMMARY), _join(out, MODEL_DIR)
+    if not storage.exists(path) or not storage.exists(_join(model_dir, "config.json")):
         return None
-    summary = json.loads(path.read_text())
+    summary = json.loads(storage.read_text(path))
     # The folder may have moved since (a copied cache): the model is where the folder is now.
-    return {**summary, "model_dir": str(model_dir.resolve())} if summary.get("key") == key else None
+    if not storage.is_remote(model_dir):
+        model_dir = str(Path(model_dir).resolve())
+    return {**summary, "model_dir": model_dir} if summary.get("key") == key else None
 
 
 def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_ray: bool = True) -> dict[str, Any]:
@@ -93,12 +108,14 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
     from step_ray.pipeline import steps
 
     key = pretrain_key(cfg)
-    out = Path(out_dir) if out_dir is not None else pretrain_dir(cfg)
+    out = _folder(out_dir) if out_dir is not None else pretrain_dir(cfg)
     done = finished(out, key)
     if done is not None:
         return {**done, "reused": True}
     pcfg = pretrain_config(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    qra_dir = _join(out, "qra")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -108,21 +125,21 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
         seconds[name] = round(time.perf_counter() - t, 1)
         return result
 
-    synth = timed("synth", steps.synth_step, pcfg, out / "corpus")
-    qra = timed("qra", steps.qra_step, pcfg, [synth["gt_dir"]], out / "qra", use_ray=use_ray)
+    synth = timed("synth", steps.synth_step, pcfg, _join(out, "corpus"))
+    qra = timed("qra", steps.qra_step, pcfg, [synth["gt_dir"]], qra_dir, use_ray=use_ray)
     if not qra["samples"]:
-        raise RuntimeError(f"the perception corpus gave no questions; see {out / 'qra' / 'stats.json'}")
-    train = timed("train", steps.train_step, pcfg, out / "qra", out / "train", card_kind="pretrain")
-    model_dir = Path(train["model_dir"])
+        raise RuntimeError(f"the perception corpus gave no questions; see {_join(qra_dir, 'stats.json')}")
+    train = timed("train", steps.train_step, pcfg, qra_dir, _join(out, "train"), card_kind="pretrain")
+    model_dir = train["model_dir"] if storage.is_remote(train["model_dir"]) else str(Path(train["model_dir"]).resolve())
     evals = {}
-    held_out = steps.has_split(out / "qra", "test")
+    held_out = steps.has_split(qra_dir, "test")
     if held_out:  # the held-out questions and their vision controls, in one run of the eval pool
         names = {("held_out" if v == "real" else f"held_out_{v}"): v for v in ["real", *pcfg.eval.vision_controls]}
-        evals = timed("eval", steps.eval_files, pcfg, out / "qra", str(model_dir), out / "eval", names,
+        evals = timed("eval", steps.eval_files, pcfg, qra_dir, model_dir, _join(out, "eval"), names,
                       use_ray=use_ray)
     summary = {
         "key": key,
-        "model_dir": str(model_dir.resolve()),
+        "model_dir": model_dir,
         "videos": synth["videos"],
         "questions": qra["samples"],
         "by_split": qra["by_split"],
@@ -135,5 +152,5 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
         "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
         "reused": False,
     }
-    steps.write_json(out / SUMMARY, summary)
+    steps.write_json(_join(out, SUMMARY), summary)
     return summary

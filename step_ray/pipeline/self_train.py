@@ -17,6 +17,11 @@ Round r+1 repeats the mining with the model of round r where the model takes par
 filter) and reuses round r's graphs / questions where it does not (they would come out the same). Each stage
 records its summary in ``<stage>/stage.json`` when it finishes; a re-run skips finished stages and resumes at
 the first unfinished stage of the first unfinished round (training itself resumes from its last checkpoint).
+
+The run directory may be an object-store prefix (``run.output_dir=s3://bucket/runs/NAME``): every file above is
+written there (what a library writes into a local folder, the synthetic videos, the plots, a model export, goes
+through a local staging folder under ``$TMPDIR`` and is uploaded), models are read back from there (copied to
+``$TMPDIR`` by whoever loads them), and a re-run resumes from what the bucket holds.
 """
 
 from __future__ import annotations
@@ -29,13 +34,24 @@ from typing import Any, Callable, Optional
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
+from step_ray.utils import storage
 
 STAGE_FILE = "stage.json"
 
 
-def _done(folder: Path) -> Optional[dict]:
-    path = folder / STAGE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+def _join(folder: str, *names: str) -> str:
+    for name in names:
+        folder = storage.join(folder, name)
+    return folder
+
+
+def _read_json(uri: str) -> Optional[dict]:
+    """The JSON file at ``uri`` (a local path or an object-store URI), None when it is not there."""
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+
+
+def _done(folder: str) -> Optional[dict]:
+    return _read_json(_join(folder, STAGE_FILE))
 
 
 class _Runner:
@@ -44,7 +60,7 @@ class _Runner:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def stage(self, name: str, folder: Path, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
+    def stage(self, name: str, folder: str, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
         done = _done(folder)
         if done is not None:
             print(f"[step-ray] {name}: done before, skipped", flush=True)
@@ -54,8 +70,7 @@ class _Runner:
         out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - start, 1)
         print(f"[step-ray] {name} done in {self.seconds[name]:.1f} s", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        steps.write_json(folder / STAGE_FILE, _compact(out))
+        steps.write_json(_join(folder, STAGE_FILE), _compact(out))
         return out
 
 
@@ -66,7 +81,7 @@ def _compact(result: Any) -> Any:
     return result
 
 
-def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: Path, model: Optional[str], eval_dir: Path,
+def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: str, model: Optional[str], eval_dir: str,
                            name: str, label: str, use_ray: bool = True, **kwargs: Any) -> dict[str, dict]:
     """``name.json`` and, beside it, ``name_<control>.json`` for every ``eval.vision_controls``, those not
     written before scored together in one run of the ``eval.pool`` actor pool (each actor loads the model once
@@ -75,9 +90,9 @@ def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: Path, model: O
     todo: dict[str, str] = {}
     for vision in ["real", *cfg.eval.vision_controls]:
         key = name if vision == "real" else f"{name}_{vision}"
-        result_file = eval_dir / f"{key}.json"
-        if result_file.is_file():
-            out[key] = json.loads(result_file.read_text())
+        result = _read_json(_join(eval_dir, f"{key}.json"))
+        if result is not None:
+            out[key] = result
         else:
             todo[key] = vision
     if todo:
@@ -89,7 +104,7 @@ def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: Path, model: O
     return {key: out[key] for key in [name, *[f"{name}_{v}" for v in cfg.eval.vision_controls]]}
 
 
-def with_base(cfg: StepRayConfig, run: _Runner, run_dir: Path, use_ray: bool) -> tuple[StepRayConfig, Optional[dict]]:
+def with_base(cfg: StepRayConfig, run: _Runner, run_dir: str, use_ray: bool) -> tuple[StepRayConfig, Optional[dict]]:
     """With ``pretrain.enabled``: pretrain (or reuse) the base and make it ``model.name_or_path``."""
     if not cfg.pretrain.enabled:
         return cfg, None
@@ -104,30 +119,33 @@ def with_base(cfg: StepRayConfig, run: _Runner, run_dir: Path, use_ray: bool) ->
     held = (summary.get("accuracy") or {}).get("held_out") or {}
     print(f"[step-ray] base model {'reused' if summary.get('reused') else 'pretrained'}: {summary['model_dir']} "
           f"(held-out accuracy {held.get('accuracy') if held else summary.get('note')})", flush=True)
-    steps.write_json(run_dir / "pretrain.json", summary)
+    steps.write_json(_join(run_dir, "pretrain.json"), summary)
     model = dataclasses.replace(cfg.model, name_or_path=summary["model_dir"])
     return dataclasses.replace(cfg, model=model), summary
 
 
 def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
                use_ray: bool = True) -> dict:
-    run_path = Path(run_dir or cfg.run.output_dir)
-    run_path.mkdir(parents=True, exist_ok=True)
-    (run_path / "config.yaml").write_text(dump_config(cfg))
+    run_path = str(run_dir or cfg.run.output_dir)
+    run_path = run_path.rstrip("/") if storage.is_remote(run_path) else str(Path(run_path))
+    if not storage.is_remote(run_path):
+        Path(run_path).mkdir(parents=True, exist_ok=True)
+    storage.write_text(_join(run_path, "config.yaml"), dump_config(cfg))
     runner = _Runner()
-    summary: dict = {"run_dir": str(run_path), "rounds": []}
+    summary: dict = {"run_dir": run_path, "rounds": []}
 
     cfg, summary["pretrain"] = with_base(cfg, runner, run_path, use_ray)
     if not inputs:
-        summary["synth"] = runner.stage("synth", run_path / "corpus", steps.synth_step, cfg, run_path / "corpus")
+        corpus = _join(run_path, "corpus")
+        summary["synth"] = runner.stage("synth", corpus, steps.synth_step, cfg, corpus)
         inputs = [summary["synth"]["videos_dir"]]
 
     previous_model: Optional[str] = None  # model 0: the base (cfg.model)
-    graphs_dir: Optional[Path] = None
-    qra_dir: Optional[Path] = None
+    graphs_dir: Optional[str] = None
+    qra_dir: Optional[str] = None
     for r in range(1, cfg.run.rounds + 1):
-        rdir = run_path / f"round_{r}"
-        rs: dict[str, Any] = {"round": r, "dir": str(rdir), "init": previous_model or f"base:{cfg.model.name_or_path}"}
+        rdir = _join(run_path, f"round_{r}")
+        rs: dict[str, Any] = {"round": r, "dir": rdir, "init": previous_model or f"base:{cfg.model.name_or_path}"}
         # The model of the last round takes part in mining only through semantics parsing and the filter.
         mine_cfg = cfg
         if previous_model is not None and cfg.semantics.enabled:
@@ -137,44 +155,49 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
             mine_cfg = dataclasses.replace(mine_cfg, qra=dataclasses.replace(
                 cfg.qra, filter=dataclasses.replace(cfg.qra.filter, model=previous_model)))
         if graphs_dir is None or cfg.semantics.enabled:
-            rs["stsg"] = runner.stage(f"round {r}: stsg", rdir / "stsg", steps.stsg_step, mine_cfg, inputs, rdir / "stsg",
+            graphs_dir = _join(rdir, "stsg")
+            rs["stsg"] = runner.stage(f"round {r}: stsg", graphs_dir, steps.stsg_step, mine_cfg, inputs, graphs_dir,
                                       use_ray=use_ray)
-            graphs_dir = rdir / "stsg"
         else:
-            rs["stsg"] = {"reused": str(graphs_dir)}
+            rs["stsg"] = {"reused": graphs_dir}
         if qra_dir is None or cfg.semantics.enabled or cfg.qra.filter.enabled:
             # The stsg folder itself: the qra step reads the graphs of its last run from its results table
             # (streamed; no list of graphs on the driver). Both steps raise NothingUsable when nothing came out.
-            rs["qra"] = runner.stage(f"round {r}: qra", rdir / "qra", steps.qra_step, mine_cfg, [str(graphs_dir)],
-                                     rdir / "qra", use_ray=use_ray)
-            qra_dir = rdir / "qra"
+            qra_dir = _join(rdir, "qra")
+            rs["qra"] = runner.stage(f"round {r}: qra", qra_dir, steps.qra_step, mine_cfg, [graphs_dir], qra_dir,
+                                     use_ray=use_ray)
         else:
-            rs["qra"] = {"reused": str(qra_dir)}
+            rs["qra"] = {"reused": qra_dir}
+        assert qra_dir is not None
+        eval_dir = _join(rdir, "eval")
         if r == 1:
-            rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, rdir / "eval", "base", "base (model 0)",
+            rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, eval_dir, "base", "base (model 0)",
                                                      use_ray=use_ray)
         train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=previous_model))
         last = r == cfg.run.rounds
-        rs["train"] = runner.stage(f"round {r}: train", rdir / "train", steps.train_step, train_cfg, qra_dir,
-                                   rdir / "train", merged=not last and cfg.train.lora.enabled)
-        model_r = str(rdir / "train")
-        rs["eval_trained"] = evaluate_with_controls(runner, cfg, qra_dir, model_r, rdir / "eval", "trained",
+        model_r = _join(rdir, "train")
+        rs["train"] = runner.stage(f"round {r}: train", model_r, steps.train_step, train_cfg, qra_dir, model_r,
+                                   merged=not last and cfg.train.lora.enabled)
+        rs["eval_trained"] = evaluate_with_controls(runner, cfg, qra_dir, model_r, eval_dir, "trained",
                                                     f"model {r}", use_ray=use_ray)
         # The same model on questions it was trained on (as many as the held-out split has): separates "did not
         # learn" from "learned but does not generalise" when reading the held-out table.
         n_test = max(1, rs["eval_trained"]["trained"]["n"])
         rs["eval_trained_seen"] = runner.stage(
-            f"round {r}: eval model {r} (train split)", rdir / "eval" / "train_split", steps.eval_step, cfg, qra_dir,
-            model_r, rdir / "eval", "trained_train_split", split="train", max_samples=n_test, use_ray=use_ray)
+            f"round {r}: eval model {r} (train split)", _join(eval_dir, "train_split"), steps.eval_step, cfg,
+            qra_dir, model_r, eval_dir, "trained_train_split", split="train", max_samples=n_test, use_ray=use_ray)
         summary["rounds"].append(rs)
-        merged = rdir / "train" / "merged"
-        previous_model = str(merged) if (merged / "config.json").is_file() else model_r
+        merged = _join(model_r, "merged")
+        previous_model = merged if storage.exists(_join(merged, "config.json")) else model_r
     summary["seconds"] = runner.seconds
 
     from step_ray.eval.report import print_console_summary, write_report
 
-    write_report(run_path, summary, cfg.model)
-    steps.write_json(run_path / "summary.json", _summary_json(summary))
+    # report.md, report.html and plots/ are written into a local folder (matplotlib writes files): the run
+    # directory itself, or a staging folder uploaded into it.
+    with storage.staged_folder(run_path) as local_run:
+        write_report(local_run, summary, cfg.model, name=run_path)
+    steps.write_json(_join(run_path, "summary.json"), _summary_json(summary))
     print_console_summary(summary)
     return summary
 

@@ -38,21 +38,16 @@ def in_ray_job_working_dir() -> bool:
         return False
 
 
-def check_output(out: str | Path, name: str = "--output", local_only: bool = False) -> None:
+def check_output(out: str | Path, name: str = "--output") -> None:
     """Fail (:class:`~step_ray.utils.inputs.InputError`, exit 2) before any work when ``out`` cannot become an
     output folder: it is a file, sits under a file, is not writable, or is relative inside a Ray job (it would
-    land in the job's temporary copy of the working dir, deleted with the job); an object-store URI where the
-    command writes through the local file system (``local_only``). Nothing is created here. An object-store
-    prefix is checked by the first write (it has no permissions to look at beforehand)."""
+    land in the job's temporary copy of the working dir, deleted with the job). Nothing is created here. An
+    object-store prefix is checked by the first write (it has no permissions to look at beforehand)."""
     import os
 
     from step_ray.utils.inputs import InputError
 
     if storage.is_remote(str(out)):
-        if local_only:
-            raise InputError(f"{name} {out}: this command writes its run directory through the local file "
-                             f"system, not to an object store: give a local or shared folder (e.g. "
-                             f"/mnt/shared/runs/NAME); stsg, qra, qra-filter, eval and train write to s3:// / gs://")
         return
     if not Path(out).is_absolute() and in_ray_job_working_dir():
         raise InputError(f"{name} {out}: a relative path inside a Ray job lands in Ray's temporary copy of the "
@@ -74,18 +69,23 @@ def check_output(out: str | Path, name: str = "--output", local_only: bool = Fal
 
 
 def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
-    """Write the synthetic corpus (videos/ and gt/ under ``out_dir``)."""
+    """Write the synthetic corpus (videos/ and gt/ under ``out_dir``). On an object store (``s3://``,
+    ``gs://``) the corpus is written into a local staging folder under ``$TMPDIR`` and uploaded when it is
+    complete (the encoder writes files): a re-run writes it again (the same videos: deterministic by seed)
+    rather than resuming video by video."""
     from step_ray.synth.corpus import generate_corpus
     from step_ray.utils.env import show_progress
 
     start = time.perf_counter()
-    items = generate_corpus(Path(out_dir), cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
+    out = str(out_dir).rstrip("/") if storage.is_remote(str(out_dir)) else str(Path(out_dir))
+    with storage.staged_folder(out) as folder:
+        items = generate_corpus(folder, cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
     return {
         "videos": len(items),
         "objects": sum(i.get("objects", 0) for i in items),
         "events": sum(i.get("events", 0) for i in items),
-        "videos_dir": str(Path(out_dir) / "videos"),
-        "gt_dir": str(Path(out_dir) / "gt"),
+        "videos_dir": storage.join(out, "videos"),
+        "gt_dir": storage.join(out, "gt"),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -275,11 +275,22 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
     from step_ray.models.sources import resolve_model
 
     try:
-        if storage.is_remote(str(out_dir)) and resolve_model(cfg.train.init, cfg.model.name_or_path).adapter:
+        resolved = resolve_model(cfg.train.init, cfg.model.name_or_path)
+        if storage.is_remote(str(out_dir)) and resolved.adapter:
             raise ConfigError("train.init", f"{cfg.train.init} is an adapter: merging it into its base needs a "
                                             f"local output folder, not {out_dir} (give the merged model, "
                                             f"OUT/merged of `step-ray train --merged`, or a local --output)")
-        folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
+        if storage.is_remote(cfg.train.init) and resolved.adapter is None and resolved.base is not None:
+            # A model folder on an object store: named there (every training worker copies it from there),
+            # not by this process's local copy.
+            import os
+
+            from step_ray.models.sources import local_copy
+
+            inner = os.path.relpath(resolved.base, local_copy(cfg.train.init.rstrip("/")))
+            folder = cfg.train.init.rstrip("/") if inner == "." else storage.join(cfg.train.init, inner)
+        else:
+            folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
     except ModelSourceError as err:
         raise ConfigError("train.init", str(err)) from None
     model = dataclasses.replace(cfg.model, name_or_path=folder)

@@ -52,6 +52,13 @@ def read_graph(path: str | Path) -> nx.MultiDiGraph:
     if uri and "://" not in uri and not Path(uri).is_absolute():
         # A relative uri (the synthetic corpus's ground truth: gt/x.stsg.json -> videos/x.mp4) is relative to
         # the graph's folder or the one above it; questions need a path that opens from anywhere.
+        if storage.is_remote(str(path)):  # a graph on an object store: the video beside it there
+            here_uri = str(path).rstrip("/").rsplit("/", 1)[0]
+            for root_uri in (here_uri, here_uri.rsplit("/", 1)[0]):
+                if "://" in root_uri and storage.exists(storage.join(root_uri, uri)):
+                    g.graph["uri"] = storage.join(root_uri, uri)
+                    break
+            return g
         here = Path(path).resolve().parent
         for root in (here, here.parent):
             if (root / uri).is_file():

@@ -107,9 +107,9 @@ def model_skeleton(cfg: StepRayConfig) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from step_ray.models.loading import TINY, ensure_tiny
+    from step_ray.models.loading import resolve_base
 
-    source = str(ensure_tiny(cfg.model, cfg.run.seed)) if cfg.model.name_or_path == TINY else cfg.model.name_or_path
+    source = resolve_base(cfg.model, cfg.run.seed)  # (the tiny model's folder; an object store's local copy)
     config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
@@ -307,6 +307,12 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     # The base as the adapter names it: the exported copy where it will be read (the bucket for an object
     # store), or the local model folder that base/ links to (a link is not uploaded to an object store).
     base_ref = (str(base.resolve()) if staged and base.is_symlink() else at(base)) if base is not None else None
+    if base is None and store.is_remote(cfg.model.name_or_path):
+        # A base on an object store (a self-training round's merged model): the adapter names it there; the
+        # merged export reads its local copy.
+        from step_ray.models.loading import resolve_base
+
+        base, base_ref = Path(resolve_base(cfg.model, cfg.run.seed)), cfg.model.name_or_path.rstrip("/")
     if base_ref is not None and cfg.train.lora.enabled:
         point_adapter_at(weights, base_ref)
     from step_ray.models.card import ModelCard, write_card

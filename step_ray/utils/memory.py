@@ -76,10 +76,12 @@ def model_shape(name_or_path: str) -> ModelShape:
     name = Path(name_or_path.rstrip("/")).name
     if name in KNOWN_SHAPES:
         return KNOWN_SHAPES[name]
-    config_file = Path(name_or_path) / "config.json"
-    if not config_file.is_file():
+    from step_ray.utils import storage
+
+    config_file = storage.join(name_or_path, "config.json")  # (a folder on an object store: read there)
+    if not storage.exists(config_file):
         raise ValueError(f"no known shape for {name_or_path!r} and no config.json there")
-    cfg = json.loads(config_file.read_text())
+    cfg = json.loads(storage.read_text(config_file))
     text = cfg.get("text_config", cfg)
     h, i, n, v = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], text["vocab_size"]
     heads = text["num_attention_heads"]

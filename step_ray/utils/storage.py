@@ -238,3 +238,47 @@ def staged_folder(uri: str, logs: tuple[str, ...] = ()) -> Iterator[Path]:
             logger.warning("could not upload %s to %s after the failure: %s", ", ".join(logs), uri, err)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def local_dir(uri: str, skip: tuple[str, ...] = ()) -> str:
+    """A local folder with the content of the folder or prefix ``uri``: the path itself when it is local; for an
+    object store, a copy under ``$TMPDIR/step-ray-remote/`` (what libraries that read a folder need, e.g. Hugging
+    Face ``from_pretrained``). The copy is kept by the prefix's listing (names, sizes, modification times): a
+    later call in any process of this machine reuses it until the objects change. ``skip`` names top-level
+    entries that are not copied (a run's checkpoints beside the model it exported). Copies of objects since
+replaced stay until ``$TMPDIR`` is cleaned (another process may still read them). Fails with
+    ``FileNotFoundError`` when the prefix holds no object."""
+    import pyarrow.fs as pafs
+
+    if not is_remote(uri):
+        return uri
+    fs, path = filesystem(uri)
+    path = path.rstrip("/")
+    found = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+             if f.type == pafs.FileType.File and f.path[len(path) + 1:].split("/", 1)[0] not in skip]
+    if not found:
+        raise FileNotFoundError(f"no object under {uri}")
+    listing = hashlib.sha256(uri.encode())
+    for f in sorted(found, key=lambda f: f.path):
+        listing.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
+    root = Path(tempfile.gettempdir()) / "step-ray-remote"
+    target = root / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{listing.hexdigest()[:16]}"
+    if target.is_dir():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        for f in found:
+            local = tmp / f.path[len(path) + 1:]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(f.path) as src, open(local, "wb") as out:
+                while block := src.read(COPY_BLOCK):
+                    out.write(block)
+        try:
+            tmp.rename(target)  # whole or not at all; another process may have finished the same copy first
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
