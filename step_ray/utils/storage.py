@@ -246,7 +246,7 @@ def local_dir(uri: str, skip: tuple[str, ...] = ()) -> str:
     Face ``from_pretrained``). The copy is kept by the prefix's listing (names, sizes, modification times): a
     later call in any process of this machine reuses it until the objects change. ``skip`` names top-level
     entries that are not copied (a run's checkpoints beside the model it exported). Copies of objects since
-replaced stay until ``$TMPDIR`` is cleaned (another process may still read them). Fails with
+    replaced stay until ``$TMPDIR`` is cleaned (another process may still read them). Fails with
     ``FileNotFoundError`` when the prefix holds no object."""
     import pyarrow.fs as pafs
 
