@@ -479,8 +479,7 @@ class RayFlow:
         # gets work however large the corpus is, and no block of thousands of videos ends up on one actor).
         # Not ray.data.read_parquet + repartition: its ListFiles step and the StreamingRepartition tasks ask for
         # CPUs whatever num_cpus says, and wait for ever behind actor pools that hold every CPU.
-        return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS,
-                                        override_num_blocks=len(files)), count  # see read_listing
+        return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS), count
 
     def stages(self, ds: Any, stages: Sequence[Stage], carry: Sequence[str] = ()) -> Any:
         from step_ray.ray_executor import map_stages

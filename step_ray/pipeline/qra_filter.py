@@ -286,7 +286,7 @@ def run(cfg: StepRayConfig, qra: str, out_dir: str, use_ray: bool = True, model:
 
             source = parquet_parts(files, rows, transform=columns,
                                    schema=pa.schema(list(INPUTS) + [pa.field(PART, pa.int64())]))
-            batches = ray.data.read_datasource(source, num_cpus=STREAM_IO_CPUS, override_num_blocks=len(files))
+            batches = ray.data.read_datasource(source, num_cpus=STREAM_IO_CPUS)
         else:
             batches = (b for i, f in enumerate(files) for b in parquet_blocks(f, rows, columns, i))
         flow.write(flow.stages(batches, [stage], carry=[PART]), sink)
