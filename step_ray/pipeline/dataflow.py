@@ -479,6 +479,9 @@ class RayFlow:
         # gets work however large the corpus is, and no block of thousands of videos ends up on one actor).
         # Not ray.data.read_parquet + repartition: its ListFiles step and the StreamingRepartition tasks ask for
         # CPUs whatever num_cpus says, and wait for ever behind actor pools that hold every CPU.
+        # No override_num_blocks here (unlike read_listing and the aggregations): a read task's blocks are merged
+        # up to Ray Data's target block size, so a part file would become one block, one task, one actor; Ray's
+        # default split of the read into read_op_min_num_blocks blocks is what spreads the rows over the actors.
         return ray.data.read_datasource(parquet_parts(files, max(1, block_rows)), num_cpus=STREAM_IO_CPUS), count
 
     def stages(self, ds: Any, stages: Sequence[Stage], carry: Sequence[str] = ()) -> Any:
