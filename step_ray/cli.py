@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    from step_ray.pipeline.errors import NothingUsable
+    from step_ray.utils.errors import NothingUsable
     from step_ray.utils.inputs import InputError
 
     if threading.current_thread() is threading.main_thread():

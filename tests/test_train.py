@@ -433,3 +433,26 @@ def test_ray_train_zero3_lora_grad_accum_exports_a_whole_adapter(ray_session, to
     assert max(v.abs().max().item() for k, v in adapter.items() if "lora_B" in k) > 0
     second = run_training(load_config(None, overrides + ["train.steps=3"]), str(toy), out, name="z3")
     assert second["start_step"] == 2 and second["steps"] == 3
+
+
+def test_training_with_no_decodable_video_fails_with_one_line_instead_of_looping(ray_session, toy, tmp_path,
+                                                                                monkeypatch):
+    """Every train row's video missing: each micro-batch is skipped on all ranks, which once looped forever.
+    After two passes without one row to train on, the run stops with NothingUsable naming the cause."""
+    import pyarrow as pa
+
+    from step_ray.train.trainer import run_training
+    from step_ray.utils.errors import NO_TRAINABLE_ROWS, NothingUsable
+
+    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
+    rows = [dict(r, video_uri=str(tmp_path / f"gone_{i}.mp4")) for i, r in enumerate(pq.read_table(toy).to_pylist())]
+    qra = tmp_path / "qra"
+    qra.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), qra / "part-00000.parquet")
+    overrides = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", "train.progress=false",
+                 "train.batch_size=2", "train.steps=3", "train.max_failures=0", "train.lora.r=4"]
+    with pytest.raises(NothingUsable) as caught:
+        run_training(load_config(None, overrides), str(qra), tmp_path / "run", name="nothing")
+    message = str(caught.value)
+    assert message.startswith(NO_TRAINABLE_ROWS) and "\n" not in message
+    assert "rows skipped, the last because:" in message and "gone_" in message

@@ -72,7 +72,7 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         base = path / "base"
         # No base/ when the base was on an object store (a self-training round's merged model): the adapter
         # names it there.
-        found = str(base) if (base / "config.json").is_file() else _remote_base(path / "adapter")
+        found = str(base) if (base / "config.json").is_file() else _remote_base(_named_base(path / "adapter"))
         return ResolvedModel(found, str(path / "adapter"), f"adapter:{path}", _card(path / "adapter", path))
     if (path / "model" / "config.json").is_file():
         return ResolvedModel(str(path / "model"), None, f"model:{path / 'model'}", _card(path / "model", path))
@@ -81,8 +81,8 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         sibling = path.parent / "base"
         if (sibling / "config.json").is_file():
             return ResolvedModel(str(sibling), str(path), f"adapter:{path}", card)
-        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        remote = _remote_base(path)
+        named = _named_base(path)
+        remote = _remote_base(named)
         if remote is not None:
             return ResolvedModel(remote, str(path), f"adapter:{path}", card)
         if named and (Path(named) / "config.json").is_file():
@@ -93,9 +93,14 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
     raise ModelSourceError(f"{source}: neither a run output, a checkpoint, an adapter nor a model folder")
 
 
-def _remote_base(adapter: Path) -> Optional[str]:
-    """The local copy of the base an adapter names when that is a model folder on an object store, else None."""
-    named = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+def _named_base(adapter: Path) -> Optional[str]:
+    """The base model an adapter folder's ``adapter_config.json`` names (None when it names none)."""
+    return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def _remote_base(named: Optional[str]) -> Optional[str]:
+    """The local copy of ``named`` (the base an adapter names) when that is a model folder on an object store,
+    else None."""
     if named and storage.is_remote(named) and storage.exists(storage.join(named, "config.json")):
         return local_copy(named)
     return None

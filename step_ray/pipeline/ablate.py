@@ -31,7 +31,7 @@ import numpy as np
 
 from step_ray.config import StepRayConfig, dump_config
 from step_ray.pipeline import steps
-from step_ray.pipeline.self_train import _join, _Runner, _summary_json, evaluate_with_controls, with_base
+from step_ray.pipeline.self_train import _Runner, _summary_json, evaluate_with_controls, with_base
 from step_ray.utils import storage
 
 BUCKETS = ("1", "2", "3+", "all")
@@ -95,10 +95,10 @@ def seed_mean_difference(a: Sequence[dict], b: Sequence[dict], bucket: str, seed
 
 
 def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] = None, use_ray: bool = True) -> dict:
-    out = str(out_dir).rstrip("/") if storage.is_remote(str(out_dir)) else str(Path(out_dir))
+    out = storage.folder(out_dir)
     if not storage.is_remote(out):
         Path(out).mkdir(parents=True, exist_ok=True)
-    storage.write_text(_join(out, "config.yaml"), dump_config(cfg))
+    storage.write_text(storage.join(out, "config.yaml"), dump_config(cfg))
     runner = _Runner()
     started = time.perf_counter()
     cfg, pretrained = with_base(cfg, runner, out, use_ray)
@@ -109,29 +109,29 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, name_or_path=str(ensure_tiny(cfg.model, cfg.run.seed))))
-    steps.write_json(_join(out, "base.json"), {"model": cfg.model.name_or_path, "pretrain": pretrained})
+    steps.write_json(storage.join(out, "base.json"), {"model": cfg.model.name_or_path, "pretrain": pretrained})
     if not inputs:
-        corpus = _join(out, "corpus")
+        corpus = storage.join(out, "corpus")
         synth = runner.stage("synth", corpus, steps.synth_step, cfg, corpus)
         inputs = [synth["videos_dir"]]
-    stsg_dir, qra_dir = _join(out, "stsg"), _join(out, "qra")
+    stsg_dir, qra_dir = storage.join(out, "stsg"), storage.join(out, "qra")
     stsg = runner.stage("stsg", stsg_dir, steps.stsg_step, cfg, inputs, stsg_dir, use_ray=use_ray)
     # The stsg folder itself: the qra step reads its last run's graphs from the results table (both steps raise
     # NothingUsable when nothing came out).
     qra = runner.stage("qra", qra_dir, steps.qra_step, cfg, [stsg_dir], qra_dir, use_ray=use_ray)
-    base_evals = evaluate_with_controls(runner, cfg, qra_dir, None, _join(out, "eval"), "base", "base",
+    base_evals = evaluate_with_controls(runner, cfg, qra_dir, None, storage.join(out, "eval"), "base", "base",
                                         use_ray=use_ray)
 
     entries = []
     for lam, fmt, seed in grid(cfg):
         name = run_name(lam, fmt, seed)
-        rdir = _join(out, "runs", name)
+        rdir = storage.join(out, "runs", name)
         rcfg = dataclasses.replace(
             cfg, run=dataclasses.replace(cfg.run, seed=seed),
             train=dataclasses.replace(cfg.train, rationale_weight=lam, loss_format=fmt))
-        train_dir = _join(rdir, "train")
+        train_dir = storage.join(rdir, "train")
         train = runner.stage(f"train {name}", train_dir, steps.train_step, rcfg, qra_dir, train_dir)
-        evals = evaluate_with_controls(runner, rcfg, qra_dir, train_dir, _join(rdir, "eval"), "trained", name,
+        evals = evaluate_with_controls(runner, rcfg, qra_dir, train_dir, storage.join(rdir, "eval"), "trained", name,
                                        use_ray=use_ray)
         entry = {"name": name, "rationale_weight": lam, "loss_format": fmt, "seed": seed,
                  "train": {k: train.get(k) for k in ("steps", "final_loss", "final_loss_answer", "final_loss_rationale",
@@ -147,7 +147,7 @@ def ablate(cfg: StepRayConfig, out_dir: str | Path, inputs: Optional[list[str]] 
     for control in cfg.eval.vision_controls:
         result[f"base_{control}"] = base_evals[f"base_{control}"]
     result["aggregate"] = aggregate(result, cfg.eval.vision_controls)
-    steps.write_json(_join(out, "ablation.json"),
+    steps.write_json(storage.join(out, "ablation.json"),
                      _summary_json(result) | {"entries": [_strip_entry(e) for e in entries]})
     from step_ray.eval.ablation_report import print_ablation, write_ablation_report
 
@@ -192,4 +192,4 @@ def aggregate(result: dict, controls: Sequence[str]) -> list[dict]:
 
 
 def load(out_dir: str | Path) -> dict:
-    return json.loads(storage.read_text(_join(str(out_dir), "ablation.json")))
+    return json.loads(storage.read_text(storage.join(str(out_dir), "ablation.json")))

@@ -33,10 +33,6 @@ SUMMARY = "pretrain.json"
 MODEL_DIR = "train/model"  # where the trainer exports a full fine-tune
 
 
-def _join(folder: str, name: str) -> str:
-    return storage.join(folder, name)
-
-
 def pretrain_config(cfg: StepRayConfig) -> StepRayConfig:
     """The config tree of the pretraining run derived from ``cfg`` (its corpus, questions and training)."""
     pc = cfg.pretrain
@@ -76,15 +72,10 @@ def pretrain_key(cfg: StepRayConfig) -> str:
     return hashlib.sha256(json.dumps(derived, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _folder(out: str | Path) -> str:
-    """An output folder as a string: an object-store URI as is (no trailing slash), a local path."""
-    return str(out).rstrip("/") if storage.is_remote(str(out)) else str(Path(out))
-
-
 def pretrain_dir(cfg: StepRayConfig) -> str:
     """Where the base of ``cfg`` is (or will be) kept: a local folder or an object-store URI."""
     if cfg.pretrain.output:
-        return _folder(cfg.pretrain.output)
+        return storage.folder(cfg.pretrain.output)
     from step_ray.utils.env import cache_dir
 
     return str(cache_dir() / "pretrained" / f"base-{pretrain_key(cfg)}")
@@ -92,9 +83,9 @@ def pretrain_dir(cfg: StepRayConfig) -> str:
 
 def finished(out: str | Path, key: str) -> Optional[dict[str, Any]]:
     """The summary of a finished pretraining in ``out`` with settings ``key``, else None."""
-    out = _folder(out)
-    path, model_dir = _join(out, SUMMARY), _join(out, MODEL_DIR)
-    if not storage.exists(path) or not storage.exists(_join(model_dir, "config.json")):
+    out = storage.folder(out)
+    path, model_dir = storage.join(out, SUMMARY), storage.join(out, MODEL_DIR)
+    if not storage.exists(path) or not storage.exists(storage.join(model_dir, "config.json")):
         return None
     summary = json.loads(storage.read_text(path))
     # The folder may have moved since (a copied cache): the model is where the folder is now.
@@ -108,14 +99,14 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
     from step_ray.pipeline import steps
 
     key = pretrain_key(cfg)
-    out = _folder(out_dir) if out_dir is not None else pretrain_dir(cfg)
+    out = storage.folder(out_dir) if out_dir is not None else pretrain_dir(cfg)
     done = finished(out, key)
     if done is not None:
         return {**done, "reused": True}
     pcfg = pretrain_config(cfg)
     if not storage.is_remote(out):
         Path(out).mkdir(parents=True, exist_ok=True)
-    qra_dir = _join(out, "qra")
+    qra_dir = storage.join(out, "qra")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -125,17 +116,17 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
         seconds[name] = round(time.perf_counter() - t, 1)
         return result
 
-    synth = timed("synth", steps.synth_step, pcfg, _join(out, "corpus"))
+    synth = timed("synth", steps.synth_step, pcfg, storage.join(out, "corpus"))
     qra = timed("qra", steps.qra_step, pcfg, [synth["gt_dir"]], qra_dir, use_ray=use_ray)
     if not qra["samples"]:
-        raise RuntimeError(f"the perception corpus gave no questions; see {_join(qra_dir, 'stats.json')}")
-    train = timed("train", steps.train_step, pcfg, qra_dir, _join(out, "train"), card_kind="pretrain")
+        raise RuntimeError(f"the perception corpus gave no questions; see {storage.join(qra_dir, 'stats.json')}")
+    train = timed("train", steps.train_step, pcfg, qra_dir, storage.join(out, "train"), card_kind="pretrain")
     model_dir = train["model_dir"] if storage.is_remote(train["model_dir"]) else str(Path(train["model_dir"]).resolve())
     evals = {}
     held_out = steps.has_split(qra_dir, "test")
     if held_out:  # the held-out questions and their vision controls, in one run of the eval pool
         names = {("held_out" if v == "real" else f"held_out_{v}"): v for v in ["real", *pcfg.eval.vision_controls]}
-        evals = timed("eval", steps.eval_files, pcfg, qra_dir, model_dir, _join(out, "eval"), names,
+        evals = timed("eval", steps.eval_files, pcfg, qra_dir, model_dir, storage.join(out, "eval"), names,
                       use_ray=use_ray)
     summary = {
         "key": key,
@@ -152,5 +143,5 @@ def pretrain_step(cfg: StepRayConfig, out_dir: Optional[str | Path] = None, use_
         "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
         "reused": False,
     }
-    steps.write_json(_join(out, SUMMARY), summary)
+    steps.write_json(storage.join(out, SUMMARY), summary)
     return summary

@@ -39,19 +39,13 @@ from step_ray.utils import storage
 STAGE_FILE = "stage.json"
 
 
-def _join(folder: str, *names: str) -> str:
-    for name in names:
-        folder = storage.join(folder, name)
-    return folder
-
-
 def _read_json(uri: str) -> Optional[dict]:
     """The JSON file at ``uri`` (a local path or an object-store URI), None when it is not there."""
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
 
 def _done(folder: str) -> Optional[dict]:
-    return _read_json(_join(folder, STAGE_FILE))
+    return _read_json(storage.join(folder, STAGE_FILE))
 
 
 class _Runner:
@@ -70,7 +64,7 @@ class _Runner:
         out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - start, 1)
         print(f"[step-ray] {name} done in {self.seconds[name]:.1f} s", flush=True)
-        steps.write_json(_join(folder, STAGE_FILE), _compact(out))
+        steps.write_json(storage.join(folder, STAGE_FILE), _compact(out))
         return out
 
 
@@ -90,7 +84,7 @@ def evaluate_with_controls(run: _Runner, cfg: StepRayConfig, qra: str, model: Op
     todo: dict[str, str] = {}
     for vision in ["real", *cfg.eval.vision_controls]:
         key = name if vision == "real" else f"{name}_{vision}"
-        result = _read_json(_join(eval_dir, f"{key}.json"))
+        result = _read_json(storage.join(eval_dir, f"{key}.json"))
         if result is not None:
             out[key] = result
         else:
@@ -119,7 +113,7 @@ def with_base(cfg: StepRayConfig, run: _Runner, run_dir: str, use_ray: bool) -> 
     held = (summary.get("accuracy") or {}).get("held_out") or {}
     print(f"[step-ray] base model {'reused' if summary.get('reused') else 'pretrained'}: {summary['model_dir']} "
           f"(held-out accuracy {held.get('accuracy') if held else summary.get('note')})", flush=True)
-    steps.write_json(_join(run_dir, "pretrain.json"), summary)
+    steps.write_json(storage.join(run_dir, "pretrain.json"), summary)
     model = dataclasses.replace(cfg.model, name_or_path=summary["model_dir"])
     return dataclasses.replace(cfg, model=model), summary
 
@@ -127,16 +121,16 @@ def with_base(cfg: StepRayConfig, run: _Runner, run_dir: str, use_ray: bool) -> 
 def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
                use_ray: bool = True) -> dict:
     run_path = str(run_dir or cfg.run.output_dir)
-    run_path = run_path.rstrip("/") if storage.is_remote(run_path) else str(Path(run_path))
+    run_path = storage.folder(run_path)
     if not storage.is_remote(run_path):
         Path(run_path).mkdir(parents=True, exist_ok=True)
-    storage.write_text(_join(run_path, "config.yaml"), dump_config(cfg))
+    storage.write_text(storage.join(run_path, "config.yaml"), dump_config(cfg))
     runner = _Runner()
     summary: dict = {"run_dir": run_path, "rounds": []}
 
     cfg, summary["pretrain"] = with_base(cfg, runner, run_path, use_ray)
     if not inputs:
-        corpus = _join(run_path, "corpus")
+        corpus = storage.join(run_path, "corpus")
         summary["synth"] = runner.stage("synth", corpus, steps.synth_step, cfg, corpus)
         inputs = [summary["synth"]["videos_dir"]]
 
@@ -144,7 +138,7 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
     graphs_dir: Optional[str] = None
     qra_dir: Optional[str] = None
     for r in range(1, cfg.run.rounds + 1):
-        rdir = _join(run_path, f"round_{r}")
+        rdir = storage.join(run_path, f"round_{r}")
         rs: dict[str, Any] = {"round": r, "dir": rdir, "init": previous_model or f"base:{cfg.model.name_or_path}"}
         # The model of the last round takes part in mining only through semantics parsing and the filter.
         mine_cfg = cfg
@@ -155,7 +149,7 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
             mine_cfg = dataclasses.replace(mine_cfg, qra=dataclasses.replace(
                 cfg.qra, filter=dataclasses.replace(cfg.qra.filter, model=previous_model)))
         if graphs_dir is None or cfg.semantics.enabled:
-            graphs_dir = _join(rdir, "stsg")
+            graphs_dir = storage.join(rdir, "stsg")
             rs["stsg"] = runner.stage(f"round {r}: stsg", graphs_dir, steps.stsg_step, mine_cfg, inputs, graphs_dir,
                                       use_ray=use_ray)
         else:
@@ -163,19 +157,19 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         if qra_dir is None or cfg.semantics.enabled or cfg.qra.filter.enabled:
             # The stsg folder itself: the qra step reads the graphs of its last run from its results table
             # (streamed; no list of graphs on the driver). Both steps raise NothingUsable when nothing came out.
-            qra_dir = _join(rdir, "qra")
+            qra_dir = storage.join(rdir, "qra")
             rs["qra"] = runner.stage(f"round {r}: qra", qra_dir, steps.qra_step, mine_cfg, [graphs_dir], qra_dir,
                                      use_ray=use_ray)
         else:
             rs["qra"] = {"reused": qra_dir}
         assert qra_dir is not None
-        eval_dir = _join(rdir, "eval")
+        eval_dir = storage.join(rdir, "eval")
         if r == 1:
             rs["eval_base"] = evaluate_with_controls(runner, cfg, qra_dir, None, eval_dir, "base", "base (model 0)",
                                                      use_ray=use_ray)
         train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=previous_model))
         last = r == cfg.run.rounds
-        model_r = _join(rdir, "train")
+        model_r = storage.join(rdir, "train")
         rs["train"] = runner.stage(f"round {r}: train", model_r, steps.train_step, train_cfg, qra_dir, model_r,
                                    merged=not last and cfg.train.lora.enabled)
         rs["eval_trained"] = evaluate_with_controls(runner, cfg, qra_dir, model_r, eval_dir, "trained",
@@ -184,11 +178,11 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
         # learn" from "learned but does not generalise" when reading the held-out table.
         n_test = max(1, rs["eval_trained"]["trained"]["n"])
         rs["eval_trained_seen"] = runner.stage(
-            f"round {r}: eval model {r} (train split)", _join(eval_dir, "train_split"), steps.eval_step, cfg,
+            f"round {r}: eval model {r} (train split)", storage.join(eval_dir, "train_split"), steps.eval_step, cfg,
             qra_dir, model_r, eval_dir, "trained_train_split", split="train", max_samples=n_test, use_ray=use_ray)
         summary["rounds"].append(rs)
-        merged = _join(model_r, "merged")
-        previous_model = merged if storage.exists(_join(merged, "config.json")) else model_r
+        merged = storage.join(model_r, "merged")
+        previous_model = merged if storage.exists(storage.join(merged, "config.json")) else model_r
     summary["seconds"] = runner.seconds
 
     from step_ray.eval.report import print_console_summary, write_report
@@ -197,7 +191,7 @@ def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str
     # directory itself, or a staging folder uploaded into it.
     with storage.staged_folder(run_path) as local_run:
         write_report(local_run, summary, cfg.model, name=run_path)
-    steps.write_json(_join(run_path, "summary.json"), _summary_json(summary))
+    steps.write_json(storage.join(run_path, "summary.json"), _summary_json(summary))
     print_console_summary(summary)
     return summary
 

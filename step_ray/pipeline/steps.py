@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from step_ray.config import ConfigError, StepRayConfig
-from step_ray.pipeline.errors import NothingUsable
+from step_ray.utils.errors import NothingUsable
 from step_ray.utils import storage
 from step_ray.utils.pool_fit import check_pool_fit
 
@@ -77,7 +77,7 @@ def synth_step(cfg: StepRayConfig, out_dir: str | Path) -> dict:
     from step_ray.utils.env import show_progress
 
     start = time.perf_counter()
-    out = str(out_dir).rstrip("/") if storage.is_remote(str(out_dir)) else str(Path(out_dir))
+    out = storage.folder(out_dir)
     with storage.staged_folder(out) as folder:
         items = generate_corpus(folder, cfg.synth, cfg.video, cfg.stsg, progress=show_progress())
     return {

@@ -67,7 +67,8 @@ class RowEncoder:
         self._warned: set = set()
 
     def encode(self, row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], Optional[str]]:
-        """(sequences of ``row``, None) or ([], the reason it was skipped)."""
+        """(sequences of ``row``, None) or ([], why it was skipped: ``"video: <the decode error>"`` or
+        ``"too_long"``)."""
         self.stats.rows += 1
         try:
             frames = self.frames.get(row, self.model_cfg)
@@ -76,7 +77,7 @@ class RowEncoder:
                 self._warned.add(row.get("id"))
                 logger.warning("skipping QRA row %s: %s", row.get("id"), err)
             self.stats.skip("video")
-            return [], "video"
+            return [], f"video: {err}"
         seqs = row_sequences(row, frames, self.processor, self.model_cfg, self.rationale_weight, self.loss_format,
                              self.fmt)
         if not seqs:

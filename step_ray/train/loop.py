@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from step_ray.config import StepRayConfig, from_dict
+from step_ray.utils.errors import NO_TRAINABLE_ROWS, NothingUsable
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ def restore(engine: Any) -> dict[str, Any]:
 
 def micro_batches(
     shard: Any, collate: Any, batch_size: int, prefetch: int, shuffle_batches: int, seed: int
-) -> Iterator[tuple[Optional[dict[str, torch.Tensor]], int, int, int]]:
-    """Endless ``(micro-batch or None, questions, skipped rows, lowest stream position or -1)`` from this
+) -> Iterator[tuple[Optional[dict[str, torch.Tensor]], int, int, int, int]]:
+    """Endless ``(micro-batch or None, questions, skipped rows, lowest stream position or -1, epoch)`` from this
     worker's shard, epoch after epoch.
 
     ``batch_size`` stream rows (sequences) become exactly one item, usable or not, so all workers advance
@@ -198,7 +199,7 @@ def micro_batches(
             local_shuffle_buffer_size=(shuffle_batches * batch_size) or None, local_shuffle_seed=seed + epoch,
         ):
             produced += 1
-            yield item
+            yield (*item, epoch)
         epoch += 1
         if produced == 0:
             raise RuntimeError("this worker's data shard is empty: the train split has fewer rows than workers")
@@ -372,16 +373,27 @@ def train_loop_per_worker(config: dict) -> None:
     start_step = step
     state_mb = None
     first_step_time: Optional[float] = None
+    # The shard epoch in which the current run of unusable micro-batches began (None: the last one was used).
+    # Every rank takes the same decision (all_ranks_have_data), so every rank raises at the same micro-batch.
+    unusable_since: Optional[int] = None
     while step < tc.steps:
         waited = time.perf_counter()
-        batch, questions, skipped, first = next(batches)
+        batch, questions, skipped, first, epoch = next(batches)
         if first_position is None and first >= 0:
             first_position = first
         window[8] += time.perf_counter() - waited
         window[4] += questions
         window[5] += skipped
         if not all_ranks_have_data(batch, device):
+            unusable_since = epoch if unusable_since is None else unusable_since
+            if epoch >= unusable_since + 2:
+                # Two whole passes over the shard without one row to train on: every row's video failed to
+                # decode (or its sequence to encode). Waiting would loop forever.
+                raise NothingUsable(
+                    f"{NO_TRAINABLE_ROWS} ({counters['skipped'] + int(window[5])} rows skipped"
+                    f"{collate.last_skip_note()}): check the QRA rows' video_uri paths and the videos")
             continue
+        unusable_since = None
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         task = batch.pop("label_task", None)

@@ -213,6 +213,11 @@ class ShardCollate:
     def __init__(self, pad_id: int, start: int = 0):
         self.pad_id = pad_id
         self.start = start
+        self.last_skip = ""  # the reason of the last skipped row seen, for an error message
+
+    def last_skip_note(self) -> str:
+        """``", the last because: <reason>"`` when a row was skipped, else ``""``."""
+        return f", the last because: {self.last_skip}" if self.last_skip else ""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[Optional[dict], int, int, int]:
         from step_ray.models.encoding import collate, unpack_sequence
@@ -221,7 +226,10 @@ class ShardCollate:
         keep = pos >= self.start if self.start > 0 else np.ones(len(pos), dtype=bool)
         seqs = [unpack_sequence(b) for b, skip, k in zip(batch["seq"], batch["skip"], keep) if k and not skip]
         questions = int(np.asarray(batch["qra_rows"])[keep].sum())
-        skipped = int(sum(1 for s, k in zip(batch["skip"], keep) if k and s))
+        reasons = [s for s, k in zip(batch["skip"], keep) if k and s]
+        skipped = len(reasons)
+        if reasons:
+            self.last_skip = str(reasons[-1])
         first = int(pos[keep].min()) if keep.any() else -1
         return (collate(seqs, self.pad_id) if seqs else None), questions, skipped, first
 

@@ -51,6 +51,7 @@ from typing import Any, Optional
 
 from step_ray.config import StepRayConfig, to_dict
 from step_ray.train.loop import ADAPTER_DIR, MODEL_DIR, STATE_FILE, model_fingerprint, train_loop_per_worker
+from step_ray.utils.errors import NO_TRAINABLE_ROWS, NothingUsable
 
 logger = logging.getLogger(__name__)
 
@@ -288,10 +289,14 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     stream_notes: dict[str, Any] = {}
     trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start, notes=stream_notes), name, storage_in_fs,
                             user_ds, callbacks, storage_fs)
-    result = fit_interruptible(trainer)
+    try:
+        result = fit_interruptible(trainer)
+        if result.error is not None:
+            raise result.error
+    except Exception as err:  # noqa: BLE001 - only the workers' "nothing to train on" is translated
+        raise_nothing_trainable(err)
+        raise
     wall = time.perf_counter() - started
-    if result.error is not None:
-        raise result.error
     checkpoint = result.checkpoint
     if checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
@@ -374,6 +379,15 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def raise_nothing_trainable(err: BaseException) -> None:
+    """Raise :class:`NothingUsable` with the workers' one-line reason when ``err`` (Ray Train's failure) is a
+    worker finding no row to train on; otherwise return (the caller re-raises ``err``)."""
+    text = str(err)
+    at = text.find(NO_TRAINABLE_ROWS)
+    if at >= 0:
+        raise NothingUsable(text[at:].splitlines()[0]) from None
 
 
 def fit_interruptible(trainer: Any) -> Any:

@@ -44,8 +44,17 @@ def filesystem(uri: str):
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
-def join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if is_remote(base) else str(Path(base) / name)
+def folder(uri: str | Path) -> str:
+    """``uri`` as a folder name the other helpers join onto: an object-store URI without its trailing slash,
+    a local path normalised by :class:`~pathlib.Path`."""
+    return str(uri).rstrip("/") if is_remote(str(uri)) else str(Path(uri))
+
+
+def join(base: str, *names: str) -> str:
+    """``base/name/...``: with ``/`` for an object-store URI, :class:`~pathlib.Path` rules for a local path."""
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *names])
+    return str(Path(base, *names))
 
 
 def exists(uri: str) -> bool:

@@ -1,8 +1,0 @@
-"""Outcomes of a step that are not bugs: the CLI turns each into one line and its own exit code."""
-
-from __future__ import annotations
-
-
-class NothingUsable(RuntimeError):
-    """A step ran to its end but produced nothing the next step could use (every video failed, no QRA sample):
-    exit code 1 with this message, after the step's summary and error lists were written."""
