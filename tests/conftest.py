@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Before any heavy import: DeepSpeed picks its accelerator at import time; nothing may try the network.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -83,3 +86,40 @@ def s3_server(monkeypatch):
         monkeypatch.setenv(key, value)
     yield port
     server.stop()
+
+
+@dataclass
+class Bucket:
+    """A bucket on the test's S3 server, read the way a user would check a run's outputs."""
+
+    fs: Any  # pyarrow.fs.S3FileSystem on the server
+    name: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.name}"
+
+    def files(self, prefix: str) -> list[str]:
+        """Every object under ``prefix`` (a key within the bucket), relative to it, sorted."""
+        import pyarrow.fs as pafs
+
+        base = f"{self.name}/{prefix}".rstrip("/")
+        return sorted(i.path[len(base) + 1:] for i in self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                      if i.type == pafs.FileType.File)
+
+    def read(self, key: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.name}/{key}") as f:
+            return f.read()
+
+    def json(self, key: str) -> Any:
+        return json.loads(self.read(key))
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> Bucket:
+    """An empty bucket ``step-ray-test`` on the test's S3 server (:func:`s3_server`)."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{s3_server}", allow_bucket_creation=True)
+    fs.create_dir("step-ray-test")
+    return Bucket(fs, "step-ray-test")

@@ -136,10 +136,10 @@ def _foreground_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _cli(args: list[str], env: dict) -> subprocess.Popen:
+def _cli(args: list[str], env: dict, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "step_ray.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                            preexec_fn=_foreground_signals)
+                            preexec_fn=_foreground_signals, cwd=cwd)
 
 
 def _pause_workers(stage: str) -> list[int]:
@@ -291,33 +291,44 @@ def toy_qra(tmp_path_factory):
 
 
 @pytest.mark.own_ray
-def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qra, tmp_path):
-    """SIGINT `train` after its first checkpoint (exit 130, checkpoints kept), SIGKILL the re-run after its next
-    one (no Ray process left), then finish: the run ends at exactly train.steps optimizer steps, each logged once,
-    and each re-run's data stream started at its checkpoint's position instead of replaying from position 0."""
+def test_interrupted_train_driver_on_an_object_store_resumes_at_its_step_and_stream_position(
+        toy_qra, s3_bucket, tmp_path, monkeypatch):
+    """`step-ray train --output s3://...` (a local S3 server, found through the environment as on a cluster),
+    logging to an MLflow file store: SIGINT it after its first checkpoint (exit 130, checkpoints kept, the MLflow
+    run KILLED), SIGKILL the re-run after its next one (no Ray process left), then finish. The run ends at exactly
+    train.steps optimizer steps, each logged once; each re-run resumed from the bucket's latest checkpoint, its
+    data stream starting at that checkpoint's position instead of replaying from position 0; the checkpoints,
+    the adapter, its base, the summary and the TensorBoard files are objects in the bucket, nothing is written
+    to the working directory; the finished MLflow run holds the train section as params and the run's losses."""
+    from mlflow import MlflowClient
+    from ray.train import Result
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
     env, ray_tmp = _driver_env(tmp_path)
-    out = tmp_path / "train"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
+    store = (scratch / "mlruns").as_uri()
+    out = f"{s3_bucket.uri}/train"
     steps, every = 12, 3
-    args = ["train", "--input", str(toy_qra), "--output", str(out), "ray.num_cpus=2", "train.num_workers=2",
+    args = ["train", "--input", str(toy_qra), "--output", out, "ray.num_cpus=2", "train.num_workers=2",
             "train.cpus_per_worker=0.5", "train.data.num_cpus=0.5", f"train.steps={steps}",
             f"train.checkpoint_every={every}", "train.log_every=1", "train.batch_size=2", "train.lora.r=4",
-            "train.keep_checkpoints=5", "train.warmup_steps=0"]
-    storage = out / "checkpoints" / "step-ray-train"
+            "train.keep_checkpoints=5", "train.warmup_steps=0", "train.lr=0.005", f"train.mlflow.tracking_uri={store}"]
+    storage = f"{s3_bucket.name}/train/checkpoints/step-ray-train"
 
     def checkpoints() -> int:
         """Checkpoints Ray Train has registered (a folder being written does not count: a run interrupted then
         resumes from the one before)."""
-        from ray.train import Result
-
         try:
-            return len(Result.from_path(str(storage)).best_checkpoints)
+            return len(Result.from_path(storage, storage_filesystem=s3_bucket.fs).best_checkpoints)
         except (RuntimeError, OSError, ValueError):
             return 0
 
     try:
         # Training workers paused once a checkpoint is registered, so the interrupts land mid-run (12 steps of
         # 2 s can otherwise end inside the poll interval).
-        proc = _cli(args, env)
+        proc = _cli(args, env, cwd=tmp_path)
         _wait_for(lambda: checkpoints() >= 1, proc)
         paused = _pause_workers("RayTrainWorker")
         assert paused and proc.poll() is None, "no training worker to pause, or the run already ended"
@@ -328,7 +339,7 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
         assert _no_ray_left(ray_tmp) == []
 
         first = checkpoints()
-        proc = _cli(args, env)
+        proc = _cli(args, env, cwd=tmp_path)
         _wait_for(lambda: checkpoints() >= first + 1, proc)
         paused = _pause_workers("RayTrainWorker")
         assert paused and proc.poll() is None, "no training worker to pause, or the run already ended"
@@ -337,10 +348,10 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
         left = _no_ray_left(ray_tmp)
         assert left == [], f"a SIGKILLed driver left Ray processes: {left}"
 
-        proc = _cli(args, env)
+        proc = _cli(args, env, cwd=tmp_path)
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
-        summary = json.loads((out / "train_summary.json").read_text())
+        summary = s3_bucket.json("train/train_summary.json")
         assert summary["steps"] == steps and 0 < summary["start_step"] < steps
         assert [h["step"] for h in summary["history"]] == list(range(1, steps + 1))
         resumes = summary["resumes"]  # [start step, checkpoint position, first position trained on]
@@ -348,6 +359,36 @@ def test_interrupted_train_driver_resumes_at_its_step_and_stream_position(toy_qr
         for start_step, position, first_position in resumes[1:]:
             assert start_step > 0 and position > 0 and first_position >= position, resumes
         assert summary["stream_start"] == resumes[-1][1]
+
+        # The outputs are objects in the bucket, the adapter naming its base there.
+        files = s3_bucket.files("train")
+        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/step_ray_model.json",
+                "base/config.json", "train_summary.json"} <= set(files), files
+        assert [f for f in files if f.startswith("tensorboard/events.out.tfevents.")]
+        assert summary["checkpoint"].startswith(f"{out}/checkpoints/step-ray-train/checkpoint_")
+        assert summary["adapter_dir"] == f"{out}/adapter" and summary["base_dir"] == f"{out}/base"
+        checkpoint = summary["checkpoint"][len(s3_bucket.uri) + 1:]
+        assert {"state.json", "adapter/adapter_model.safetensors"} <= set(s3_bucket.files(checkpoint))
+        assert s3_bucket.json("train/adapter/adapter_config.json")["base_model_name_or_path"] == f"{out}/base"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]  # no "s3:" folder, no run folder
+        assert not list(scratch.glob("step-ray-stage-*"))  # (the MLflow store is there)
+
+        # MLflow: a run per call, ended as its call ended (the SIGKILLed driver could not end its own).
+        client = MlflowClient(tracking_uri=store)
+        runs = client.search_runs([client.get_experiment_by_name("step-ray").experiment_id], order_by=["start_time"])
+        assert [r.info.status for r in runs] == ["KILLED", "RUNNING", "FINISHED"]
+        final = runs[-1]
+        assert final.info.run_id == summary["mlflow_run_id"] and final.info.run_name == f"{s3_bucket.name}/train"
+        assert final.data.tags["step_ray.output"] == out
+        params = final.data.params
+        assert params["train.steps"] == str(steps) and params["train.lr"] == "0.005"
+        assert params["train.lora.r"] == "4" and params["model.name_or_path"] == "tiny"
+        trained = summary["history"][summary["start_step"]:]  # the steps of the final call
+        loss = client.get_metric_history(final.info.run_id, "loss")
+        assert [m.step for m in loss] == [h["step"] for h in trained]
+        assert [m.value for m in loss] == pytest.approx([h["loss"] for h in trained])
+        assert {"loss_answer", "loss_rationale", "lr", "samples_per_s", "tokens_per_s"} <= set(final.data.metrics)
+        assert not {"step", "time", "first_step_time"} & set(final.data.metrics)
         print(f"train interrupts: resumes {resumes}, {summary['rows_seen']} questions over {steps} steps")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

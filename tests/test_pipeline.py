@@ -1,4 +1,5 @@
-"""The QRA stage through both executors (in process and on Ray), and the whole self-train loop at tiny sizes on the session's Ray."""
+"""The QRA stage through both executors (in process and on Ray), and the self-train loop's choice of graphs (the whole
+loop at tiny sizes runs as a Ray job: tests/test_jobs.py)."""
 
 import json
 
@@ -55,54 +56,6 @@ def test_qra_on_ray_is_deterministic_and_reports_bad_graphs(ray_session, synth_c
     for rec in records:
         splits.setdefault(rec["video_id"], set()).add(rec["split"])
     assert all(len(s) == 1 for s in splits.values())  # no video in two splits
-
-
-TINY_RUN = ["synth.videos=8", "synth.seed=5", "qra.samples_per_video=6", "train.steps=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.log_every=1", "model.frames=2", "eval.batch_size=8",
-            "pretrain.videos=6", "pretrain.steps=2", "pretrain.batch_size=2", "pretrain.samples_per_video=2",
-            "pretrain.test_fraction=0.5", "train.lora.enabled=true"]  # the demo trains fully; LoRA's path here
-
-
-@pytest.mark.ray
-def test_self_train_two_rounds_from_a_pretrained_base(ray_session, tmp_path, monkeypatch):
-    """pretrain -> synth -> round 1 (stsg -> qra -> eval base -> train -> eval, vision control) -> round 2 (the
-    filter asks model 1; training starts from model 1 merged) -> report.md / report.html; a re-run skips it all."""
-    from step_ray.models.card import read_card
-    from step_ray.pipeline.self_train import self_train
-
-    monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("configs/demo.yaml", [*TINY_RUN, "run.rounds=2", "pretrain.enabled=true",
-                                            "qra.filter.enabled=true", "qra.filter.asks=2"])
-    run = tmp_path / "run"
-    summary = self_train(cfg, run_dir=str(run))
-    pre = summary["pretrain"]
-    assert read_card(pre["model_dir"]).kind == "pretrain" and pre["train_steps"] == 2
-    assert set(pre["accuracy"]) == {"held_out", "held_out_blank"}
-    r1, r2 = summary["rounds"]
-    assert r1["stsg"]["ok"] == 8 and r1["qra"]["samples"] > 0 and r1["train"]["steps"] == 2
-    assert r1["init"] == f"base:{pre['model_dir']}"
-    # Round 2 mined with model 1 (its filter) and trained from model 1, merged into one folder.
-    assert r2["stsg"] == {"reused": str(run / "round_1" / "stsg")}
-    assert r2["qra"]["filter"]["model"] == str(run / "round_1" / "train" / "merged")
-    assert r2["init"] == str(run / "round_1" / "train" / "merged")
-    assert read_card(run / "round_1" / "train" / "merged").kind == "merged"
-    assert r2["train"]["base_dir"].endswith("round_2/train/base")
-    for rdir in (run / "round_1", run / "round_2"):
-        assert (rdir / "train" / "adapter" / "step_ray_model.json").is_file()
-        for name in ("trained", "trained_blank"):
-            result = json.loads((rdir / "eval" / f"{name}.json").read_text())
-            assert result["n"] == r1["eval_base"]["base"]["n"] > 0 and "low" in result["by_steps"]["1"]
-    assert json.loads((run / "round_1" / "eval" / "base_blank.json").read_text())["vision"] == "blank"
-    report = (run / "report.md").read_text()
-    assert "| model 2 |" in report and "3+ steps" in report and "black frames" in report
-    page = (run / "report.html").read_text()
-    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "Examples" in page
-    assert (run / "plots" / "accuracy_by_steps.png").stat().st_size > 1000 and (run / "plots" / "loss.png").is_file()
-    stored = json.loads((run / "summary.json").read_text())
-    assert {"round 1: stsg", "round 1: qra", "round 1: train", "round 2: train"} <= set(stored["seconds"])
-    # A re-run finds every stage done (and the base in the cache): nothing is trained again.
-    again = self_train(cfg, run_dir=str(run))
-    assert again["pretrain"]["reused"] and not [k for k in again["seconds"] if k.endswith(": train")]
 
 
 def test_self_train_reads_only_the_graphs_of_its_last_stsg_run(synth_corpus, tmp_path):
