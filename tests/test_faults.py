@@ -322,8 +322,8 @@ def test_interrupted_train_driver_on_an_object_store_resumes_at_its_step_and_str
         resumes from the one before)."""
         try:
             return len(Result.from_path(storage, storage_filesystem=s3_bucket.fs).best_checkpoints)
-        except (RuntimeError, OSError, ValueError):
-            return 0
+        except Exception:  # noqa: BLE001 - not there yet, or read while Ray Train rewrites it (an object store
+            return 0  # has no atomic rename: a half-written snapshot fails to parse); the next poll sees it
 
     try:
         # Training workers paused once a checkpoint is registered, so the interrupts land mid-run (12 steps of
@@ -371,7 +371,8 @@ def test_interrupted_train_driver_on_an_object_store_resumes_at_its_step_and_str
         assert {"state.json", "adapter/adapter_model.safetensors"} <= set(s3_bucket.files(checkpoint))
         assert s3_bucket.json("train/adapter/adapter_config.json")["base_model_name_or_path"] == f"{out}/base"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]  # no "s3:" folder, no run folder
-        assert not list(scratch.glob("step-ray-stage-*"))  # (the MLflow store is there)
+        # Only the SIGKILLed call's staging folder is left (a killed process cleans nothing; it is under $TMPDIR).
+        assert len(list(scratch.glob("step-ray-stage-*"))) <= 1  # (the MLflow store is there too)
 
         # MLflow: a run per call, ended as its call ended (the SIGKILLed driver could not end its own).
         client = MlflowClient(tracking_uri=store)
