@@ -120,8 +120,7 @@ def with_base(cfg: StepRayConfig, run: _Runner, run_dir: str, use_ray: bool) -> 
 
 def self_train(cfg: StepRayConfig, inputs: list[str] | None = None, run_dir: str | None = None,
                use_ray: bool = True) -> dict:
-    run_path = str(run_dir or cfg.run.output_dir)
-    run_path = storage.folder(run_path)
+    run_path = storage.folder(run_dir or cfg.run.output_dir)
     if not storage.is_remote(run_path):
         Path(run_path).mkdir(parents=True, exist_ok=True)
     storage.write_text(storage.join(run_path, "config.yaml"), dump_config(cfg))

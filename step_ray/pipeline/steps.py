@@ -287,8 +287,9 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
 
             from step_ray.models.sources import local_copy
 
-            inner = os.path.relpath(resolved.base, local_copy(cfg.train.init.rstrip("/")))
-            folder = cfg.train.init.rstrip("/") if inner == "." else storage.join(cfg.train.init, inner)
+            init = storage.folder(cfg.train.init)
+            inner = os.path.relpath(resolved.base, local_copy(init))
+            folder = init if inner == "." else storage.join(init, inner)
         else:
             folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)
     except ModelSourceError as err:

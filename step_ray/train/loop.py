@@ -385,7 +385,8 @@ def train_loop_per_worker(config: dict) -> None:
         window[4] += questions
         window[5] += skipped
         if not all_ranks_have_data(batch, device):
-            unusable_since = epoch if unusable_since is None else unusable_since
+            if unusable_since is None:
+                unusable_since = epoch
             if epoch >= unusable_since + 2:
                 # Two whole passes over the shard without one row to train on: every row's video failed to
                 # decode (or its sequence to encode). Waiting would loop forever.
