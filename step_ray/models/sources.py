@@ -41,6 +41,8 @@ class ResolvedModel:
     adapter: Optional[str]  # a peft adapter folder applied on top, or None
     description: str  # 'base:tiny', 'adapter:/runs/x/train', 'model:/runs/x/pretrain/model', ...
     card: Optional[ModelCard]
+    #: For an object-store source: the local folder it was copied to (``base`` / ``adapter`` lie inside it).
+    local_root: Optional[str] = None
 
 
 def _card(*folders: Optional[Path]) -> Optional[ModelCard]:
@@ -62,7 +64,7 @@ def resolve_model(source: Optional[str | Path], base_name: str = "tiny") -> Reso
         uri = str(source).rstrip("/")
         local = local_copy(uri)
         resolved = resolve_model(local, base_name)
-        return dataclasses.replace(resolved, description=resolved.description.replace(local, uri))
+        return dataclasses.replace(resolved, description=resolved.description.replace(local, uri), local_root=local)
     path = Path(source)
     if not path.is_dir():
         if "://" not in str(source) and _HUB_ID.match(str(source)) and not path.exists():

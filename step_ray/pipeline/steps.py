@@ -5,6 +5,7 @@ returns a summary dict. The CLI, the ``jobs/`` scripts and ``self-train`` all ca
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,6 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> None:
 def in_ray_job_working_dir() -> bool:
     """Whether this process is the driver of a ``ray job submit --working-dir ...`` job: its current folder is
     then Ray's temporary copy of the uploaded working dir."""
-    import os
-
     config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not config:
         return False
@@ -43,8 +42,6 @@ def check_output(out: str | Path, name: str = "--output") -> None:
     output folder: it is a file, sits under a file, is not writable, or is relative inside a Ray job (it would
     land in the job's temporary copy of the working dir, deleted with the job). Nothing is created here. An
     object-store prefix is checked by the first write (it has no permissions to look at beforehand)."""
-    import os
-
     from step_ray.utils.inputs import InputError
 
     if storage.is_remote(str(out)):
@@ -270,9 +267,7 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
     if not cfg.train.init:
         return cfg
     from step_ray.models.export import materialize
-    from step_ray.models.sources import ModelSourceError
-
-    from step_ray.models.sources import resolve_model
+    from step_ray.models.sources import ModelSourceError, resolve_model
 
     try:
         resolved = resolve_model(cfg.train.init, cfg.model.name_or_path)
@@ -283,12 +278,8 @@ def with_init(cfg: StepRayConfig, out_dir: str | Path) -> StepRayConfig:
         if storage.is_remote(cfg.train.init) and resolved.adapter is None and resolved.base is not None:
             # A model folder on an object store: named there (every training worker copies it from there),
             # not by this process's local copy.
-            import os
-
-            from step_ray.models.sources import local_copy
-
             init = storage.folder(cfg.train.init)
-            inner = os.path.relpath(resolved.base, local_copy(init))
+            inner = os.path.relpath(resolved.base, resolved.local_root)
             folder = init if inner == "." else storage.join(init, inner)
         else:
             folder = materialize(cfg.model, cfg.train.init, Path(out_dir) / "init", seed=cfg.run.seed)

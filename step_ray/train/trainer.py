@@ -51,7 +51,7 @@ from typing import Any, Optional
 
 from step_ray.config import StepRayConfig, to_dict
 from step_ray.train.loop import ADAPTER_DIR, MODEL_DIR, STATE_FILE, model_fingerprint, train_loop_per_worker
-from step_ray.utils.errors import NO_TRAINABLE_ROWS, NothingUsable
+from step_ray.utils.errors import NothingUsable
 
 logger = logging.getLogger(__name__)
 
@@ -383,11 +383,14 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
 
 def raise_nothing_trainable(err: BaseException) -> None:
     """Raise :class:`NothingUsable` with the workers' one-line reason when ``err`` (Ray Train's failure) is a
-    worker finding no row to train on; otherwise return (the caller re-raises ``err``)."""
-    text = str(err)
-    at = text.find(NO_TRAINABLE_ROWS)
-    if at >= 0:
-        raise NothingUsable(text[at:].splitlines()[0]) from None
+    worker finding no row to train on; otherwise return (the caller re-raises ``err``). Ray Train's
+    ``WorkerGroupError`` carries each failed worker's own exception by rank (``worker_failures``): every rank
+    raises the same one at the same micro-batch (the skip decision is all-reduced), so the lowest rank's is
+    the message."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        if isinstance(failures[rank], NothingUsable):
+            raise NothingUsable(str(failures[rank])) from None
 
 
 def fit_interruptible(trainer: Any) -> Any:

@@ -9,6 +9,5 @@ class NothingUsable(RuntimeError):
     lists were written."""
 
 
-# How a training worker's "no row to train on" failure starts: the driver finds it in Ray Train's error (the
-# worker's exception reaches the driver wrapped and as text) and raises NothingUsable with it.
+# How a training worker's "no row to train on" failure (a NothingUsable raised in the worker) starts.
 NO_TRAINABLE_ROWS = "no trainable row in two passes over the training data"
