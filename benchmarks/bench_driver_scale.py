@@ -10,7 +10,9 @@ actors, the corpus-wide passes, the parts, the card) are the real ones.
 
 Each size runs in a fresh Python process with its own local Ray (2 CPUs), so ``ru_maxrss`` is that driver's
 own peak; sizes run one after another in the same invocation, and every ratio is against the 1k run of the
-same invocation. Wall times exclude starting Ray.
+same invocation. Wall times exclude starting Ray. Beside the peak: the peak when the ``stsg`` step ended, and
+what stays live at the end (RSS after ``gc.collect()`` and glibc's ``malloc_trim(0)``, without the freed heap
+the allocator holds on to), which tell a transient peak from memory kept.
 
     .venv/bin/python benchmarks/bench_driver_scale.py [--sizes 1000 10000 100000] [--repeats 3] [--largest-repeats 1]
 
@@ -80,9 +82,14 @@ rss0, c0 = rss_mb(), cpu_s()
 t0 = time.perf_counter()
 s = steps.stsg_step(cfg, [str(manifest)], root / "stsg", stages=stages)
 t1 = time.perf_counter()
+stsg_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 q = steps.qra_step(cfg, [str(root / "stsg")], root / "qra")
 t2 = time.perf_counter()
-print(json.dumps({"inputs": n, "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import ctypes, gc
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # what stays live, without the heap the allocator holds on to
+print(json.dumps({"inputs": n, "driver_rss_mb": peak, "peak_after_stsg_mb": stsg_peak, "live_at_end_mb": rss_mb(),
                   "rss_at_start_mb": rss0, "driver_cpu_s": cpu_s() - c0,
                   "stsg_s": t1 - t0, "qra_s": t2 - t1, "ok": s["ok"], "accounted_for": s["accounted_for"],
                   "graphs": q["graphs"], "samples": q["samples"], "parts": len(q["parts"])}))
@@ -118,6 +125,8 @@ def main() -> None:
             "stsg_s": statistics.median(r["stsg_s"] for r in runs), "qra_s": statistics.median(r["qra_s"] for r in runs),
             "ms_per_input": statistics.median(wall), "ms_min_max": f"{min(wall):.3g}-{max(wall):.3g}",
             "rss_at_start_mb": statistics.median(r["rss_at_start_mb"] for r in runs),
+            "peak_after_stsg_mb": statistics.median(r["peak_after_stsg_mb"] for r in runs),
+            "live_at_end_mb": statistics.median(r["live_at_end_mb"] for r in runs),
             "driver_cpu_ms_per_input": statistics.median(r["driver_cpu_s"] / n * 1000 for r in runs),
             "samples": runs[0]["samples"], "qra_parts": runs[0]["parts"],
         })
