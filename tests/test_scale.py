@@ -40,7 +40,7 @@ def driver_rows(monkeypatch):
 
                 def gen():
                     for item in out:
-                        rows.extend([dict(item)] if name == "iter_rows" else [{"batch": True}] * _rows(item))
+                        rows.extend([dict(item)] if name == "iter_rows" else _batch_rows(item))
                         yield item
                 return gen()
             rows = out if isinstance(out, list) else [{"batch": True}] * _rows(out)
@@ -64,6 +64,12 @@ def driver_rows(monkeypatch):
     for method in ("inputs", "stages", "write", "shuffle", "map_reduce"):
         monkeypatch.setattr(LocalFlow, method, lambda *a, **k: pytest.fail("the in-process flow ran on Ray"))
     return fetched
+
+
+def _batch_rows(batch) -> list[dict]:
+    """A fetched batch's rows: as they are for Arrow batches (the flows' aggregations stream combined rows
+    to the driver this way), else one placeholder per row."""
+    return batch.to_pylist() if hasattr(batch, "to_pylist") else [{"batch": True}] * _rows(batch)
 
 
 def _rows(batch) -> int:

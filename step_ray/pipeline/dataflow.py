@@ -6,8 +6,9 @@ A step is written once against a *flow* and runs on either of two:
   task per ``--input`` argument, yielding small blocks as it walks a folder, a prefix or a manifest), ids are
   made unique by a ``groupby`` on the requested id, blocks are re-cut to each stage's batch size, stages run
   on their actor pools (:func:`~step_ray.ray_executor.map_stages`), and rows reach Parquet tables through
-  :class:`PartSink` as they come. Summaries are ``groupby`` sums; nothing the size of the corpus is ever
-  collected on the driver.
+  :class:`PartSink` as they come. Summaries are aggregations combined on the map side (a row per group
+  per block) and summed on the driver as they stream in; nothing the size of the corpus is ever collected
+  on the driver.
 * :class:`LocalFlow` — the same in this process with plain Python (tests, debugging, ``--no-ray``); it keeps
   the id bookkeeping in memory, which is fine at the sizes it is for.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
@@ -388,37 +388,24 @@ class LocalFlow:
 
     def group_sums(self, files: Sequence[str], keys: Sequence[str], sums: Sequence[str]) -> list[dict]:
         """``SELECT keys, count(*) AS n, sum(c) ... GROUP BY keys`` over Parquet files."""
-        acc: dict[tuple, dict[str, Any]] = {}
+        acc = _Sums(keys, sums, count="n")
         for t in _read_batches(files, list(keys) + list(sums)):
-            g = t.group_by(list(keys), use_threads=False).aggregate([(keys[0], "count")] + [(c, "sum") for c in sums])
-            for r in g.to_pylist():
-                k = tuple(r[c] for c in keys)
-                a = acc.setdefault(k, {**dict(zip(keys, k)), "n": 0, **{c: None for c in sums}})
-                a["n"] += r[f"{keys[0]}_count"]
-                for c in sums:
-                    v = r[f"{c}_sum"]
-                    if v is not None:
-                        a[c] = v if a[c] is None else a[c] + v
-        return list(acc.values())
+            acc.add(combine_block(t, keys, sums, count="n"))
+        return acc.rows()
 
     def first_rows(self, files: Sequence[str], columns: Sequence[str], order_by: str, limit: int,
                    filter: Any = None) -> list[dict]:
         """The first ``limit`` rows by ``order_by`` (where ``filter``, a pyarrow expression, holds)."""
-        import pyarrow.dataset as pads
-
-        rows: list[dict] = []
-        for path in files:
-            fs, p = storage.filesystem(path)
-            t = pads.dataset(p, filesystem=fs, format="parquet").to_table(columns=list(columns), filter=filter)
-            rows = sorted(rows + t.to_pylist(), key=lambda r: str(r[order_by]))[:limit]
-        return rows
+        top = _FirstRows(order_by, limit)
+        for t in _read_batches(files, None):
+            top.add(first_rows_block(t, columns, order_by, limit, filter))
+        return top.rows()
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
-        total: Counter = Counter()
+        acc = _Sums(TALLY_KEYS, ["n"])
         for item in items:
-            for r in fn(item).to_pylist():
-                total[(r["kind"], r["a"], r["b"], r["c"])] += r["n"]
-        return [{"kind": k, "a": a, "b": b, "c": c, "n": n} for (k, a, b, c), n in sorted(total.items())]
+            acc.add(fn(item))
+        return acc.rows()
 
     def shuffle(self, files: Sequence[str], key: Callable[[pa.Table], pa.Array],
                 group_fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
@@ -492,16 +479,22 @@ class RayFlow:
     def write(self, ds: Any, sink: PartSink) -> None:
         ds.write_datasink(sink.datasink(), ray_remote_args={"num_cpus": STREAM_IO_CPUS})
 
+    # The aggregations below combine on the map side (each block to one row per group) and sum the combined
+    # rows on the driver as they stream in: the driver holds one entry per group, as a groupby would return.
+    # Not Ray Data's groupby: its all-to-all exchange grew the driver by ~0.2 MB per input block per run
+    # (measured on Ray 2.60: +69 MB for one sort-shuffle aggregation over 120 blocks, +25 MB on each repeat),
+    # which at 100k inputs was most of the driver's growth (docs/scaling.md).
+
     def group_sums(self, files: Sequence[str], keys: Sequence[str], sums: Sequence[str]) -> list[dict]:
         import ray.data
-        from ray.data.aggregate import Count, Sum
 
         if not files:
             return []
         ds = ray.data.read_parquet(list(files), columns=list(keys) + list(sums), file_extensions=["parquet"],
                                    num_cpus=TASK_CPUS, override_num_blocks=len(files))  # see read_listing
-        aggs = [Count(alias_name="n")] + [Sum(c, alias_name=c) for c in sums]
-        return _aggregated(_shuffled_by(ds, small=True).groupby(list(keys), num_partitions=1).aggregate(*aggs))
+        ds = ds.map_batches(combine_block, fn_args=(list(keys), list(sums)), fn_kwargs={"count": "n"},
+                            batch_size=None, batch_format="pyarrow", num_cpus=TASK_CPUS)
+        return _Sums(keys, sums, count="n").add_all(_blocks(ds)).rows()
 
     def first_rows(self, files: Sequence[str], columns: Sequence[str], order_by: str, limit: int,
                    filter: Any = None) -> list[dict]:
@@ -511,26 +504,23 @@ class RayFlow:
             return []
         ds = ray.data.read_parquet(list(files), file_extensions=["parquet"], num_cpus=TASK_CPUS,
                                    override_num_blocks=len(files))
-        if filter is not None:
-            ds = ds.map_batches(lambda t: t.filter(filter), batch_format="pyarrow", num_cpus=TASK_CPUS)
-        return _shuffled_by(ds.select_columns(list(columns)), small=True).sort(order_by).take(limit)
+        ds = ds.map_batches(first_rows_block, fn_args=(list(columns), order_by, limit, filter), batch_size=None,
+                            batch_format="pyarrow", num_cpus=TASK_CPUS)
+        return _FirstRows(order_by, limit).add_all(_blocks(ds)).rows()
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
         """``fn`` on each item in Ray tasks (one item per task), the tally rows summed by key."""
         import ray.data
-        from ray.data.aggregate import Sum
 
         if not items:
             return []
         ds = ray.data.from_items([{"item": i} for i in items], override_num_blocks=len(items))
         ds = ds.map_batches(_MapItems(fn), batch_size=1, batch_format="pyarrow", num_cpus=1)
-        return _aggregated(_shuffled_by(ds, small=True).groupby(TALLY_KEYS, num_partitions=1)
-                           .aggregate(Sum("n", alias_name="n")))
+        return _Sums(TALLY_KEYS, ["n"]).add_all(_blocks(ds)).rows()
 
     def shuffle(self, files: Sequence[str], key: Callable[[pa.Table], pa.Array],
                 group_fn: Callable[[pa.Table], pa.Table]) -> list[dict]:
         import ray.data
-        from ray.data.aggregate import Sum
 
         if not files:
             return []
@@ -540,8 +530,7 @@ class RayFlow:
         ds = _shuffled_by(ds, small=_parquet_bytes(files) < SMALL_SHUFFLE_BYTES)
         groups = ds.groupby("_group", num_partitions=self.partitions).map_groups(
             lambda t: group_fn(t.drop(["_group"])), batch_format="pyarrow", num_cpus=1)
-        return _aggregated(_shuffled_by(groups, small=True).groupby(TALLY_KEYS, num_partitions=1)
-                           .aggregate(Sum("n", alias_name="n")))
+        return _Sums(TALLY_KEYS, ["n"]).add_all(_blocks(groups)).rows()
 
 
 def _shuffled_by(ds: Any, small: bool) -> Any:
@@ -566,10 +555,78 @@ def _parquet_bytes(files: Sequence[str]) -> int:
     return total
 
 
-def _aggregated(ds: Any) -> list[dict]:
-    """The rows of an aggregation to the driver: one per group, and the groups are tally keys or statuses
-    (bounded by the answer vocabulary, the examples kept and the parts), never one per video or sample."""
-    return [dict(row) for row in ds.iter_rows()]
+def _blocks(ds: Any) -> Iterator[pa.Table]:
+    """The blocks of ``ds`` as they finish, to the driver (small by construction: combined rows)."""
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def combine_block(t: pa.Table, keys: Sequence[str], sums: Sequence[str], count: Optional[str] = None) -> pa.Table:
+    """One row per distinct ``keys`` of ``t``: the sums of ``sums`` (nulls skipped; null if all are) and, with
+    ``count``, the number of rows in that column."""
+    keys, sums = list(keys), list(sums)
+    aggs: list[Any] = [(c, "sum") for c in sums]
+    if count:
+        aggs.append((keys[0], "count", pc.CountOptions(mode="all")))
+    g = t.select(keys + sums).group_by(keys, use_threads=False).aggregate(aggs)
+    names = {f"{c}_sum": c for c in sums} | ({f"{keys[0]}_count": count} if count else {})
+    return g.rename_columns([names.get(n, n) for n in g.column_names])
+
+
+class _Sums:
+    """The driver's side of an aggregation: combined rows (:func:`combine_block`) added as they come, one
+    entry per group; :meth:`rows` in key order."""
+
+    def __init__(self, keys: Sequence[str], sums: Sequence[str], count: Optional[str] = None):
+        self.keys, self.sums, self.count = list(keys), list(sums), count
+        self.groups: dict[tuple, dict[str, Any]] = {}
+
+    def add(self, t: pa.Table) -> "_Sums":
+        for r in t.to_pylist():
+            k = tuple(r[c] for c in self.keys)
+            acc = self.groups.get(k)
+            if acc is None:
+                self.groups[k] = {c: r[c] for c in self.keys + self.sums + ([self.count] if self.count else [])}
+                continue
+            for c in self.sums + ([self.count] if self.count else []):
+                if r[c] is not None:
+                    acc[c] = r[c] if acc[c] is None else acc[c] + r[c]
+        return self
+
+    def add_all(self, tables: Iterable[pa.Table]) -> "_Sums":
+        for t in tables:
+            self.add(t)
+        return self
+
+    def rows(self) -> list[dict]:
+        return [self.groups[k] for k in sorted(self.groups, key=lambda k: tuple("" if v is None else str(v) for v in k))]
+
+
+def first_rows_block(t: pa.Table, columns: Sequence[str], order_by: str, limit: int, filter: Any = None) -> pa.Table:
+    """The first ``limit`` rows of ``t`` by ``order_by`` (where ``filter`` holds), ``columns`` only."""
+    if filter is not None:
+        t = t.filter(filter)
+    return t.select(list(columns)).sort_by(order_by).slice(0, limit)
+
+
+class _FirstRows:
+    """The driver's side of :func:`first_rows_block`: the first ``limit`` rows over the blocks added."""
+
+    def __init__(self, order_by: str, limit: int):
+        self.order_by, self.limit = order_by, limit
+        self.best: list[dict] = []
+
+    def add(self, t: pa.Table) -> "_FirstRows":
+        if t.num_rows:
+            self.best = sorted(self.best + t.to_pylist(), key=lambda r: str(r[self.order_by]))[:self.limit]
+        return self
+
+    def add_all(self, tables: Iterable[pa.Table]) -> "_FirstRows":
+        for t in tables:
+            self.add(t)
+        return self
+
+    def rows(self) -> list[dict]:
+        return self.best
 
 
 class _MapItems:
