@@ -572,7 +572,19 @@ def combine_block(t: pa.Table, keys: Sequence[str], sums: Sequence[str], count: 
     return g.rename_columns([names.get(n, n) for n in g.column_names])
 
 
-class _Sums:
+class _Reducer:
+    """Combined blocks added on the driver as they stream in (:meth:`add`, one block)."""
+
+    def add(self, t: pa.Table) -> Any:
+        raise NotImplementedError
+
+    def add_all(self, tables: Iterable[pa.Table]) -> Any:
+        for t in tables:
+            self.add(t)
+        return self
+
+
+class _Sums(_Reducer):
     """The driver's side of an aggregation: combined rows (:func:`combine_block`) added as they come, one
     entry per group; :meth:`rows` in key order."""
 
@@ -592,11 +604,6 @@ class _Sums:
                     acc[c] = r[c] if acc[c] is None else acc[c] + r[c]
         return self
 
-    def add_all(self, tables: Iterable[pa.Table]) -> "_Sums":
-        for t in tables:
-            self.add(t)
-        return self
-
     def rows(self) -> list[dict]:
         return [self.groups[k] for k in sorted(self.groups, key=lambda k: tuple("" if v is None else str(v) for v in k))]
 
@@ -608,7 +615,7 @@ def first_rows_block(t: pa.Table, columns: Sequence[str], order_by: str, limit: 
     return t.select(list(columns)).sort_by(order_by).slice(0, limit)
 
 
-class _FirstRows:
+class _FirstRows(_Reducer):
     """The driver's side of :func:`first_rows_block`: the first ``limit`` rows over the blocks added."""
 
     def __init__(self, order_by: str, limit: int):
@@ -618,11 +625,6 @@ class _FirstRows:
     def add(self, t: pa.Table) -> "_FirstRows":
         if t.num_rows:
             self.best = sorted(self.best + t.to_pylist(), key=lambda r: str(r[self.order_by]))[:self.limit]
-        return self
-
-    def add_all(self, tables: Iterable[pa.Table]) -> "_FirstRows":
-        for t in tables:
-            self.add(t)
         return self
 
     def rows(self) -> list[dict]:
