@@ -396,9 +396,13 @@ class LocalFlow:
     def first_rows(self, files: Sequence[str], columns: Sequence[str], order_by: str, limit: int,
                    filter: Any = None) -> list[dict]:
         """The first ``limit`` rows by ``order_by`` (where ``filter``, a pyarrow expression, holds)."""
+        import pyarrow.dataset as pads
+
         top = _FirstRows(order_by, limit)
-        for t in _read_batches(files, None):
-            top.add(first_rows_block(t, columns, order_by, limit, filter))
+        for path in files:  # only the columns asked for, the filter pushed into the read
+            fs, p = storage.filesystem(path)
+            top.add(first_rows_block(pads.dataset(p, filesystem=fs, format="parquet").to_table(
+                columns=list(columns), filter=filter), columns, order_by, limit))
         return top.rows()
 
     def map_reduce(self, items: Sequence[Any], fn: Callable[[Any], pa.Table]) -> list[dict]:
@@ -589,7 +593,8 @@ class _Sums(_Reducer):
     entry per group; :meth:`rows` in key order."""
 
     def __init__(self, keys: Sequence[str], sums: Sequence[str], count: Optional[str] = None):
-        self.keys, self.sums, self.count = list(keys), list(sums), count
+        self.keys = list(keys)
+        self.added = list(sums) + ([count] if count else [])  # the columns summed over the blocks
         self.groups: dict[tuple, dict[str, Any]] = {}
 
     def add(self, t: pa.Table) -> "_Sums":
@@ -597,9 +602,9 @@ class _Sums(_Reducer):
             k = tuple(r[c] for c in self.keys)
             acc = self.groups.get(k)
             if acc is None:
-                self.groups[k] = {c: r[c] for c in self.keys + self.sums + ([self.count] if self.count else [])}
+                self.groups[k] = {c: r[c] for c in self.keys + self.added}
                 continue
-            for c in self.sums + ([self.count] if self.count else []):
+            for c in self.added:
                 if r[c] is not None:
                     acc[c] = r[c] if acc[c] is None else acc[c] + r[c]
         return self
