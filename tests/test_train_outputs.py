@@ -78,8 +78,10 @@ def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, 
     run = MlflowRun.start(cfg, str(tmp_path / "out"), "step-ray-train")
     (tmp_path / "callback.pkl").write_bytes(pickle.dumps(run.callback()))
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    # The last report gathers two log windows (the workers report at most once per Ray Train poll): both logged.
+    windows = [{"step": 2, "loss": 2.0, "lr": 1e-3}, {"step": 3, "loss": 1.5, "lr": 1e-3}]
     reports = [[{"step": 1, "loss": 2.5, "lr": 1e-3, "time": 1.7e9, "done": True}, {"step": 1, "loss": 9.0}],
-               [{"loss": 1.0}], [{"step": 2, "loss": 2.0, "lr": 1e-3}]]
+               [{"loss": 1.0}], [{**windows[-1], "windows": windows}]]
     script = ("import pickle, sys\n"
               "callback = pickle.loads(open(sys.argv[1], 'rb').read())\n"
               f"for metrics in {reports!r}:\n"
@@ -89,7 +91,7 @@ def test_mlflow_callback_logs_rank0_reports_with_the_drivers_settings(tmp_path, 
     assert controller.returncode == 0 and "not logged" not in controller.stderr, controller.stderr[-2000:]
     run.end("FINISHED")
     client = MlflowClient(tracking_uri=run.tracking_uri)
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 2.5), (2, 2.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 2.5), (2, 2.0), (3, 1.5)]
     assert client.get_metric_history(run.run_id, "loss")[0].timestamp == 1_700_000_000_000
     logged = client.get_run(run.run_id)
     assert set(logged.data.metrics) == {"loss", "lr"} and logged.info.run_name == "unit"

@@ -11,7 +11,8 @@ Read it top to bottom, like a torchtune recipe:
                             same run name, or Ray Train restarting the worker group after a worker died).
 5. the loop               - micro-batches from this worker's Ray Data shard (``iter_torch_batches``; frames are
                             decoded and encoded by the data stream's CPU actors, see :mod:`step_ray.train.stream`)
-                            -> loss -> backward -> step; metrics every ``log_every`` steps, a checkpoint every
+                            -> loss -> backward -> step; metrics every ``log_every`` steps (handed to Ray Train
+                            at most once per its poll interval, see ``report_interval_s``), a checkpoint every
                             ``checkpoint_every``; a progress bar on rank 0.
 """
 
@@ -368,6 +369,12 @@ def train_loop_per_worker(config: dict) -> None:
     # Running sums since the last log: loss, answer, rationale, micro-batches, questions, skipped rows,
     # sequences trained on, tokens (non-padding) trained on, seconds spent waiting for data.
     window = torch.zeros(9, dtype=torch.float64)
+    # The loss terms summed on the device, read back once per log window (not a host sync per micro-batch).
+    losses = torch.zeros(3, dtype=torch.float64, device=device)
+    # Logged windows not yet handed to Ray Train, and when this worker last reported (see report_interval_s).
+    pending: list[dict] = []
+    interval = report_interval_s()
+    last_report = time.perf_counter()
     window_start = time.perf_counter()
     run_start = time.perf_counter()
     start_step = step
@@ -395,6 +402,7 @@ def train_loop_per_worker(config: dict) -> None:
                     f"{collate.last_skip_note()}): check the QRA rows' video_uri paths and the videos")
             continue
         unusable_since = None
+        window[7] += float(batch["attention_mask"].sum())  # on the host batch: no device sync
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         task = batch.pop("label_task", None)
@@ -407,10 +415,9 @@ def train_loop_per_worker(config: dict) -> None:
         engine.backward(out.loss)
         boundary = engine.is_gradient_accumulation_boundary()
         engine.step()  # an optimizer step (and an LR step) only at the accumulation boundary
-        window[:4] += torch.tensor([out.loss.item(), out.answer.item(), out.rationale.item(), 1.0],
-                                   dtype=torch.float64)
+        losses += torch.stack([out.loss.detach(), out.answer, out.rationale]).to(torch.float64)
+        window[3] += 1.0
         window[6] += labels.shape[0]
-        window[7] += float(batch["attention_mask"].sum())
         if not boundary:
             continue
         step = int(engine.global_steps)
@@ -426,13 +433,17 @@ def train_loop_per_worker(config: dict) -> None:
         if not (log_now or ckpt_now):
             continue
         totals = window.to(device)  # nccl reduces device tensors only; gloo takes CPU ones
+        totals[:3] += losses
         dist.all_reduce(totals)  # sums over ranks
         totals = totals.cpu()
         now = time.perf_counter()
         elapsed = max(now - window_start, 1e-9)
         n = max(totals[3].item(), 1.0)
-        memory = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device)], dtype=torch.float64, device=device)
-        dist.all_reduce(memory, op=dist.ReduceOp.MAX)  # the largest worker's figures
+        # The largest worker's figures, and whether any worker is due to report (the same answer on every rank:
+        # ray.train.report is collective, every rank must call it at the same steps).
+        memory = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device), float(now - last_report >= interval)],
+                              dtype=torch.float64, device=device)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         metrics = {
             "step": step,
             "loss": totals[0].item() / n,
@@ -463,7 +474,9 @@ def train_loop_per_worker(config: dict) -> None:
         counters["samples"] += int(totals[6].item())
         counters["micro_batches"] += int(totals[3].item())
         history.append(metrics)
+        pending.append(metrics)
         window.zero_()
+        losses.zero_()
         # Windows tile the run: the time spent logging and checkpointing below counts in the next window.
         window_start = now
         if rank == 0:
@@ -481,11 +494,43 @@ def train_loop_per_worker(config: dict) -> None:
             state = {"step": step, "history": history, **counters, "world_size": world, "resumes": resumes,
                      "seconds": time.perf_counter() - run_start, "start_step": start_step,
                      "base_fingerprint": base_fingerprint}
-            save_checkpoint(engine, cfg, processor, state, metrics, rank)
+            save_checkpoint(engine, cfg, processor, state, report_of(pending), rank)
+        elif memory[3].item() > 0:
+            ray.train.report(report_of(pending))
         else:
-            ray.train.report(metrics)
+            continue  # the window waits for the next report
+        pending = []
+        last_report = time.perf_counter()
     if bar is not None:
         bar.close()
+
+
+def report_interval_s() -> float:
+    """The least seconds between two metrics reports of a worker (checkpoints are reported at once).
+
+    Ray Train's controller takes one report off each worker's result queue (of size 1) per poll, every
+    ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default): a worker that reports more often blocks in
+    ``ray.train.report`` until the controller comes by. Measured on the toy run (2 CPU workers, ~7 steps/s,
+    ``log_every`` 10): reporting every log step capped the run at 10 steps per 2 s and kept the workers
+    waiting there ~19% of the time (``benchmarks/bench_train.py``). So the log windows are gathered and
+    reported together, at most once per poll interval (:func:`report_of`); the metrics still reach the
+    tracking callbacks one window at a time, each at its step."""
+    try:
+        from ray.train.v2._internal.constants import DEFAULT_HEALTH_CHECK_INTERVAL_S as default
+        from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR as name
+    except ImportError:  # another Ray layout: its documented default
+        name, default = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return float(default)
+
+
+def report_of(windows: list[dict]) -> dict:
+    """One ``ray.train.report`` for the log ``windows`` gathered since the last: the latest window's metrics
+    (what Ray Train's ``Result.metrics`` shows) and, under ``windows``, every one of them in step order (what
+    the tracking callbacks log, :func:`step_ray.train.tracking.report_windows`)."""
+    return {**windows[-1], "windows": list(windows)}
 
 
 def model_fingerprint(module: Any) -> str:

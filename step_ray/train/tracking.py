@@ -1,6 +1,8 @@
 """Experiment tracking through Ray Train's reporting: every ``ray.train.report`` of the workers reaches these
 callbacks on the Ray Train controller (an actor on the driver's node), which write the metrics where tools can
-read them. Every rank reports the same all-reduced figures; the callbacks take rank 0's.
+read them. Every rank reports the same all-reduced figures; the callbacks take rank 0's. A report may carry
+several log windows (``windows``: the workers report at most once per Ray Train poll interval,
+:func:`step_ray.train.loop.report_interval_s`); each is logged at its own step.
 
 * TensorBoard (``train.tensorboard``): event files in ``OUT/tensorboard`` (``tensorboard --logdir OUT``), one
   scalar per metric at its optimizer step. tensorboardX comes with Ray Train; nothing else is needed. With an
@@ -46,6 +48,7 @@ MLFLOW_INSTALL = "pip install 'step-ray[mlflow]' (or: pip install mlflow-skinny)
 # Reported values that are not curves: the step is the x axis, the rest are wall-clock instants.
 NOT_METRICS = ("step", "time", "first_step_time")
 MLFLOW_BATCH = 100  # MLflow's limit on params (and 1000 on metrics) per log_batch call
+MLFLOW_METRICS_BATCH = 1000
 
 
 def check_tracking(cfg: StepRayConfig) -> None:
@@ -68,6 +71,20 @@ def rank0_report(metrics: list[dict[str, Any]]) -> tuple[Optional[int], dict[str
     return (int(step) if isinstance(step, numbers.Number) else None), values
 
 
+def report_windows(metrics: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """``[(step, values)]`` of the log windows in rank 0's report, in step order: the workers gather the windows
+    logged between two reports under ``windows`` (:func:`step_ray.train.loop.report_of`); a report without
+    them is one window; one without a step, none."""
+    _, values = rank0_report(metrics)
+    windows = values.get("windows")
+    out = []
+    for window in windows if isinstance(windows, list) and windows else [values]:
+        step, window_values = rank0_report([window])
+        if step is not None:
+            out.append((step, window_values))
+    return out
+
+
 class TensorBoardCallback(UserCallback):
     """Write rank 0's reported metrics as TensorBoard scalars under ``logdir``, keyed by their ``step``."""
 
@@ -83,12 +100,13 @@ class TensorBoardCallback(UserCallback):
         return self._writer
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Optional[Any]) -> None:
-        step, values = rank0_report(metrics)
-        if step is None:
+        windows = report_windows(metrics)
+        if not windows:
             return
         writer = self._writer_or_open()
-        for key, value in numeric_metrics(values).items():
-            writer.add_scalar(f"train/{key}", value, step)
+        for step, values in windows:
+            for key, value in numeric_metrics(values).items():
+                writer.add_scalar(f"train/{key}", value, step)
         if checkpoint is not None:
             writer.add_text("train/checkpoint", str(checkpoint.path), step)
         writer.flush()
@@ -219,17 +237,21 @@ class MlflowCallback(UserCallback):
         return self._client
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Optional[Any]) -> None:
-        step, values = rank0_report(metrics)
-        if step is None:
+        windows = report_windows(metrics)
+        if not windows:
             return
         from mlflow.entities import Metric
 
-        stamp = int(1000 * float(values.get("time") or time.time()))
-        batch = [Metric(key, value, stamp, step) for key, value in sorted(numeric_metrics(values).items())]
+        batch = []
+        for step, values in windows:
+            stamp = int(1000 * float(values.get("time") or time.time()))
+            batch += [Metric(key, value, stamp, step) for key, value in sorted(numeric_metrics(values).items())]
+        steps = ", ".join(str(step) for step, _ in windows)
         try:
-            self._client_or_open().log_batch(self.run_id, metrics=batch)
+            for i in range(0, len(batch), MLFLOW_METRICS_BATCH):
+                self._client_or_open().log_batch(self.run_id, metrics=batch[i:i + MLFLOW_METRICS_BATCH])
         except Exception as err:  # noqa: BLE001 - a tracking outage must not stop hours of training
-            logger.warning("MLflow: metrics of step %d not logged to run %s: %s", step, self.run_id, err)
+            logger.warning("MLflow: metrics of step %s not logged to run %s: %s", steps, self.run_id, err)
 
     def __getstate__(self) -> dict:  # the client (sessions, a store) stays behind when Ray ships this
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "env": self.env, "_client": None}
