@@ -38,6 +38,23 @@ def _train_worker_pids() -> list[int]:
     return [int(a.pid) for a in actors if a.pid]
 
 
+def _committed_checkpoints(storage: Path) -> int:
+    """How many checkpoints Ray Train's controller has registered in the run's storage folder.
+
+    A checkpoint folder appears as soon as a worker has uploaded it, but the checkpoint is committed (and so
+    restorable after a failure) only once the controller has taken the report off the worker's queue and
+    written its snapshot. The workers report metrics at most once per poll interval, so two folders in a row
+    can both still be in flight: count what the snapshot lists instead."""
+    import json
+
+    snapshot = storage / "checkpoint_manager_snapshot.json"
+    try:
+        state = json.loads(snapshot.read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+    return len(state.get("checkpoint_results") or [])
+
+
 def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp_path, monkeypatch):
     """SIGKILL one training worker after the first checkpoint: Ray Train restarts the group
     (FailureConfig.max_failures), every rank restores the checkpoint, and the run ends at the right step."""
@@ -61,8 +78,9 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     killed = None
     deadline = time.time() + 300
     while thread.is_alive() and time.time() < deadline:
-        # Two checkpoint folders: the first is committed (reported) while the second is being written.
-        if storage.is_dir() and sum(p.name.startswith("checkpoint_") for p in storage.iterdir()) >= 2:
+        # Kill once a checkpoint is committed and training has gone on past it.
+        folders = sum(p.name.startswith("checkpoint_") for p in storage.iterdir()) if storage.is_dir() else 0
+        if _committed_checkpoints(storage) >= 1 and folders >= 2:
             pids = _train_worker_pids()
             if pids:
                 killed = pids[-1]
