@@ -11,6 +11,9 @@ Cases (every round runs each once, the order reversed every other round):
   with the same ``RowEncoder`` (the same work as the stack's cache), and reuses the sequences after.
 * ``stack-nocache`` (context, ``--nocache-case``): the stack with ``train.data.cache: false`` (every pass
   decodes and encodes its questions again, frame cache on): what the cache buys.
+* ``stack-zero0`` (context, ``--zero0-case``): the stack with ``train.zero_stage: 0`` (DeepSpeed's plain data
+  parallelism: one gradient all-reduce, no partitioned optimizer step): what ZeRO-2's extra collectives cost
+  when, as with LoRA, there is next to nothing to partition.
 
 The same work: 4 questions (8 sequences) per worker per step, fp32, one torch thread per worker, ``--steps``
 optimizer steps (>= 120). The same window: a run's completions are its optimizer steps with the sequences they
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=10, help="the stack's train.log_every (its windows)")
     parser.add_argument("--videos", type=int, default=16, help="toy videos (3 questions each, 1 in 4 held out)")
     parser.add_argument("--nocache-case", action="store_true", help="add the stack without its encode cache")
+    parser.add_argument("--zero0-case", action="store_true", help="add the stack at ZeRO stage 0 (context)")
     parser.add_argument("--no-memory", action="store_true", help="skip the ZeRO-3 / ZeRO-0 memory runs")
     parser.add_argument("--allow-short", action="store_true", help="allow --steps < 120 (smoke runs, tests)")
     args = parser.parse_args(argv)
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
              f"train.checkpoint_every={args.steps}", "train.zero_stage=2"]
     stack_cfg = load_config(None, COMMON + speed)
     nocache_cfg = load_config(None, COMMON + speed + ["train.data.cache=false"])
+    zero0_cfg = load_config(None, COMMON + speed + ["train.zero_stage=0"])
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", runtime_env={"env_vars": worker_env()},
              _temp_dir=tempfile.mkdtemp(prefix="ray_"))
     counter = iter(range(10**6))
@@ -211,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(Case("stack-nocache", lambda: stack_run(nocache_cfg, qra, args.warmup, work,
                                                              f"nocache-{next(counter)}"),
                           unit="sequences/s", note="the stack, train.data.cache=false (encodes every pass)"))
+    if args.zero0_case:
+        cases.append(Case("stack-zero0", lambda: stack_run(zero0_cfg, qra, args.warmup, work,
+                                                           f"zero0-{next(counter)}"),
+                          unit="sequences/s", note="the stack, train.zero_stage=0 (one all-reduce per step)"))
     try:
         runs = measure(cases, args.repeats)
         mem = None if args.no_memory else memory(qra, work)
