@@ -441,9 +441,10 @@ def train_loop_per_worker(config: dict) -> None:
         n = max(totals[3].item(), 1.0)
         # The largest worker's figures, and whether any worker is due to report (the same answer on every rank:
         # ray.train.report is collective, every rank must call it at the same steps).
-        memory = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device), float(now - last_report >= interval)],
+        maxima = torch.tensor([peak_rss_mb(), state_mb, peak_gpu_mb(device), float(now - last_report >= interval)],
                               dtype=torch.float64, device=device)
-        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        report_due = maxima[3].item() > 0
         metrics = {
             "step": step,
             "loss": totals[0].item() / n,
@@ -456,9 +457,9 @@ def train_loop_per_worker(config: dict) -> None:
             "skipped_rows": counters["skipped"] + int(totals[5].item()),
             # Share of the wall time the workers waited for the data stream (input-bound when high).
             "data_wait": totals[8].item() / world / elapsed,
-            "peak_rss_mb": memory[0].item(),
-            "state_mb": memory[1].item(),
-            "peak_gpu_mb": memory[2].item(),  # 0 on CPU
+            "peak_rss_mb": maxima[0].item(),
+            "state_mb": maxima[1].item(),
+            "peak_gpu_mb": maxima[2].item(),  # 0 on CPU
             # The window itself, so a benchmark can take rates over any run of windows (totals / seconds).
             "window_seconds": elapsed,
             "window_samples": totals[6].item(),
@@ -495,7 +496,7 @@ def train_loop_per_worker(config: dict) -> None:
                      "seconds": time.perf_counter() - run_start, "start_step": start_step,
                      "base_fingerprint": base_fingerprint}
             save_checkpoint(engine, cfg, processor, state, report_of(pending), rank)
-        elif memory[3].item() > 0:
+        elif report_due:
             ray.train.report(report_of(pending))
         else:
             continue  # the window waits for the next report

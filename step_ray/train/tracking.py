@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 MLFLOW_INSTALL = "pip install 'step-ray[mlflow]' (or: pip install mlflow-skinny)"
 # Reported values that are not curves: the step is the x axis, the rest are wall-clock instants.
 NOT_METRICS = ("step", "time", "first_step_time")
-MLFLOW_BATCH = 100  # MLflow's limit on params (and 1000 on metrics) per log_batch call
-MLFLOW_METRICS_BATCH = 1000
+MLFLOW_BATCH = 100  # MLflow's limit on params per log_batch call
+MLFLOW_METRICS_BATCH = 1000  # and its limit on metrics per call
 
 
 def check_tracking(cfg: StepRayConfig) -> None:
