@@ -118,6 +118,35 @@ def test_load_model_and_processor_tiny_uses_a_keyed_cache(cache):
     assert next(m4.parameters()).dtype == torch.bfloat16
 
 
+def _build_at_rank(rank: int, port: int, cache_dir: str) -> None:
+    """One rank of a 2-process gloo group that builds the tiny model into its own (node-local) cache."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), STEP_RAY_CACHE=f"{cache_dir}/{rank}")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        built = ensure_tiny(ModelConfig(), seed=0)
+        assert {"config.json", "model.safetensors"} <= set(os.listdir(built)), sorted(os.listdir(built))
+        load_model_and_processor(ModelConfig(), seed=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_worker_at_a_nonzero_rank_builds_a_complete_tiny_model(tmp_path):
+    """transformers saves weights on global rank 0 only: a rank-1 worker first on its node (its own cache) must
+    still build a loadable model, not a folder holding just the processor."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_build_at_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / str(rank) / "models").is_dir()
+
+
 def test_non_tiny_name_goes_to_from_pretrained(tmp_path):
     directory = tiny.save_tiny(ModelConfig(), tmp_path / "local_model", seed=3)
     model, processor = load_model_and_processor(ModelConfig(name_or_path=str(directory)))

@@ -375,10 +375,35 @@ def build_tiny(model_cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
 
 
 def save_tiny(model_cfg: ModelConfig, directory: str | Path, seed: int = 0) -> Path:
-    """Build the tiny model and save model + processor to ``directory`` (``from_pretrained`` loads it)."""
+    """Build the tiny model and save model + processor to ``directory`` (``from_pretrained`` loads it).
+
+    In a process where ``torch.distributed`` is up at a rank other than 0 (a train worker that is first on its
+    node to need the model), transformers' ``save_pretrained`` writes only on global rank 0 and silently skips
+    the config and the weights elsewhere: the build then runs in a fresh child process, which has no process
+    group. Either way the saved folder is checked before it is handed back.
+    """
     directory = Path(directory)
-    model, processor = build_tiny(model_cfg, seed=seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    if _distributed_rank() not in (None, 0):
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=save_tiny, args=(model_cfg, directory, seed))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"building the tiny model in a child process failed (exit code {child.exitcode})")
+    else:
+        model, processor = build_tiny(model_cfg, seed=seed)
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+    missing = [name for name in ("config.json", "model.safetensors") if not (directory / name).is_file()]
+    if missing:
+        raise RuntimeError(f"the tiny model saved to {directory} lacks {', '.join(missing)}")
     return directory
+
+
+def _distributed_rank() -> int | None:
+    """This process's ``torch.distributed`` rank, or None without a process group."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
