@@ -117,9 +117,13 @@ def test_replay_stage_gives_each_position_its_questions_rows_in_order(tmp_path, 
     table = question_table(base).append_column("pos", pa.array(np.arange(n), pa.int64()))
     encode = TrainEncodeStage.from_config(cfg)
     assert encode.pool.num_cpus == cfg.train.data.num_cpus and encode.pool.max_size == cfg.train.data.max_actors
-    cache = list(run_local([table.slice(0, 4), table.slice(4)], [encode]))  # two blocks, as Ray would leave
+    cache = list(run_local([table.slice(0, 2), table.slice(2, 2), table.slice(4)], [encode]))
+    # Two blocks, as Ray would leave them: the first of two chunks (Ray Data's block shaping joins batches).
+    cache = [pa.concat_tables(cache[:2]), cache[2]]
+    assert cache[0].column("seq").num_chunks == 2
     replay = TrainReplayStage.from_config(cfg)
     replay.index(cache)
+    assert all(t.column("seq").num_chunks == 1 for t in replay.tables)  # picks never concatenate a block
     positions, questions = stream_positions(n, cfg.run.seed, 3, 3 + 2 * n)
     out = run_batch(replay, pa.table({"pos": positions, "question": questions}))
     assert out.num_rows == 2 * 2 * n  # two passes, two sequences a question

@@ -168,8 +168,14 @@ class TrainReplayStage(Stage):
 
     def index(self, tables: list) -> None:
         """Index the cached rows by question (their ``pos`` while the cache was built), in cache order: a
-        question's answer and rationale sequences stay neighbours."""
-        self.tables = [t for t in tables if t.num_rows]
+        question's answer and rationale sequences stay neighbours.
+
+        Indexed by record batch, not by table: a cached block is often several chunks (Ray Data's block
+        shaping joins the encode batches), and ``take`` on a chunked column first concatenates all its chunks,
+        a copy of the whole block for every few rows picked (measured: 27 ms against 0.3 ms a pick of 8
+        sequences from 8 chunks of 16; the replay actor then took 60% of a core). Batches are zero-copy views.
+        """
+        self.tables = [pa.Table.from_batches([b]) for t in tables for b in t.to_batches() if b.num_rows]
         block = np.concatenate([np.full(t.num_rows, b, np.int64) for b, t in enumerate(self.tables)] or [[]])
         row = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for t in self.tables] or [[]])
         question = np.concatenate([t.column("pos").to_numpy() for t in self.tables] or [[]]).astype(np.int64)
