@@ -19,10 +19,26 @@ from step_ray.train.toy import make_toy_qra
 PASSES = 3
 
 
-def _rows(ds) -> list[tuple]:
-    """The stream's rows as (position, first-row-of-its-question first, id, skip, sequence bytes), in order."""
-    rows = [(int(r["pos"]), -int(r["qra_rows"]), str(r["id"]), str(r["skip"]), bytes(r["seq"])) for r in ds.take_all()]
-    return sorted(rows, key=lambda r: r[:2])
+def _rows(ds, cache_blocks=None) -> list[tuple]:
+    """The stream's rows as (position, first-row-of-its-question first, id, skip, sequence bytes), in order; a
+    replayed row's bytes read from the encode cache (``cache_blocks``), as the training workers read them."""
+    import ray
+
+    from step_ray.train.stream import replay_tables
+
+    cache = replay_tables(ray.get(list(cache_blocks))) if cache_blocks else None
+    return _in_order(ds.take_all(), cache)
+
+
+def _in_order(rows, cache=None) -> list[tuple]:
+    def data(r):
+        if "cache_table" not in r:
+            return bytes(r["seq"])
+        assert r["seq"] == b""  # the stream carries no bytes: they stay in the cache
+        return b"" if r["skip"] else cache[r["cache_table"]].column("seq")[r["cache_row"]].as_py()
+
+    out = [(int(r["pos"]), -int(r["qra_rows"]), str(r["id"]), str(r["skip"]), data(r)) for r in rows]
+    return sorted(out, key=lambda r: r[:2])
 
 
 def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_path, monkeypatch):
@@ -62,7 +78,8 @@ def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_
     for uri in videos:
         Path(uri).unlink()  # nothing after this point can decode a frame
 
-    replayed = _rows(build_stream(cached_cfg, qra, passes=PASSES, encoded=encoded, notes=notes))
+    replayed = _rows(build_stream(cached_cfg, qra, passes=PASSES, encoded=encoded, notes=notes), encoded.blocks)
+    assert notes["cache_blocks"] == encoded.blocks
     assert replayed == reference  # the same sequences at the same positions, no video needed
     assert notes["encode_cache"]["used"] and notes["encode_cache"]["rows"] == encoded.sequences
     questions = [r for r in replayed if r[1] == -1]
@@ -77,7 +94,7 @@ def test_questions_are_encoded_once_and_replayed_on_every_pass(ray_session, tmp_
 
     # A resumed run starts its stream at the checkpoint's position: the same positions and questions.
     start = n + 2
-    resumed = _rows(build_stream(cached_cfg, qra, passes=1, start=start, encoded=encoded))
+    resumed = _rows(build_stream(cached_cfg, qra, passes=1, start=start, encoded=encoded), encoded.blocks)
     assert resumed == [r for r in reference if start <= r[0] < start + n]
 
 
@@ -106,7 +123,8 @@ def test_replay_stage_gives_each_position_its_questions_rows_in_order(tmp_path, 
     from step_ray.stage import run_local
     from step_ray.stage import run_batch
     from step_ray.train.stream import (
-        TrainEncodeStage, TrainReplayStage, question_table, split_table, stream_positions, stream_table,
+        TrainEncodeStage, TrainReplayStage, question_table, replay_tables, split_table, stream_positions,
+        stream_table,
     )
 
     monkeypatch.setenv("STEP_RAY_CACHE", str(tmp_path / "cache"))
@@ -123,16 +141,27 @@ def test_replay_stage_gives_each_position_its_questions_rows_in_order(tmp_path, 
     assert cache[0].column("seq").num_chunks == 2
     replay = TrainReplayStage.from_config(cfg)
     replay.index(cache)
-    assert all(t.column("seq").num_chunks == 1 for t in replay.tables)  # picks never concatenate a block
+    tables = replay_tables(cache)
+    assert len(tables) == 3 and all(t.column("seq").num_chunks == 1 for t in tables)  # one chunk each
     positions, questions = stream_positions(n, cfg.run.seed, 3, 3 + 2 * n)
     out = run_batch(replay, pa.table({"pos": positions, "question": questions}))
     assert out.num_rows == 2 * 2 * n  # two passes, two sequences a question
+    assert set(out.column("seq").to_pylist()) == {b""}  # the bytes stay in the cache (ShardCollate reads them)
     firsts = [i for i, f in zip(out.column("id").to_pylist(), out.column("qra_rows").to_pylist()) if f]
     assert firsts == stream_table(base, cfg.run.seed, 3, 3 + 2 * n).column("id").to_pylist()
     assert out.column("pos").to_pylist() == np.repeat(positions, 2).tolist()
     by_id = {}
-    for row in out.to_pylist():  # every pass replays the same bytes
-        by_id.setdefault((row["id"], row["qra_rows"]), set()).add(row["seq"])
-    assert all(len(v) == 1 for v in by_id.values())
+    for pos, first, row_id, skip, data in _in_order(out.to_pylist(), tables):  # every pass: the same bytes
+        by_id.setdefault((row_id, -first), set()).add(data)
+    assert all(len(v) == 1 and b"" not in v for v in by_id.values()) and len(by_id) == 2 * n
+    # The workers' collate reads the same bytes from the cache: a micro-batch of the first 4 rows.
+    from step_ray.train.stream import ShardCollate
+
+    rows = out.slice(0, 4).to_pydict()
+    micro, questions, skipped, first = ShardCollate(0, cache=tables)({k: np.asarray(v, dtype=object)
+                                                                             for k, v in rows.items()})
+    assert micro["input_ids"].shape[0] == 4 and questions == 2 and skipped == 0 and first == positions[0]
+    with pytest.raises(RuntimeError, match="need the encode cache"):
+        ShardCollate(0)({k: np.asarray(v, dtype=object) for k, v in rows.items()})
     with pytest.raises(RuntimeError, match="not in the encode cache"):
         run_batch(replay, pa.table({"pos": [0], "question": [n]}))

@@ -320,7 +320,7 @@ def progress_bar(cfg: StepRayConfig, rank: int, step: int) -> Any:
 
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker function. ``config``: ``{"cfg": to_dict(StepRayConfig), "ds": user DeepSpeed JSON
-    or None}``."""
+    or None, "cache_blocks": the encode cache's ObjectRefs or None}``."""
     cfg = from_dict(config["cfg"])
     tc = cfg.train
     device, rank, world = setup_environment(cfg)
@@ -329,7 +329,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from step_ray.train.loss import step_loss
-    from step_ray.train.stream import ShardCollate, sequences_per_row
+    from step_ray.train.stream import ShardCollate, replay_tables, sequences_per_row
 
     use_bf16 = tc.precision == "bf16"  # DeepSpeed's CPU backend runs bf16 too
     use_fp16 = tc.precision == "fp16" and device.type == "cuda"
@@ -359,7 +359,9 @@ def train_loop_per_worker(config: dict) -> None:
     # The checkpoint's stream position (questions consumed, all ranks): positions below it were trained on
     # before this (re)start and are dropped if the stream delivers them again (see step_ray.train.stream).
     position = counters["rows"]
-    collate = ShardCollate(int(processor.tokenizer.pad_token_id or 0), start=position)
+    # The encode cache the replayed stream points into: zero-copy views of the node's object store.
+    cache = replay_tables(ray.get(list(config["cache_blocks"]))) if config.get("cache_blocks") else None
+    collate = ShardCollate(int(processor.tokenizer.pad_token_id or 0), start=position, cache=cache)
     batches = micro_batches(ray.train.get_dataset_shard("train"), collate,
                             batch_rows, tc.data.prefetch_batches, tc.data.shuffle_buffer,
                             seed=cfg.run.seed * 100_003 + rank * 1009 + step)

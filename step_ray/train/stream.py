@@ -7,7 +7,8 @@
          frames with decord (PyAV fallback), run the model's processor, build the labelled sequences
       -> .materialize(): the encode cache, every question's rows once in Ray's object store (train.data.cache)
     the run's stream positions (position, question), in each pass's order -> ray.data.from_arrow
-      -> train-replay (TrainReplayStage, the same pool): each position's cached rows, no decoding
+      -> train-replay (TrainReplayStage, the same pool): each position's cached rows, no decoding, without
+         their bytes: each row says where in the cache they are, and the workers read them there
       -> streaming_split(num_workers, equal=True)  (done by Ray Train)
       -> get_dataset_shard("train").iter_torch_batches(collate_fn=ShardCollate)  in every training worker
 
@@ -80,6 +81,20 @@ OPTIONAL_INPUTS = ("times",)
 SEQUENCES = schema(("id", pa.string()), ("seq", pa.large_binary()), ("skip", pa.string()),
                    ("qra_rows", pa.int64()), ("pos", pa.int64()))
 COLUMNS = tuple(SEQUENCES.names)
+#: What the replay stage hands on: the sequence rows without their bytes (``seq`` empty), and where the bytes
+#: are in the encode cache: record batch ``cache_table`` of :func:`replay_tables`, row ``cache_row``.
+REPLAYED = schema(*((f.name, f.type) for f in SEQUENCES), ("cache_table", pa.int64()), ("cache_row", pa.int64()))
+
+
+def replay_tables(tables: list) -> list:
+    """The encode cache's blocks as single-chunk tables, one per record batch (zero-copy views), in a fixed
+    order: the replay stage indexes them and the training workers read the sequences from them.
+
+    By record batch, not by block: a cached block is often several chunks (Ray Data's block shaping joins the
+    encode batches), and ``take`` on a chunked column first concatenates all its chunks, a copy of the whole
+    block for every few rows picked (measured: 27 ms against 0.3 ms a pick of 8 sequences from 8 chunks of 16).
+    """
+    return [pa.Table.from_batches([b]) for t in tables for b in t.to_batches() if b.num_rows]
 
 
 def stream_pool(cfg: StepRayConfig) -> PoolConfig:
@@ -144,16 +159,20 @@ class TrainEncodeStage(Stage):
 
 @dataclass(kw_only=True)
 class TrainReplayStage(Stage):
-    """Stream positions -> the encoded rows of their questions, looked up in the encode cache (the blocks that
-    :func:`encode_questions` left in the object store, ``blocks``): no decoding, no processor, a copy of a few
-    rows. Each actor reads every cached block once (zero-copy from the object store of its node; a node
-    without them fetches them, a copy of the cache per node)."""
+    """Stream positions -> the rows of their questions' sequences, looked up in the encode cache (the blocks
+    that :func:`encode_questions` left in the object store, ``blocks``): no decoding, no processor, and no
+    sequence bytes. A row names where its bytes are in the cache (``cache_table``, ``cache_row``) and the
+    training workers read them there (:class:`ShardCollate`): the stream carries a few dozen bytes a sequence
+    instead of its pixels (measured on the toy set, 300 KB a sequence: carrying the bytes, the replay actor took
+    half a core in copies and page faults of the object store while the two trainers had 0.4 each). Each
+    actor reads every cached block once (zero-copy from the object store of its node; a node without them
+    fetches them, a copy of the cache per node), as does every training worker."""
 
     name: ClassVar[str] = "train-replay"
     pool_path: ClassVar[str] = "train.data"
     one_row_per_input: ClassVar[bool] = False
     inputs: ClassVar[pa.Schema] = schema(("pos", pa.int64()), ("question", pa.int64()))
-    outputs: ClassVar[pa.Schema] = SEQUENCES
+    outputs: ClassVar[pa.Schema] = REPLAYED
 
     blocks: list = runtime_field(default_factory=list)  # ObjectRefs of the cached blocks (pyarrow tables)
 
@@ -168,19 +187,16 @@ class TrainReplayStage(Stage):
 
     def index(self, tables: list) -> None:
         """Index the cached rows by question (their ``pos`` while the cache was built), in cache order: a
-        question's answer and rationale sequences stay neighbours.
-
-        Indexed by record batch, not by table: a cached block is often several chunks (Ray Data's block
-        shaping joins the encode batches), and ``take`` on a chunked column first concatenates all its chunks,
-        a copy of the whole block for every few rows picked (measured: 27 ms against 0.3 ms a pick of 8
-        sequences from 8 chunks of 16; the replay actor then took 60% of a core). Batches are zero-copy views.
-        """
-        self.tables = [pa.Table.from_batches([b]) for t in tables for b in t.to_batches() if b.num_rows]
-        block = np.concatenate([np.full(t.num_rows, b, np.int64) for b, t in enumerate(self.tables)] or [[]])
-        row = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for t in self.tables] or [[]])
-        question = np.concatenate([t.column("pos").to_numpy() for t in self.tables] or [[]]).astype(np.int64)
+        question's answer and rationale sequences stay neighbours."""
+        views = replay_tables(tables)
+        table = np.concatenate([np.full(t.num_rows, b, np.int64) for b, t in enumerate(views)] or [[]])
+        row = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for t in views] or [[]])
+        question = np.concatenate([t.column("pos").to_numpy() for t in views] or [[]]).astype(np.int64)
         order = np.argsort(question, kind="stable")
-        self.block, self.row = block[order].astype(np.int64), row[order].astype(np.int64)
+        self.table, self.row = table[order].astype(np.int64), row[order].astype(np.int64)
+        # The small columns of every cached row, in the same order (the bytes stay in the cache).
+        small = pa.concat_tables([t.select(["id", "skip", "qra_rows"]) for t in views]) if views else None
+        self.small = small.combine_chunks().take(pa.array(order)) if small is not None else None
         questions = int(question.max()) + 1 if question.size else 0
         self.first = np.searchsorted(question[order], np.arange(questions + 1))
 
@@ -188,7 +204,7 @@ class TrainReplayStage(Stage):
         positions = batch.column("pos").to_numpy()
         questions = batch.column("question").to_numpy()
         if not len(questions):
-            return SEQUENCES.empty_table()
+            return REPLAYED.empty_table()
         known = questions < len(self.first) - 1
         lo = np.where(known, self.first[np.minimum(questions, len(self.first) - 1)], 0)
         hi = np.where(known, self.first[np.minimum(questions + 1, len(self.first) - 1)], 0)
@@ -196,15 +212,13 @@ class TrainReplayStage(Stage):
             missing = sorted(set(questions[hi <= lo].tolist()))[:5]
             raise RuntimeError(f"stage {self.name}: question(s) {missing} are not in the encode cache")
         picks = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
-        pos = np.repeat(positions, hi - lo)
-        blocks, rows = self.block[picks], self.row[picks]
-        parts, taken = [], []
-        for b in np.unique(blocks):
-            where = np.flatnonzero(blocks == b)
-            parts.append(self.tables[b].take(pa.array(rows[where])))
-            taken.append(where)
-        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(taken), kind="stable")))
-        return table.set_column(table.schema.get_field_index("pos"), "pos", pa.array(pos, pa.int64()))
+        small = self.small.take(pa.array(picks))
+        return pa.table({
+            "id": small.column("id"), "seq": pa.array([b""] * len(picks), pa.large_binary()),
+            "skip": small.column("skip"), "qra_rows": small.column("qra_rows"),
+            "pos": pa.array(np.repeat(positions, hi - lo), pa.int64()),
+            "cache_table": pa.array(self.table[picks], pa.int64()), "cache_row": pa.array(self.row[picks], pa.int64()),
+        }, schema=REPLAYED)
 
 
 class ShardCollate:
@@ -213,12 +227,14 @@ class ShardCollate:
 
     The micro-batch is None when every row of it was skipped (the caller then skips it on all ranks together).
     Rows at positions below ``start`` (already covered by the checkpoint this worker restored) are dropped and
-    counted nowhere: they were trained on before the restart.
+    counted nowhere: they were trained on before the restart. Replayed rows (with ``cache_table``) take their
+    bytes from ``cache``, the encode cache's :func:`replay_tables`.
     """
 
-    def __init__(self, pad_id: int, start: int = 0):
+    def __init__(self, pad_id: int, start: int = 0, cache: Optional[list] = None):
         self.pad_id = pad_id
         self.start = start
+        self.cache = cache
         self.last_skip = ""  # the reason of the last skipped row seen, for an error message
 
     def last_skip_note(self) -> str:
@@ -230,7 +246,13 @@ class ShardCollate:
 
         pos = np.asarray(batch["pos"]) if "pos" in batch else np.full(len(batch["seq"]), -1)
         keep = pos >= self.start if self.start > 0 else np.ones(len(pos), dtype=bool)
-        seqs = [unpack_sequence(b) for b, skip, k in zip(batch["seq"], batch["skip"], keep) if k and not skip]
+        data = batch["seq"]
+        if "cache_table" in batch:
+            if self.cache is None:
+                raise RuntimeError("replayed rows need the encode cache: ShardCollate was given none")
+            data = [self.cache[int(t)].column("seq")[int(r)].as_buffer() if not skip else b""
+                    for t, r, skip in zip(batch["cache_table"], batch["cache_row"], batch["skip"])]
+        seqs = [unpack_sequence(b) for b, skip, k in zip(data, batch["skip"], keep) if k and not skip]
         questions = int(np.asarray(batch["qra_rows"])[keep].sum())
         reasons = [s for s, k in zip(batch["skip"], keep) if k and s]
         skipped = len(reasons)
@@ -405,7 +427,8 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
     rows in each pass's order (``train-replay``). Without it (or when the cache outgrows its share of the
     object store) the positions' QRA rows go through ``train-encode`` as the workers pull them (nothing is
     decoded until they iterate), every pass again. ``notes``, if given, receives ``encode_cache``: what was
-    done (used, questions, rows, MiB, seconds; or why not).
+    done (used, questions, rows, MiB, seconds; or why not), and ``cache_blocks``: the ObjectRefs of the cache
+    that the training workers read the replayed rows' bytes from (:class:`ShardCollate`; None without it).
     """
     import ray.data
 
@@ -423,6 +446,7 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
     size = max(1, 4 * cfg.train.data.batch_size)
     notes = {} if notes is None else notes
     notes["encode_cache"] = {"used": False, "reason": "train.data.cache is false"}
+    notes["cache_blocks"] = None
     if cfg.train.data.cache and encoded is None:
         budget = cache_budget(cfg)
         encoded = encode_questions(cfg, base, budget=budget)
@@ -432,6 +456,7 @@ def build_stream(cfg: StepRayConfig, qra_path: str | Path, split: str = "train",
     if not cfg.train.data.cache or encoded is None:
         table = stream_table(question_table(base), cfg.run.seed, start, end)
         return map_stages(ray.data.from_arrow(_blocks(table, size)), [TrainEncodeStage.from_config(cfg)])
+    notes["cache_blocks"] = list(encoded.blocks)
     notes["encode_cache"] = {"used": True, "questions": encoded.questions, "rows": encoded.sequences,
                              "mib": round(encoded.nbytes / 2**20, 1), "seconds": round(encoded.seconds, 1)}
     if encoded.questions != base.num_rows:

@@ -137,9 +137,10 @@ def worker_env(cfg: StepRayConfig) -> dict[str, str]:
 
 def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str,
                   user_ds: Optional[dict] = None, callbacks: Optional[list] = None,
-                  storage_filesystem: Any = None) -> Any:
+                  storage_filesystem: Any = None, cache_blocks: Optional[list] = None) -> Any:
     """The ``TorchTrainer`` of this run (not started): checkpoints under ``storage_path/name`` (a path within
-    the pyarrow ``storage_filesystem`` when given), the reports also to the tracking ``callbacks``."""
+    the pyarrow ``storage_filesystem`` when given), the reports also to the tracking ``callbacks``;
+    ``cache_blocks``: the encode cache the replayed stream points into (``build_stream``'s notes)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -147,7 +148,7 @@ def build_trainer(cfg: StepRayConfig, dataset: Any, name: str, storage_path: str
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": tc.gpus_per_worker} if tc.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "ds": user_ds},
+        train_loop_config={"cfg": to_dict(cfg), "ds": user_ds, "cache_blocks": cache_blocks},
         # Ray Train sets up the process group (gloo without GPUs, nccl with), which DeepSpeed then adopts.
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
@@ -287,8 +288,9 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     started = time.perf_counter()
     callbacks = tracking_callbacks(str(out / "tensorboard") if cfg.train.tensorboard else None, tracker)
     stream_notes: dict[str, Any] = {}
-    trainer = build_trainer(cfg, build_stream(cfg, qra_path, start=start, notes=stream_notes), name, storage_in_fs,
-                            user_ds, callbacks, storage_fs)
+    dataset = build_stream(cfg, qra_path, start=start, notes=stream_notes)
+    trainer = build_trainer(cfg, dataset, name, storage_in_fs, user_ds, callbacks, storage_fs,
+                            cache_blocks=stream_notes.pop("cache_blocks", None))
     try:
         result = fit_interruptible(trainer)
         if result.error is not None:
