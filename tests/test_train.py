@@ -456,3 +456,53 @@ def test_training_with_no_decodable_video_fails_with_one_line_instead_of_looping
     message = str(caught.value)
     assert message.startswith(NO_TRAINABLE_ROWS) and "\n" not in message
     assert "rows skipped, the last because:" in message and "gone_" in message
+
+
+def _agree_at_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a 2-process gloo group: micro-batches with a hole at a rank-specific place, a sync
+    all-reduce (the gradient reduction) between them, as the training loop does."""
+    import torch.distributed as dist
+
+    from step_ray.train.loop import agreed_batches
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    fetched = []
+    holes = {0: {2, 5}, 1: {4, 5}}[rank]
+
+    def items():
+        for i in range(100):
+            fetched.append(i)
+            yield (None if i in holes else {"i": torch.tensor([i])}, i)
+
+    try:
+        seen = []
+        for (batch, i), usable, waited in agreed_batches(items(), torch.device("cpu")):
+            assert waited >= 0
+            seen.append((i, usable))
+            if usable:
+                grad = torch.tensor([float(i)])
+                dist.all_reduce(grad)  # the gradient reduction: only when both ranks train
+                assert grad.item() == 2 * i
+            if len(seen) == 8:
+                break
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"seen": seen, "fetched": fetched}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_to_skip_a_micro_batch_one_ahead(tmp_path):
+    """agreed_batches: every rank skips a micro-batch that any rank lacks, the agreement started one item ahead
+    (an async all-reduce beside the loop's own collectives), and the item fetched ahead is never handed out."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agree_at_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result["seen"] == [[i, i not in (2, 4, 5)] for i in range(8)]
+        assert result["fetched"] == list(range(9))  # one ahead of what was handed out

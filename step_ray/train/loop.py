@@ -206,15 +206,40 @@ def micro_batches(
             raise RuntimeError("this worker's data shard is empty: the train split has fewer rows than workers")
 
 
-def all_ranks_have_data(batch: Optional[dict], device: torch.device) -> bool:
-    """True when every rank has a usable micro-batch; otherwise all ranks skip it together (collectives
-    stay matched: a rank that ran forward/backward alone would hang the others)."""
+def agreed_batches(batches: Iterator[tuple], device: torch.device) -> Iterator[tuple[tuple, bool, float]]:
+    """``(item of batches, whether every rank has a usable micro-batch, seconds waited for it)``, one item at a
+    time. When a rank has none, all ranks skip that micro-batch together: a rank that ran forward and backward
+    alone would hang the others in the gradient reduction.
+
+    The ranks agree one micro-batch ahead: the next item is fetched, and its flag's all-reduce started without
+    waiting (``async_op``), before the current one is yielded to train, so the agreement runs under the current
+    forward pass instead of as one more collective in every step's critical path (ZeRO-2 already meets three:
+    the gradient reduction, the norm for clipping and the parameter all-gather; plain DDP one). The look-ahead
+    keeps the ranks in lockstep: every rank fetches item ``i + 1`` at the same point (before training item
+    ``i``), so a rank waiting at the shard's epoch boundary never waits for one that is inside a collective. The
+    last item fetched ahead is never yielded: what the run counts as consumed is what it was handed.
+    """
     import torch.distributed as dist
 
-    flag = torch.tensor([0 if batch is None else 1], dtype=torch.int32, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    def start(item: tuple) -> tuple[torch.Tensor, Any]:
+        flag = torch.tensor([0 if item[0] is None else 1], dtype=torch.int32, device=device)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MIN, async_op=True) if dist.is_initialized() else None
+        return flag, work
+
+    def fetch() -> tuple[tuple, float]:
+        began = time.perf_counter()
+        item = next(batches)
+        return item, time.perf_counter() - began
+
+    current, waited = fetch()
+    flag, work = start(current)
+    while True:
+        ahead, ahead_waited = fetch()
+        ahead_flag, ahead_work = start(ahead)
+        if work is not None:
+            work.wait()
+        yield current, bool(flag.item()), waited
+        current, waited, flag, work = ahead, ahead_waited, ahead_flag, ahead_work
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint
@@ -383,17 +408,17 @@ def train_loop_per_worker(config: dict) -> None:
     state_mb = None
     first_step_time: Optional[float] = None
     # The shard epoch in which the current run of unusable micro-batches began (None: the last one was used).
-    # Every rank takes the same decision (all_ranks_have_data), so every rank raises at the same micro-batch.
+    # Every rank takes the same decision (agreed_batches), so every rank raises at the same micro-batch.
     unusable_since: Optional[int] = None
+    agreed = agreed_batches(batches, device)
     while step < tc.steps:
-        waited = time.perf_counter()
-        batch, questions, skipped, first, epoch = next(batches)
+        (batch, questions, skipped, first, epoch), usable, waited = next(agreed)
         if first_position is None and first >= 0:
             first_position = first
-        window[8] += time.perf_counter() - waited
+        window[8] += waited
         window[4] += questions
         window[5] += skipped
-        if not all_ranks_have_data(batch, device):
+        if not usable:
             if unusable_since is None:
                 unusable_since = epoch
             if epoch >= unusable_since + 2:
