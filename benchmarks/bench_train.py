@@ -11,6 +11,10 @@ Cases (every round runs each once, the order reversed every other round):
   with the same ``RowEncoder`` (the same work as the stack's cache), and reuses the sequences after.
 * ``stack-nocache`` (context, ``--nocache-case``): the stack with ``train.data.cache: false`` (every pass
   decodes and encodes its questions again, frame cache on): what the cache buys.
+* ``bare`` (context, ``--bare-case``): Ray Train's ``TorchTrainer`` (2 workers of 0.5 CPU, its gloo process
+  group) and the stack's DeepSpeed ZeRO-2 engine, running the baseline's loop on in-process data (no Ray Data,
+  no metrics, no checkpoint): splits the stack's gap into Ray Train + DeepSpeed and the rest (the stream, the
+  loop's bookkeeping, reports).
 * ``stack-zero0`` (context, ``--zero0-case``): the stack with ``train.zero_stage: 0`` (DeepSpeed's plain data
   parallelism: one gradient all-reduce, no partitioned optimizer step): what ZeRO-2's extra collectives cost
   when, as with LoRA, there is next to nothing to partition.
@@ -62,8 +66,31 @@ COMMON = [f"train.num_workers={WORLD}", "train.cpus_per_worker=0.5", "train.data
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, qra: str, steps: int, result_file: str) -> None:
-    import pyarrow.parquet as pq
     import torch.distributed as dist
+
+    torch.set_num_threads(1)  # as the stack's 0.5-CPU workers
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _train_steps(rank, world, cfg_data, qra, steps, result_file, deepspeed=False)
+    dist.destroy_process_group()
+
+
+def _bare_worker(config: dict) -> None:
+    """Ray Train worker of the ``bare`` case: Ray Train's process group, DeepSpeed ZeRO-2 (the stack's
+    ``build_engine``), the DDP baseline's loop and in-process data."""
+    import ray.train
+
+    torch.set_num_threads(1)
+    context = ray.train.get_context()
+    _train_steps(context.get_world_rank(), context.get_world_size(), config["cfg"], config["qra"], config["steps"],
+                 config["result_file"], deepspeed=True)
+
+
+def _train_steps(rank: int, world: int, cfg_data: dict, qra: str, steps: int, result_file: str,
+                 deepspeed: bool) -> None:
+    """The baseline's training loop on an initialised process group: torch DDP + AdamW + clipping, or (with
+    ``deepspeed``) the stack's DeepSpeed engine in its place; rank 0 writes ``(time, sequences)`` per step."""
+    import pyarrow.parquet as pq
     from peft import LoraConfig, get_peft_model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -72,11 +99,9 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, qra: str, step
     from step_ray.models.families import family_of
     from step_ray.models.loading import load_model_and_processor
     from step_ray.train.data import RowEncoder
+    from step_ray.train.loop import build_engine
     from step_ray.train.loss import step_loss
 
-    torch.set_num_threads(1)  # as the stack's 0.5-CPU workers
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = from_dict(cfg_data)
     model, processor = load_model_and_processor(cfg.model, seed=cfg.run.seed)
     model.requires_grad_(False)
@@ -86,8 +111,11 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, qra: str, step
                                              target_modules=family_of(cfg.model).lora_target_regex(
                                                  lora.target_modules), bias="none"))
     model.train()
-    ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    if deepspeed:
+        engine = build_engine(cfg, model, use_bf16=False)  # ZeRO stage, AdamW, clipping: as the stack's
+    else:
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     pad = int(processor.tokenizer.pad_token_id or 0)
     encoder = RowEncoder(processor, cfg.model, cfg.train.rationale_weight, cfg.train.loss_format)
     rows = [r for r in pq.read_table(qra).to_pylist() if r["split"] == "train"]
@@ -105,17 +133,21 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_data: dict, qra: str, step
         labels, task = batch.pop("labels"), batch.pop("task")
         batch.pop("label_task", None)
         tokens += float(batch["attention_mask"].sum())
-        out = step_loss(ddp(**batch, use_cache=False).logits, labels, task, cfg.train.rationale_weight)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        # DDP's all-reduce in backward keeps the ranks within one step: rank 0's clock times both.
+        if deepspeed:
+            out = step_loss(engine(**batch, use_cache=False).logits, labels, task, cfg.train.rationale_weight)
+            engine.backward(out.loss)
+            engine.step()
+        else:
+            out = step_loss(ddp(**batch, use_cache=False).logits, labels, task, cfg.train.rationale_weight)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        # The gradient all-reduce in backward keeps the ranks within one step: rank 0's clock times both.
         events.append((time.time(), float(labels.shape[0] * world)))
     if rank == 0:
         Path(result_file).write_text(json.dumps({"events": events, "tokens_per_sample": tokens * world / sum(
             n for _, n in events)}))
-    dist.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -131,6 +163,24 @@ def ddp_run(cfg, qra: Path, steps: int, warmup: float, work: Path) -> Run:
     launched = time.time()
     mp.spawn(_ddp_worker, args=(WORLD, _free_port(), to_dict(cfg), str(qra), steps, str(result_file)),
              nprocs=WORLD, join=True)
+    return _steps_run(result_file, launched, steps, warmup)
+
+
+def bare_run(cfg, qra: Path, steps: int, warmup: float, work: Path) -> Run:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    result_file = work / f"bare-{time.time_ns()}.json"
+    launched = time.time()
+    TorchTrainer(_bare_worker, train_loop_config={"cfg": to_dict(cfg), "qra": str(qra), "steps": steps,
+                                                  "result_file": str(result_file)},
+                 scaling_config=ScalingConfig(num_workers=WORLD, resources_per_worker={"CPU": 0.5}),
+                 torch_config=TorchConfig(backend="gloo"),
+                 run_config=RunConfig(name=result_file.stem, storage_path=str(work / "bare"))).fit()
+    return _steps_run(result_file, launched, steps, warmup)
+
+
+def _steps_run(result_file: Path, launched: float, steps: int, warmup: float) -> Run:
     data = json.loads(result_file.read_text())
     events = [tuple(e) for e in data["events"]]
     return steady_window(events, warmup, start=launched, startup_seconds=events[0][0] - launched,
@@ -184,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=16, help="toy videos (3 questions each, 1 in 4 held out)")
     parser.add_argument("--nocache-case", action="store_true", help="add the stack without its encode cache")
     parser.add_argument("--zero0-case", action="store_true", help="add the stack at ZeRO stage 0 (context)")
+    parser.add_argument("--bare-case", action="store_true",
+                        help="add Ray Train + DeepSpeed with the baseline's loop and in-process data (context)")
     parser.add_argument("--no-memory", action="store_true", help="skip the ZeRO-3 / ZeRO-0 memory runs")
     parser.add_argument("--allow-short", action="store_true", help="allow --steps < 120 (smoke runs, tests)")
     args = parser.parse_args(argv)
@@ -220,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(Case("stack-zero0", lambda: stack_run(zero0_cfg, qra, args.warmup, work,
                                                            f"zero0-{next(counter)}"),
                           unit="sequences/s", note="the stack, train.zero_stage=0 (one all-reduce per step)"))
+    if args.bare_case:
+        cases.append(Case("bare", lambda: bare_run(stack_cfg, qra, args.steps, args.warmup, work),
+                          unit="sequences/s", note="Ray Train + ZeRO-2, the baseline's loop, in-process data"))
     try:
         runs = measure(cases, args.repeats)
         mem = None if args.no_memory else memory(qra, work)
