@@ -4,6 +4,7 @@ family's tiny config through a short training run; the joint format with full fi
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -101,10 +102,36 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     resumes = summary["resumes"]
     assert len(resumes) >= 2 and resumes[0][:2] == [0, 0], resumes
     assert all(step > 0 and position > 0 and first >= position for step, position, first in resumes[1:]), resumes
-    kept = [p for p in storage.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
-    # Keep the last N (2); the folder the killed attempt was writing was never reported, so Ray Train does not
-    # manage (or delete) it: at most one more.
-    assert Path(summary["checkpoint"]) in kept and 2 <= len(kept) <= 3
+    kept = {p.name for p in storage.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()}
+    # The last N (2) that Ray Train registered, and nothing else: the folders the killed attempt uploaded but
+    # never got registered (zero to two, by timing) were removed after the run.
+    snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+    assert kept == {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}, kept
+    assert Path(summary["checkpoint"]).name in kept and len(kept) == 2
+    assert not kept & set(summary["orphan_checkpoints_removed"])
+
+
+def test_unregistered_checkpoint_folders_are_removed_and_nothing_else(tmp_path):
+    """A failed attempt's uploaded-but-unregistered folders go; registered ones and other files stay; without a
+    snapshot that lists the final checkpoint nothing is touched."""
+    from ray.train import Checkpoint
+
+    from step_ray.train.trainer import CHECKPOINT_SNAPSHOT, remove_unregistered_checkpoints
+
+    names = ["checkpoint_2026-01-01_00-00-01.0", "checkpoint_2026-01-01_00-00-02.0", "checkpoint_2026-01-01_00-00-03.0"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text("{}")
+    (tmp_path / "notes").mkdir()  # not a checkpoint folder: never touched
+    final = Checkpoint.from_directory(str(tmp_path / names[2]))
+
+    assert remove_unregistered_checkpoints(final) == []  # no snapshot: nothing is deleted
+    snapshot = tmp_path / CHECKPOINT_SNAPSHOT
+    snapshot.write_text(json.dumps({"checkpoint_results": [{"checkpoint_dir_name": names[0]}]}))
+    assert remove_unregistered_checkpoints(final) == []  # the snapshot does not list the final one
+    snapshot.write_text(json.dumps({"checkpoint_results": [{"checkpoint_dir_name": n} for n in (names[0], names[2])]}))
+    assert remove_unregistered_checkpoints(final) == [names[1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[2], "notes", CHECKPOINT_SNAPSHOT])
 
 
 def test_export_round_trip_adapter_and_merged_logits(ray_session, toy, tmp_path, monkeypatch):

@@ -302,6 +302,7 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     checkpoint = result.checkpoint
     if checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
+    orphans = remove_unregistered_checkpoints(checkpoint)
 
     weights_name = ADAPTER_DIR if cfg.train.lora.enabled else MODEL_DIR
     with checkpoint.as_directory() as directory:
@@ -365,6 +366,8 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
         # From this call to its first optimizer step: Ray Train's start, the model, the encode cache, the stream.
         "startup_seconds": (this_call[0]["first_step_time"] - called) if this_call else None,
         "checkpoint": scheme + checkpoint.path,
+        # Folders a failed attempt uploaded that Ray Train never registered, removed after the run.
+        "orphan_checkpoints_removed": orphans,
         "storage_path": storage,
         "name": name,
         "output": out_uri,
@@ -381,6 +384,42 @@ def _train_and_export(cfg: StepRayConfig, qra_path: str | Path, out: Path, out_u
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's registry of a run's checkpoints
+
+
+def remove_unregistered_checkpoints(checkpoint: Any) -> list[str]:
+    """Delete the run's checkpoint folders that Ray Train never registered; their names (sorted).
+
+    A worker uploads a checkpoint folder first and reports it after; the controller registers it when it takes
+    the report off the worker's (size-1) queue, at most once per poll. A worker killed in between leaves up to
+    two folders behind (one report queued, one upload done while the put waited) that no restart restores
+    from and that ``CheckpointConfig.num_to_keep`` never deletes: with full fine-tuning each holds the
+    optimizer states. Run after ``fit()`` returned (no worker writes any more). Nothing is deleted unless
+    Ray Train's snapshot lists ``checkpoint`` (the run's final one) among the registered folders: a snapshot
+    in another layout leaves the storage as it is.
+    """
+    import pyarrow.fs as pafs
+
+    fs, final = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    root, _, final_name = final.rpartition("/")
+    try:
+        with fs.open_input_stream(f"{root}/{CHECKPOINT_SNAPSHOT}") as stream:
+            registered = {entry["checkpoint_dir_name"] for entry in json.loads(stream.read())["checkpoint_results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if final_name not in registered:
+        return []
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") \
+                and info.base_name not in registered:
+            fs.delete_dir(info.path)
+            removed.append(info.base_name)
+    if removed:
+        logger.info("removed %d checkpoint folder(s) Ray Train never registered: %s", len(removed), removed)
+    return sorted(removed)
 
 
 def raise_nothing_trainable(err: BaseException) -> None:
