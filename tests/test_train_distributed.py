@@ -48,7 +48,9 @@ def _committed_checkpoints(storage: Path) -> int:
     can both still be in flight: count what the snapshot lists instead."""
     import json
 
-    snapshot = storage / "checkpoint_manager_snapshot.json"
+    from step_ray.train.trainer import CHECKPOINT_SNAPSHOT
+
+    snapshot = storage / CHECKPOINT_SNAPSHOT
     try:
         state = json.loads(snapshot.read_text())
     except (OSError, ValueError):  # not written yet, or caught mid-write
@@ -105,7 +107,9 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, toy, tmp
     kept = {p.name for p in storage.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()}
     # The last N (2) that Ray Train registered, and nothing else: the folders the killed attempt uploaded but
     # never got registered (zero to two, by timing) were removed after the run.
-    snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+    from step_ray.train.trainer import CHECKPOINT_SNAPSHOT
+
+    snapshot = json.loads((storage / CHECKPOINT_SNAPSHOT).read_text())
     assert kept == {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}, kept
     assert Path(summary["checkpoint"]).name in kept and len(kept) == 2
     assert not kept & set(summary["orphan_checkpoints_removed"])
